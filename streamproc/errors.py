@@ -1,0 +1,110 @@
+"""The exception hierarchy.
+
+Every error streamproc raises derives from :class:`StreamprocError`. Behaviour lives on the class,
+never in the message text: ``retriable`` says a later attempt may succeed, ``reason`` is the short,
+bounded label written to dead-letter headers and metric labels. The consumer decides between retry,
+dead letter and stop by these attributes alone.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+
+class StreamprocError(Exception):
+    """Root of every error raised by streamproc."""
+
+    retriable: ClassVar[bool] = False
+    reason: ClassVar[str] = "error"
+
+
+class ConfigError(StreamprocError):
+    """A setting is missing, malformed, or contradicts another one."""
+
+    reason = "config"
+
+
+class ChunkValidationError(StreamprocError):
+    """A chunk does not satisfy the model or a configured limit.
+
+    Args:
+        message: What is wrong, naming the field.
+        field: Dotted path of the offending field, when one is known.
+    """
+
+    reason = "invalid"
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class OversizeError(ChunkValidationError):
+    """The encoded chunk is larger than the configured limit."""
+
+    reason = "oversize"
+
+    def __init__(self, size: int, limit: int) -> None:
+        super().__init__(
+            f"encoded chunk is {size} bytes, over the limit of {limit} bytes", field=None
+        )
+        self.size = size
+        self.limit = limit
+
+
+class DecodeError(StreamprocError):
+    """Bytes could not be decoded into a chunk (garbage, truncated, or not Avro at all).
+
+    Args:
+        message: What went wrong.
+        raw: The undecodable bytes, kept so the caller can park them untouched.
+    """
+
+    reason = "undecodable"
+
+    def __init__(self, message: str, *, raw: bytes | None = None) -> None:
+        super().__init__(message)
+        self.raw = raw
+
+
+class UnknownFramingError(DecodeError):
+    """The value starts with neither the single-object marker nor the registry magic byte."""
+
+    reason = "unknown_framing"
+
+
+class UnknownSchemaError(DecodeError):
+    """The writer schema (fingerprint or registry id) is not one this reader knows."""
+
+    reason = "unknown_schema"
+
+
+class IncompatibleSchemaError(DecodeError):
+    """The writer schema is known but cannot be resolved against the reader schema."""
+
+    reason = "incompatible_schema"
+
+
+class HandlerError(StreamprocError):
+    """A handler failed permanently: retrying would fail again."""
+
+    reason = "handler_error"
+
+
+class RetriableHandlerError(HandlerError):
+    """A handler failed transiently (timeout, throttling): retry with backoff."""
+
+    retriable = True
+    reason = "handler_retriable"
+
+
+class ProduceError(StreamprocError):
+    """The broker rejected or failed to acknowledge a produced message."""
+
+    reason = "produce"
+
+
+class TopicError(StreamprocError):
+    """Lane topics are missing or inconsistent (e.g. different partition counts)."""
+
+    reason = "topic"
