@@ -1,0 +1,55 @@
+# streamproc developer entry points. Every target creates the virtualenv and installs the
+# package (with dev extras) first, so each works from a fresh clone with no prior step.
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: help venv lint format test unit integration broker broker-stop demo bench clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)  ## create .venv and install streamproc with dev extras
+
+lint: $(STAMP)  ## ruff (lint + format check) and mypy strict
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+format: $(STAMP)  ## apply ruff fixes and formatting
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+test: $(STAMP)  ## the whole test suite (starts the local Kafka broker itself)
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+unit: $(STAMP)  ## unit tests only: no broker, seconds
+	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)
+
+integration: $(STAMP)  ## tests against the real broker
+	$(BIN)/pytest -m integration $(PYTEST_ARGS)
+
+broker:  ## start the local Apache Kafka broker (KRaft, Maven Central jars); prints its address
+	@scripts/kafka-local start
+
+broker-stop:  ## stop the local broker
+	@scripts/kafka-local stop
+
+demo: $(STAMP)  ## end to end on the local broker: topics, bulk backlog + realtime stream, live lag view
+	$(BIN)/streamproc demo --bootstrap-servers "$$(scripts/kafka-local start)"
+
+bench: $(STAMP)  ## benchmarks against the local broker (not tests)
+	$(BIN)/python benchmarks/produce.py --bootstrap-servers "$$(scripts/kafka-local start)"
+
+clean:  ## remove the virtualenv, caches and local broker state
+	-scripts/kafka-local stop
+	rm -rf $(VENV) .streamproc .mypy_cache .ruff_cache .pytest_cache .hypothesis

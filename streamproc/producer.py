@@ -1,0 +1,209 @@
+"""ChunkProducer: validate, route by lane, encode to Avro, produce with the chunk's stable key.
+
+The producer is idempotent with ``acks=all``; batching and compression are tuned for bulk loads.
+Every delivery report is counted per lane, so a caller can tell exactly what the brokers have
+acknowledged. Oversized chunks are rejected with :class:`~streamproc.errors.OversizeError` before
+anything is sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from streamproc.chunk import Chunk
+from streamproc.codec import ChunkCodec, Framing
+from streamproc.errors import OversizeError, ProduceError
+from streamproc.lanes import Lane, Lanes
+from streamproc.settings import ProducerSettings
+
+DeliveryCallback = Callable[["Delivery"], None]
+
+# How long produce() waits for room in librdkafka's queue before trying again.
+_QUEUE_FULL_POLL_S = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """The outcome of one produced message, as its delivery report told it."""
+
+    lane: str
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    error: str | None
+
+    @property
+    def ok(self) -> bool:
+        return self.error is None
+
+
+@dataclass(slots=True)
+class LaneCounts:
+    """Per-lane produce counters."""
+
+    sent: int = 0
+    delivered: int = 0
+    failed: int = 0
+
+
+@dataclass(slots=True)
+class ProducerStats:
+    """Counters of everything this producer sent, by lane."""
+
+    lanes: dict[str, LaneCounts] = field(default_factory=dict)
+    rejected: int = 0
+
+    @property
+    def in_flight(self) -> int:
+        return sum(c.sent - c.delivered - c.failed for c in self.lanes.values())
+
+    @property
+    def failed(self) -> int:
+        return sum(c.failed for c in self.lanes.values())
+
+
+class ChunkProducer:
+    """Produce chunks to their lane's topic.
+
+    Args:
+        settings: Connection and tuning; ``settings.topology`` names the lane topics.
+        codec: The Avro codec (one is built from the bundled schemas if omitted).
+        on_delivery: Called from :meth:`poll`/:meth:`flush` with each delivery outcome.
+
+    Example:
+        >>> with ChunkProducer(ProducerSettings(bootstrap_servers="127.0.0.1:9092")) as p:
+        ...     p.produce(Chunk(chunk_html="<p>hi</p>", tracking_id="doc-1"))
+    """
+
+    def __init__(
+        self,
+        settings: ProducerSettings | None = None,
+        *,
+        codec: ChunkCodec | None = None,
+        on_delivery: DeliveryCallback | None = None,
+    ) -> None:
+        self.settings = settings or ProducerSettings()
+        self.lanes: Lanes = self.settings.topology
+        self.codec = codec or ChunkCodec()
+        self.framing = Framing(self.settings.framing)
+        self.stats = ProducerStats({lane.name: LaneCounts() for lane in self.lanes})
+        self._on_delivery = on_delivery
+        self._lane_of_topic = {lane.topic: lane.name for lane in self.lanes}
+        self._producer = Producer(self.settings.to_librdkafka())
+
+    def produce(
+        self,
+        chunk: Chunk,
+        *,
+        lane: Lane | None = None,
+        headers: Mapping[str, str | bytes] | None = None,
+    ) -> Lane:
+        """Encode ``chunk`` and queue it for its lane's topic.
+
+        Args:
+            chunk: A validated chunk.
+            lane: Override the routing (default: by ``chunk.low_priority``).
+            headers: Extra Kafka headers.
+
+        Returns:
+            The lane the chunk was sent to.
+
+        Raises:
+            OversizeError: the encoded chunk exceeds ``settings.max_chunk_bytes``.
+            ProduceError: librdkafka refused the message outright.
+        """
+        target = lane or self.lanes.route(chunk)
+        value = self.codec.encode(chunk, self.framing)
+        if len(value) > self.settings.max_chunk_bytes:
+            self.stats.rejected += 1
+            raise OversizeError(len(value), self.settings.max_chunk_bytes)
+        self.produce_encoded(target, chunk.key.encode(), value, headers)
+        return target
+
+    def produce_encoded(
+        self,
+        lane: Lane,
+        key: bytes | None,
+        value: bytes,
+        headers: Mapping[str, str | bytes] | None = None,
+    ) -> None:
+        """Queue already-encoded bytes for ``lane`` (the fast path for re-sends and tools)."""
+        header_list = list(headers.items()) if headers else None
+        while True:
+            try:
+                self._producer.produce(
+                    lane.topic, value, key, headers=header_list, on_delivery=self._delivered
+                )
+                break
+            except BufferError:
+                # librdkafka's queue is full: serve delivery reports to make room, then retry.
+                self._producer.poll(_QUEUE_FULL_POLL_S)
+            except KafkaException as exc:
+                raise ProduceError(f"could not produce to {lane.topic}: {exc}") from exc
+        self.stats.lanes[lane.name].sent += 1
+        self._producer.poll(0)
+
+    def produce_many(self, chunks: Iterable[Chunk]) -> int:
+        """Produce every chunk of ``chunks``; returns how many were queued."""
+        count = 0
+        for chunk in chunks:
+            self.produce(chunk)
+            count += 1
+        return count
+
+    def poll(self, timeout_s: float = 0.0) -> int:
+        """Serve delivery reports; returns how many were served."""
+        served: int = self._producer.poll(timeout_s)
+        return served
+
+    def flush(self, timeout_s: float = 60.0) -> None:
+        """Wait until every queued message is acknowledged or failed.
+
+        Raises:
+            ProduceError: messages are still undelivered after ``timeout_s``.
+        """
+        remaining: int = self._producer.flush(timeout_s)
+        if remaining:
+            raise ProduceError(f"{remaining} messages still undelivered after {timeout_s:.0f}s")
+
+    def close(self, timeout_s: float = 60.0) -> None:
+        """Flush; the underlying client is released when the object is collected."""
+        self.flush(timeout_s)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.flush()
+
+    def _delivered(self, err: KafkaError | None, msg: Message) -> None:
+        topic = msg.topic()
+        lane = self._lane_of_topic.get(topic, topic)
+        counts = self.stats.lanes[lane]
+        if err is None:
+            counts.delivered += 1
+        else:
+            counts.failed += 1
+        if self._on_delivery is not None:
+            self._on_delivery(
+                Delivery(
+                    lane=lane,
+                    topic=topic,
+                    partition=msg.partition(),
+                    offset=msg.offset(),
+                    key=msg.key(),
+                    error=None if err is None else err.str(),
+                )
+            )
+

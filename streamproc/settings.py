@@ -1,0 +1,255 @@
+"""Configuration: pydantic-settings models, converted to librdkafka keys in exactly one place.
+
+Every field reads the environment with the prefix ``STREAMPROC_`` (``bootstrap_servers`` from
+``STREAMPROC_BOOTSTRAP_SERVERS``). Each client model has one ``to_librdkafka()`` that merges the
+user's ``librdkafka_extra`` first and streamproc's safety keys last, so a stray extra cannot switch
+off idempotence or manual offset storage by accident.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from streamproc.errors import ConfigError
+from streamproc.flow import FlowSettings
+from streamproc.lanes import BULK, DEFAULT_PREFIX, REALTIME, Lanes
+
+SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
+SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
+Compression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
+Assignor = Literal["cooperative-sticky", "range", "roundrobin"]
+
+_ENV = SettingsConfigDict(
+    env_prefix="STREAMPROC_", frozen=True, extra="forbid", populate_by_name=True
+)
+
+
+class KafkaSettings(BaseSettings):
+    """Connection settings shared by every client."""
+
+    model_config = _ENV
+
+    bootstrap_servers: str = Field(
+        "127.0.0.1:9092", description="Comma-separated host:port list of Kafka brokers."
+    )
+    topic_prefix: str = Field(
+        DEFAULT_PREFIX, description="Lane topics are <prefix>.realtime and <prefix>.bulk."
+    )
+    lanes: tuple[str, ...] = Field(
+        (REALTIME, BULK), description="Lane names from most to least urgent."
+    )
+    client_id: str = Field("streamproc", description="Client id reported to the brokers.")
+    security_protocol: SecurityProtocol = Field("PLAINTEXT", description="Broker protocol.")
+    sasl_mechanism: SaslMechanism | None = Field(None, description="SASL mechanism, if any.")
+    sasl_username: str | None = Field(None, description="SASL username.")
+    sasl_password: SecretStr | None = Field(None, description="SASL password (kept secret).")
+    ssl_ca_location: str | None = Field(None, description="CA bundle to verify the brokers.")
+    ssl_certificate_location: str | None = Field(None, description="Client certificate (mTLS).")
+    ssl_key_location: str | None = Field(None, description="Client private key (mTLS).")
+    librdkafka_extra: dict[str, str | int | float | bool] = Field(
+        default_factory=dict,
+        description="Extra librdkafka properties (JSON in the environment); ours win on conflict.",
+    )
+
+    @model_validator(mode="after")
+    def _check_sasl(self) -> KafkaSettings:
+        if self.security_protocol.startswith("SASL") and self.sasl_mechanism is None:
+            raise ValueError(f"sasl_mechanism is required with {self.security_protocol}")
+        if self.sasl_mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512") and not (
+            self.sasl_username and self.sasl_password
+        ):
+            raise ValueError(f"sasl_username and sasl_password are required with {self.sasl_mechanism}")
+        return self
+
+    @property
+    def topology(self) -> Lanes:
+        """The lanes and their topics."""
+        return Lanes(self.topic_prefix, self.lanes)
+
+    def connection(self) -> dict[str, Any]:
+        """librdkafka keys for reaching the cluster (what an AdminClient needs)."""
+        conf: dict[str, Any] = {
+            "bootstrap.servers": self.bootstrap_servers,
+            "client.id": self.client_id,
+            "security.protocol": self.security_protocol.lower(),
+        }
+        optional = {
+            "sasl.mechanism": self.sasl_mechanism,
+            "sasl.username": self.sasl_username,
+            "sasl.password": self.sasl_password.get_secret_value() if self.sasl_password else None,
+            "ssl.ca.location": self.ssl_ca_location,
+            "ssl.certificate.location": self.ssl_certificate_location,
+            "ssl.key.location": self.ssl_key_location,
+        }
+        conf.update({key: value for key, value in optional.items() if value is not None})
+        return conf
+
+    def admin_config(self) -> dict[str, Any]:
+        """Configuration for an AdminClient: extras first, connection keys last."""
+        return {**self.librdkafka_extra, **self.connection()}
+
+
+class ProducerSettings(KafkaSettings):
+    """Producer tuning. Defaults favour bulk throughput without hurting realtime latency much."""
+
+    linger_ms: float = Field(
+        5.0, ge=0, description="How long to wait to fill a batch (librdkafka linger.ms)."
+    )
+    batch_size: int = Field(
+        1_000_000, gt=0, description="Maximum batch size in bytes (librdkafka batch.size)."
+    )
+    compression_type: Compression = Field("lz4", description="Batch compression codec.")
+    queue_buffering_max_messages: int = Field(
+        500_000, gt=0, description="Local produce queue capacity before backpressure."
+    )
+    delivery_timeout_ms: int = Field(
+        120_000, gt=0, description="Give up on a message after this long (delivery.timeout.ms)."
+    )
+    framing: Literal["single-object", "schema-registry"] = Field(
+        "single-object", description="Wire framing of produced values."
+    )
+    max_chunk_bytes: int = Field(
+        900_000, gt=0, description="Largest encoded chunk accepted (bytes); larger is rejected."
+    )
+
+    def to_librdkafka(self) -> dict[str, Any]:
+        """The producer configuration. Idempotence and acks=all cannot be overridden."""
+        return {
+            "linger.ms": self.linger_ms,
+            "batch.size": self.batch_size,
+            "compression.type": self.compression_type,
+            "queue.buffering.max.messages": self.queue_buffering_max_messages,
+            "delivery.timeout.ms": self.delivery_timeout_ms,
+            **self.librdkafka_extra,
+            **self.connection(),
+            # Safety last: no duplicates from retries, no loss on leader change.
+            "enable.idempotence": True,
+            "acks": "all",
+        }
+
+
+def parse_bootstrap(value: str) -> str:
+    """Validate a bootstrap list early, with an error that says what is wrong."""
+    servers = [item.strip() for item in value.split(",") if item.strip()]
+    if not servers:
+        raise ConfigError("bootstrap servers must not be empty")
+    for server in servers:
+        host, _, port = server.rpartition(":")
+        if not host or not port.isdigit():
+            raise ConfigError(f"bootstrap server {server!r} is not host:port")
+    return ",".join(servers)
+
+
+ErrorAction = Literal["dead_letter", "stop"]
+ERROR_KINDS = ("undecodable", "unknown_framing", "unknown_schema", "incompatible_schema", "invalid")
+
+
+class ConsumerSettings(KafkaSettings, FlowSettings):
+    """The priority consumer: group, polling, flow policy (inherited fields), error policy."""
+
+    group_id: str = Field("streamproc", description="Consumer group id.")
+    assignor: Assignor = Field(
+        "cooperative-sticky",
+        description="Partition assignment strategy; range and roundrobin are eager.",
+    )
+    auto_offset_reset: Literal["earliest", "latest"] = Field(
+        "earliest", description="Where a partition without a committed offset starts."
+    )
+    session_timeout_ms: int = Field(45_000, gt=0, description="Group session timeout.")
+    max_poll_interval_ms: int = Field(300_000, gt=0, description="Longest gap between polls.")
+    auto_commit_interval_ms: int = Field(
+        1_000, gt=0, description="How often stored offsets are committed."
+    )
+    max_batch_messages: int = Field(
+        500, gt=0, description="Most messages taken per poll (one batch)."
+    )
+    poll_timeout_s: float = Field(
+        0.1, gt=0, description="Longest wait of one poll; also the flow policy's tick."
+    )
+    prefetch_kbytes: int = Field(
+        4_096,
+        gt=0,
+        description="Prefetch per partition (queued.max.messages.kbytes); small keeps pauses cheap.",
+    )
+    scope: Literal["local", "group", "auto"] = Field(
+        "auto",
+        description="Whose top-lane lag drives the policy: this member's, the group's, or auto.",
+    )
+    watermark_refresh_s: float = Field(
+        5.0, gt=0, description="How often paused partitions' watermarks are asked of the broker."
+    )
+    group_refresh_s: float = Field(
+        1.0, gt=0, description="How often the group's top-lane lag is measured (group scope)."
+    )
+    group_lag_slack: int = Field(
+        0,
+        ge=0,
+        description="Group lag forgiven for committed offsets trailing positions (group scope).",
+    )
+    max_retries: int = Field(3, ge=0, description="Retries of a retriable handler error.")
+    retry_backoff_s: float = Field(0.2, ge=0, description="First retry backoff (doubles).")
+    retry_backoff_max_s: float = Field(5.0, ge=0, description="Longest retry backoff.")
+    error_actions: dict[str, ErrorAction] = Field(
+        default_factory=dict,
+        description=(
+            "Action per error reason (undecodable, unknown_schema, invalid, handler_error, ...): "
+            "dead_letter (default) or stop."
+        ),
+    )
+    health_max_tick_age_s: float = Field(
+        60.0, gt=0, description="/healthz fails when the poll loop has not ticked for this long."
+    )
+    dlq_flush_timeout_s: float = Field(
+        30.0, gt=0, description="How long a dead-letter write may take to be acknowledged."
+    )
+
+    def action_for(self, reason: str) -> ErrorAction:
+        """What to do with a message that failed for ``reason``."""
+        return self.error_actions.get(reason, "dead_letter")
+
+    def flow_settings(self) -> FlowSettings:
+        """The flow policy part of these settings."""
+        return FlowSettings(**{name: getattr(self, name) for name in FlowSettings.model_fields})
+
+    def to_librdkafka(
+        self,
+        error_cb: Callable[[Any], None] | None = None,
+        on_commit: Callable[[Any, Any], None] | None = None,
+    ) -> dict[str, Any]:
+        """The consumer configuration. Manual offset storage cannot be overridden."""
+        conf: dict[str, Any] = {
+            "auto.offset.reset": self.auto_offset_reset,
+            "partition.assignment.strategy": self.assignor,
+            "session.timeout.ms": self.session_timeout_ms,
+            "max.poll.interval.ms": self.max_poll_interval_ms,
+            "auto.commit.interval.ms": self.auto_commit_interval_ms,
+            "queued.max.messages.kbytes": self.prefetch_kbytes,
+            **self.librdkafka_extra,
+            **self.connection(),
+            "group.id": self.group_id,
+            # Safety last: offsets are stored by streamproc only after a message is handled or
+            # parked; librdkafka commits what was stored, on an interval.
+            "enable.auto.offset.store": False,
+            "enable.auto.commit": True,
+            "enable.partition.eof": False,
+        }
+        if error_cb is not None:
+            conf["error_cb"] = error_cb
+        if on_commit is not None:
+            conf["on_commit"] = on_commit
+        return conf
+
+    def dead_letter_producer_config(self) -> dict[str, Any]:
+        """An idempotent acks=all producer for dead letters."""
+        return {
+            "linger.ms": 0,
+            **self.librdkafka_extra,
+            **self.connection(),
+            "client.id": f"{self.client_id}-dlq",
+            "enable.idempotence": True,
+            "acks": "all",
+        }

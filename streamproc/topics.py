@@ -1,0 +1,142 @@
+"""Lane topic administration: create the lane topics and their dead-letter topics, check them.
+
+The lanes must have equal partition counts: a consumer group spreads partitions of every lane over
+its members, and equal counts keep each member's share of realtime and bulk work balanced.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from streamproc.errors import TopicError
+from streamproc.lanes import Lanes, dead_letter_topic
+
+ADMIN_TIMEOUT_S = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class TopicInfo:
+    """What the cluster says about one topic."""
+
+    name: str
+    exists: bool
+    partitions: int = 0
+    replication_factor: int = 0
+
+
+class TopicAdmin:
+    """Create and describe the lane topics of one topology.
+
+    Args:
+        admin: An AdminClient connected to the cluster.
+        lanes: The lanes whose topics (and dead-letter topics) are managed.
+    """
+
+    def __init__(self, admin: AdminClient, lanes: Lanes) -> None:
+        self._admin = admin
+        self._lanes = lanes
+
+    @property
+    def topics(self) -> tuple[str, ...]:
+        """Every managed topic: the lanes, then their dead-letter topics."""
+        return (*self._lanes.topics, *(dead_letter_topic(t) for t in self._lanes.topics))
+
+    def describe(self) -> list[TopicInfo]:
+        """Describe every managed topic, existing or not."""
+        metadata = self._admin.list_topics(timeout=ADMIN_TIMEOUT_S)
+        infos = []
+        for name in self.topics:
+            topic = metadata.topics.get(name)
+            if topic is None or topic.error is not None:
+                infos.append(TopicInfo(name, exists=False))
+                continue
+            partitions = topic.partitions
+            replicas = len(next(iter(partitions.values())).replicas) if partitions else 0
+            infos.append(TopicInfo(name, True, len(partitions), replicas))
+        return infos
+
+    def create(
+        self,
+        *,
+        partitions: int,
+        replication_factor: int = 1,
+        retention_ms: int | None = None,
+        dlq_retention_ms: int | None = None,
+    ) -> list[str]:
+        """Create whatever managed topic is missing, then check the whole set.
+
+        Args:
+            partitions: Partition count of every lane topic (dead-letter topics get the same).
+            replication_factor: Replicas per partition.
+            retention_ms: ``retention.ms`` of the lane topics; None keeps the broker default.
+            dlq_retention_ms: ``retention.ms`` of the dead-letter topics; None keeps the default.
+
+        Returns:
+            The names of the topics this call created.
+
+        Raises:
+            TopicError: creation failed, or existing topics contradict the topology.
+        """
+        existing = {info.name for info in self.describe() if info.exists}
+        lane_topics = set(self._lanes.topics)
+        new_topics = []
+        for name in self.topics:
+            if name in existing:
+                continue
+            retention = retention_ms if name in lane_topics else dlq_retention_ms
+            config = {"retention.ms": str(retention)} if retention is not None else {}
+            new_topics.append(NewTopic(name, partitions, replication_factor, config=config))
+        created = self._wait([topic.topic for topic in new_topics], new_topics)
+        self.check(expected_partitions=partitions)
+        return created
+
+    def _wait(self, names: list[str], new_topics: list[NewTopic]) -> list[str]:
+        if not new_topics:
+            return []
+        futures = self._admin.create_topics(new_topics, request_timeout=ADMIN_TIMEOUT_S)
+        created = []
+        for name in names:
+            try:
+                futures[name].result()
+                created.append(name)
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise TopicError(f"could not create topic {name}: {exc.args[0].str()}") from exc
+        return created
+
+    def check(self, expected_partitions: int | None = None) -> list[TopicInfo]:
+        """Verify the lane topics exist and share one partition count.
+
+        Raises:
+            TopicError: a lane topic is missing or the partition counts differ.
+        """
+        infos = self.describe()
+        lanes = [info for info in infos if info.name in self._lanes.topics]
+        missing = [info.name for info in lanes if not info.exists]
+        if missing:
+            raise TopicError(
+                f"lane topics missing: {', '.join(missing)} (run `streamproc topics create`)"
+            )
+        counts = {info.name: info.partitions for info in lanes}
+        if len(set(counts.values())) > 1:
+            raise TopicError(f"lane topics must have equal partition counts, found {counts}")
+        if expected_partitions is not None and lanes[0].partitions != expected_partitions:
+            raise TopicError(
+                f"lane topics have {lanes[0].partitions} partitions, expected {expected_partitions}"
+            )
+        return infos
+
+    def delete(self, names: Iterable[str] | None = None) -> None:
+        """Delete managed topics (tests and demos); missing ones are ignored."""
+        targets = list(names) if names is not None else list(self.topics)
+        futures = self._admin.delete_topics(targets, request_timeout=ADMIN_TIMEOUT_S)
+        for future in futures.values():
+            try:
+                future.result()
+            except KafkaException as exc:
+                if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                    raise TopicError(f"could not delete topic: {exc.args[0].str()}") from exc

@@ -1,0 +1,83 @@
+"""Shared fixtures: one real Kafka broker per test session, unique topics per test.
+
+The broker is chosen in this order:
+1. ``KAFKA_BOOTSTRAP_SERVERS`` if set (an existing cluster; nothing is started or stopped);
+2. testcontainers' Kafka module, if a Docker engine answers;
+3. ``scripts/kafka-local`` (Apache Kafka in KRaft mode from its Maven Central jars).
+
+Tests under ``tests/integration`` are marked ``integration`` automatically, so
+``pytest -m "not integration"`` needs no broker at all.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+KAFKA_LOCAL = REPO / "scripts" / "kafka-local"
+TEST_BROKER_HOME = REPO / ".streamproc" / "kafka-test"
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/integration/" in item.path.as_posix():
+            item.add_marker(pytest.mark.integration)
+
+
+def _docker_engine_answers() -> bool:
+    """True when a Docker engine responds to a ping within a few seconds."""
+    try:
+        import docker  # type: ignore[import-untyped]  # testcontainers' dependency, untyped
+
+        client = docker.from_env(timeout=3)
+        client.ping()
+    except Exception:  # noqa: BLE001  # any failure means "no engine": fall through to local
+        return False
+    return True
+
+
+def kafka_local(command: str, home: Path = TEST_BROKER_HOME, *extra: str) -> str:
+    """Run ``scripts/kafka-local COMMAND`` for a broker kept in ``home``; return its last line."""
+    env = {**os.environ, "STREAMPROC_KAFKA_HOME": str(home)}
+    result = subprocess.run(
+        [sys.executable, str(KAFKA_LOCAL), command, *extra],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=600,
+    )
+    if result.returncode != 0:
+        raise RuntimeError(f"kafka-local {command} failed:\n{result.stderr}")
+    lines = result.stdout.strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    """Bootstrap address of the session's real Kafka broker."""
+    configured = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if configured:
+        yield configured
+        return
+    if _docker_engine_answers():
+        from testcontainers.kafka import KafkaContainer
+
+        with KafkaContainer("confluentinc/cp-kafka:7.9.0").with_kraft() as container:
+            yield container.get_bootstrap_server()
+        return
+    yield kafka_local("start")
+    kafka_local("stop")
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    """A prefix no other test uses, so every test gets its own lane topics."""
+    return f"t{uuid.uuid4().hex[:10]}"
