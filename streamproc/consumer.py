@@ -1,0 +1,601 @@
+"""PriorityConsumer: one consumer group over every lane, lower lanes paused while higher ones lag.
+
+The poll loop, in order, every tick:
+
+1. ``consume()`` a batch (rebalance callbacks run inside this call, between batches).
+2. Split the batch by lane and handle the lanes from most to least urgent. Before each lower lane,
+   re-measure lag and re-run the flow policy: if that lane has just been paused, its messages in
+   this batch are not handled; their partitions are rewound (``seek``) to the first of them, so
+   they are fetched again after the resume. Nothing is handled from a paused lane.
+3. Handle a lane's messages: decode (undecodable or invalid messages are parked in the DLQ),
+   call the handler (retriable errors retried with backoff; permanent ones parked or stop, by
+   policy), then store the next offset of each partition. Offsets are stored only after the
+   message was handled or its dead letter was acknowledged; librdkafka's auto-commit commits
+   stored offsets on an interval.
+4. Measure lag and run the flow policy; pause or resume partitions to match the desired set.
+
+Rebalances (cooperative-sticky by default; eager assignors supported):
+
+* assign: ``incremental_assign`` (or ``assign``) first, then pause the new partitions of lanes the
+  policy holds paused: the desired paused set is ours, re-applied after every assignment.
+* revoke: (the batch is already finished) commit stored offsets synchronously, then unassign and
+  drop the partitions from the paused set.
+* lost: drop without committing (another member may already own them).
+
+Shutdown on SIGTERM/SIGINT: stop polling, finish the batch in hand, flush dead letters, commit
+synchronously, close the consumer (leaving the group), return 0. A second signal exits at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from types import FrameType
+from typing import Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from streamproc.codec import ChunkCodec
+from streamproc.deadletter import DeadLetterQueue, error_reason
+from streamproc.errors import ChunkValidationError, DecodeError, HandlerError, StreamprocError
+from streamproc.flow import FlowController, FlowDecision
+from streamproc.handlers import AnyHandler, ChunkRecord, MessageContext, as_batch, as_single
+from streamproc.lag import (
+    PAUSED_METADATA,
+    RUNNING_METADATA,
+    LagMonitor,
+    LagSnapshot,
+    TopicPartitionKey,
+)
+from streamproc.lanes import Lane
+from streamproc.metrics import ConsumerMetrics
+from streamproc.settings import ConsumerSettings
+
+log = logging.getLogger(__name__)
+
+LATENCY_WINDOW = 4096
+
+
+class StopConsumer(StreamprocError):
+    """Raised inside the loop when the error policy says stop: nothing past the failure commits."""
+
+    reason = "stopped"
+
+
+@dataclass(slots=True)
+class LaneStats:
+    """Running figures of one lane (for the live view and tests)."""
+
+    handled: int = 0
+    dead_lettered: int = 0
+    retried: int = 0
+    latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+
+
+@dataclass(slots=True)
+class ConsumerStats:
+    lanes: dict[str, LaneStats]
+    rebalances: int = 0
+    last_snapshot: LagSnapshot | None = None
+    last_decision: FlowDecision | None = None
+
+
+class PriorityConsumer:
+    """Consume every lane in one group, pausing lower lanes while a higher lane lags.
+
+    Args:
+        settings: Connection, group, flow policy and error policy.
+        handler: A per-chunk callable or a :class:`~streamproc.handlers.BatchHandler`.
+        codec: Avro codec (built from the bundled schemas if omitted).
+        metrics: Where to record metrics (a private registry if omitted).
+    """
+
+    def __init__(
+        self,
+        settings: ConsumerSettings,
+        handler: AnyHandler,
+        *,
+        codec: ChunkCodec | None = None,
+        metrics: ConsumerMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.lanes = settings.topology
+        self.codec = codec or ChunkCodec()
+        self.metrics = metrics or ConsumerMetrics(lane.name for lane in self.lanes)
+        self.stats = ConsumerStats({lane.name: LaneStats() for lane in self.lanes})
+        self._handle_batch = as_batch(handler)
+        self._handle_one = as_single(handler)
+        self._lane_of_topic: dict[str, Lane] = {lane.topic: lane for lane in self.lanes}
+        self._flow = FlowController([lane.name for lane in self.lanes], settings.flow_settings())
+        self._stop = threading.Event()
+        self._signals = 0
+        self._paused: set[TopicPartitionKey] = set()
+        self._paused_lanes: frozenset[str] = frozenset()
+        self._last_tick = time.monotonic()
+        self._last_flow_tick = time.monotonic()
+        self._broker_down_since: float | None = None
+        self._closed = False
+        self._parked_in_batch = 0
+
+        self._consumer = Consumer(settings.to_librdkafka(self._on_error, self._on_commit))
+        self._admin = AdminClient(settings.admin_config())
+        self._dlq = DeadLetterQueue(settings.dead_letter_producer_config())
+        self._lag = LagMonitor(
+            self._consumer,
+            self._admin,
+            self.lanes,
+            group_id=settings.group_id,
+            scope=settings.scope,
+            watermark_refresh_s=settings.watermark_refresh_s,
+            group_refresh_s=settings.group_refresh_s,
+            group_lag_slack=settings.group_lag_slack,
+            offset_reset=settings.auto_offset_reset,
+        )
+
+    # -- public surface -------------------------------------------------------------------
+
+    @property
+    def paused_lanes(self) -> frozenset[str]:
+        """Lanes the policy currently holds paused."""
+        return self._paused_lanes
+
+    @property
+    def paused_partitions(self) -> frozenset[TopicPartitionKey]:
+        return frozenset(self._paused)
+
+    @property
+    def assignment(self) -> tuple[TopicPartitionKey, ...]:
+        return self._lag.assignment
+
+    def stop(self) -> None:
+        """Ask the loop to finish the batch in hand and shut down cleanly (thread-safe)."""
+        self._stop.set()
+
+    def healthy(self) -> tuple[bool, str]:
+        """The poll loop ticked recently (within a few poll intervals plus handling time)."""
+        age = time.monotonic() - self._last_tick
+        limit = self.settings.health_max_tick_age_s
+        if age > limit:
+            return False, f"poll loop stalled for {age:.1f}s (limit {limit:.0f}s)"
+        return True, f"last tick {age:.2f}s ago"
+
+    def ready(self) -> tuple[bool, str]:
+        """Assigned at least one partition and the broker reachable."""
+        down_since = self._broker_down_since
+        if down_since is not None and self._lag.last_broker_answer < down_since:
+            return False, "broker unreachable"
+        if not self._lag.assignment:
+            return False, "no partitions assigned"
+        return True, f"{len(self._lag.assignment)} partitions assigned"
+
+    def run(self, *, install_signal_handlers: bool = True) -> int:
+        """Run the loop until :meth:`stop` or a signal; return the process exit code.
+
+        Returns:
+            0 after a clean shutdown, 1 when the error policy stopped the consumer.
+        """
+        if install_signal_handlers and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        self._consumer.subscribe(
+            list(self.lanes.topics),
+            on_assign=self._on_assign,
+            on_revoke=self._on_revoke,
+            on_lost=self._on_lost,
+        )
+        exit_code = 0
+        try:
+            while not self._stop.is_set():
+                self.tick()
+        except StopConsumer as exc:
+            log.error("stopping on error policy: %s", exc)
+            exit_code = 1
+        finally:
+            self.close(commit=True)
+        return exit_code
+
+    def tick(self) -> None:
+        """One turn of the loop: poll a batch, handle it by lane priority, apply flow control."""
+        messages = self._consumer.consume(
+            self.settings.max_batch_messages, self.settings.poll_timeout_s
+        )
+        self._last_tick = time.monotonic()
+        self.metrics.last_poll.set_to_current_time()
+        if messages:
+            self._broker_down_since = None
+            self._handle(messages)
+        self._apply_flow()
+        self.metrics.ready.set(1 if self.ready()[0] else 0)
+
+    def close(self, *, commit: bool = True) -> None:
+        """Flush dead letters, commit stored offsets synchronously, leave the group."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._dlq.close()
+            if commit:
+                self._commit_sync()
+        finally:
+            self._consumer.close()
+
+    # -- handling -----------------------------------------------------------------------------
+
+    def _handle(self, messages: list[Message]) -> None:
+        by_rank: dict[int, list[Message]] = {}
+        for message in messages:
+            if message.error() is not None:
+                self._on_consume_error(message.error())
+                continue
+            lane = self._lane_of_topic.get(message.topic())
+            if lane is not None:
+                by_rank.setdefault(lane.rank, []).append(message)
+        for rank in sorted(by_rank):
+            lane = self.lanes.all[rank]
+            if rank > 0:
+                # Realtime work just done may have shown a backlog: decide before taking bulk.
+                self._apply_flow()
+            if lane.name in self._paused_lanes:
+                self._rewind(by_rank[rank])
+                continue
+            self._handle_lane(lane, by_rank[rank])
+
+    def _rewind(self, messages: list[Message]) -> None:
+        """Seek each partition back to its first unhandled message in ``messages``."""
+        first: dict[TopicPartitionKey, int] = {}
+        for message in messages:
+            key = (message.topic(), message.partition())
+            if key not in first:
+                first[key] = message.offset()
+        for (topic, partition), offset in first.items():
+            try:
+                self._consumer.seek(TopicPartition(topic, partition, offset))
+            except KafkaException as exc:
+                # Without the seek the rest of the batch would be skipped: refuse to go on.
+                raise StopConsumer(f"cannot rewind {topic}[{partition}] to {offset}: {exc}") from exc
+            self._lag.rewound(topic, partition, offset)
+
+    def _handle_lane(self, lane: Lane, messages: list[Message]) -> None:
+        """Decode, hand to the handler, park failures, store offsets — in that order."""
+        lane_metrics = self.metrics.lanes[lane.name]
+        stats = self.stats.lanes[lane.name]
+        records: list[ChunkRecord] = []
+        done: list[Message] = []
+        lane_metrics.in_flight.set(len(messages))
+        try:
+            for message in messages:
+                try:
+                    record = self._decode(lane, message)
+                except (DecodeError, ChunkValidationError) as exc:
+                    self._policy_or_stop(exc, message, lane, records, done)
+                    self._park(message, exc, lane)
+                    done.append(message)
+                    continue
+                records.append(record)
+                done.append(message)
+            self._run_handler(lane, records, messages_done=done)
+        finally:
+            lane_metrics.in_flight.set(0)
+        self._finish(lane, done, stats)
+
+    def _policy_or_stop(
+        self,
+        error: StreamprocError,
+        message: Message,
+        lane: Lane,
+        records: list[ChunkRecord],
+        done: list[Message],
+    ) -> None:
+        """When the policy for ``error`` is stop: finish what came before, then stop."""
+        if self.settings.action_for(error.reason) != "stop":
+            return
+        self._run_handler(lane, records, messages_done=done)
+        self._finish(lane, done, self.stats.lanes[lane.name])
+        raise StopConsumer(
+            f"{error.reason} at {message.topic()}[{message.partition()}]@{message.offset()}: {error}"
+        )
+
+    def _decode(self, lane: Lane, message: Message) -> ChunkRecord:
+        value = message.value()
+        if value is None:
+            raise DecodeError("message has no value (tombstone)", raw=None)
+        chunk = self.codec.decode(value)
+        _, timestamp_ms = message.timestamp()
+        context = MessageContext(
+            lane=lane.name,
+            lane_rank=lane.rank,
+            topic=message.topic(),
+            partition=message.partition(),
+            offset=message.offset(),
+            timestamp_ms=timestamp_ms,
+            key=message.key(),
+            headers=tuple(message.headers() or ()),
+        )
+        return ChunkRecord(chunk, context)
+
+    def _run_handler(
+        self, lane: Lane, records: list[ChunkRecord], *, messages_done: list[Message]
+    ) -> None:
+        """Hand ``records`` over as one batch; on failure, one by one so a bad one is isolated."""
+        if not records:
+            return
+        lane_metrics = self.metrics.lanes[lane.name]
+        started = time.perf_counter()
+        try:
+            self._with_retries(self._handle_batch, records)
+        except Exception:  # noqa: BLE001  # any handler failure: isolate the culprit(s) below
+            lane_metrics.handler_duration.observe(time.perf_counter() - started)
+            self._run_one_by_one(lane, records, messages_done)
+        else:
+            lane_metrics.handler_duration.observe(time.perf_counter() - started)
+        records.clear()
+
+    def _run_one_by_one(
+        self, lane: Lane, records: list[ChunkRecord], messages_done: list[Message]
+    ) -> None:
+        message_of = {
+            (m.topic(), m.partition(), m.offset()): m for m in messages_done
+        }
+        for record in records:
+            ctx = record.context
+            try:
+                attempts = self._with_retries(self._handle_one, record)
+            except Exception as exc:  # noqa: BLE001  # handler code is the user's: anything goes
+                error = exc if isinstance(exc, StreamprocError) else _wrap_handler_error(exc)
+                message = message_of[(ctx.topic, ctx.partition, ctx.offset)]
+                if self.settings.action_for(error.reason) == "stop":
+                    # Store only what precedes the failure in its partition, then stop.
+                    before = [
+                        m
+                        for m in messages_done
+                        if (m.topic(), m.partition()) != (ctx.topic, ctx.partition)
+                        or m.offset() < ctx.offset
+                    ]
+                    self._store(before)
+                    raise StopConsumer(f"handler failed at {ctx.topic}[{ctx.partition}]@{ctx.offset}: {exc}") from exc
+                self._park(message, exc, lane, attempts=self.settings.max_retries + 1)
+                continue
+            if attempts > 1:
+                self.stats.lanes[lane.name].retried += 1
+                self.metrics.lanes[lane.name].handled_retried.inc()
+
+    def _with_retries(self, call: Callable[[Any], None], argument: Any) -> int:
+        """Call ``call(argument)``, retrying retriable errors with capped exponential backoff.
+
+        Returns:
+            How many attempts it took.
+        """
+        backoff = self.settings.retry_backoff_s
+        for attempt in range(1, self.settings.max_retries + 2):
+            try:
+                call(argument)
+            except StreamprocError as exc:
+                if not exc.retriable or attempt > self.settings.max_retries or self._stop.is_set():
+                    raise
+                time.sleep(backoff)
+                backoff = min(backoff * 2, self.settings.retry_backoff_max_s)
+                continue
+            return attempt
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _park(self, message: Message, error: BaseException, lane: Lane, attempts: int = 1) -> None:
+        """Dead-letter ``message`` and wait for the acknowledgement (raises if not acknowledged)."""
+        reason = error_reason(error)
+        log.warning(
+            "dead-lettering %s[%d]@%d (%s): %s",
+            message.topic(),
+            message.partition(),
+            message.offset(),
+            reason,
+            error,
+        )
+        self._dlq.park(message, error, lane=lane.name, attempts=attempts)
+        self.metrics.dead_letters.labels(lane=lane.name, reason=reason).inc()
+        self.metrics.lanes[lane.name].handled_dead_lettered.inc()
+        self.stats.lanes[lane.name].dead_lettered += 1
+        self._parked_in_batch += 1
+
+    def _finish(self, lane: Lane, done: list[Message], stats: LaneStats) -> None:
+        """Record latency for what was handled and store the next offset of each partition."""
+        if not done:
+            return
+        lane_metrics = self.metrics.lanes[lane.name]
+        now = time.time()
+        handled = 0
+        for message in done:
+            _, timestamp_ms = message.timestamp()
+            latency = max(0.0, now - timestamp_ms / 1000.0)
+            lane_metrics.latency.observe(latency)
+            stats.latencies_s.append(latency)
+            self._lag.handled(message.topic(), message.partition(), message.offset(), timestamp_ms)
+            handled += 1
+        stats.handled += handled
+        # Dead letters were counted as such when parked; the rest were handled.
+        lane_metrics.handled_ok.inc(handled - self._parked_in_batch)
+        self._parked_in_batch = 0
+        self._store(done)
+        done.clear()
+
+    def _store(self, messages: Sequence[Message]) -> None:
+        """Store next offsets (the highest handled + 1 per partition; messages are in order)."""
+        next_offsets: dict[TopicPartitionKey, int] = {}
+        for message in messages:
+            next_offsets[(message.topic(), message.partition())] = message.offset() + 1
+        if next_offsets:
+            self._consumer.store_offsets(
+                offsets=[TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
+            )
+
+    # -- flow control ---------------------------------------------------------------------------
+
+    def _apply_flow(self) -> None:
+        now = time.monotonic()
+        snapshot = self._lag.snapshot(self._paused)
+        decision = self._flow.update(snapshot.lanes, now)
+        elapsed = now - self._last_flow_tick
+        self._last_flow_tick = now
+        for lane in self.lanes:
+            lane_metrics = self.metrics.lanes[lane.name]
+            lag = snapshot.lanes[lane.name]
+            lane_metrics.lag.set(lag.lag_messages if lag.lag_messages is not None else float("nan"))
+            lane_metrics.delay.set(lag.delay_s if lag.delay_s is not None else float("nan"))
+            if lane.name in self._paused_lanes:
+                lane_metrics.paused_seconds.inc(elapsed)
+        self.stats.last_snapshot = snapshot
+        self.stats.last_decision = decision
+        if decision.to_pause or decision.to_resume or decision.paused != self._paused_lanes:
+            self._paused_lanes = decision.paused
+            for name in decision.to_pause:
+                self.metrics.lanes[name].pauses.inc()
+                self.metrics.lanes[name].paused.set(1)
+                log.info("pausing lane %s: %s", name, decision.reasons.get(name, ""))
+            for name in decision.to_resume:
+                self.metrics.lanes[name].resumes.inc()
+                self.metrics.lanes[name].paused.set(0)
+                log.info("resuming lane %s", name)
+            self._sync_paused()
+
+    def _sync_paused(self) -> None:
+        """Make the paused partitions match the desired set: paused lanes x assignment."""
+        desired = {
+            key for key in self._lag.assignment if self._lane_name(key[0]) in self._paused_lanes
+        }
+        to_pause = desired - self._paused
+        to_resume = self._paused - desired
+        if to_pause:
+            self._consumer.pause([TopicPartition(t, p) for t, p in to_pause])
+            self._publish_pause_state(to_pause, paused=True)
+        if to_resume:
+            self._consumer.resume([TopicPartition(t, p) for t, p in to_resume])
+            self._publish_pause_state(to_resume, paused=False)
+        self._paused = desired
+
+    def _publish_pause_state(self, keys: set[TopicPartitionKey], *, paused: bool) -> None:
+        """Commit the handled position with metadata saying paused or running.
+
+        ``streamproc lag`` reads it back from the group's offsets, so the pause state of every
+        member is visible from anywhere. The position committed is the next offset to handle,
+        never past anything unhandled, so this commit is as safe as the regular ones.
+        """
+        metadata = PAUSED_METADATA if paused else RUNNING_METADATA
+        offsets = [
+            TopicPartition(topic, partition, position, metadata)
+            for (topic, partition) in keys
+            if (position := self._lag.position(topic, partition)) >= 0
+        ]
+        if not offsets:
+            return
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=True)
+        except KafkaException as exc:
+            log.debug("could not publish pause state: %s", exc)
+
+    def _lane_name(self, topic: str) -> str:
+        return self._lane_of_topic[topic].name
+
+    # -- rebalance callbacks (run inside consume()) ---------------------------------------------
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.metrics.rebalances.labels(kind="assign").inc()
+        self.stats.rebalances += 1
+        if self.settings.assignor == "cooperative-sticky":
+            consumer.incremental_assign(partitions)
+        else:
+            consumer.assign(partitions)
+            self._paused.clear()  # an eager assign replaces the whole assignment
+        self._lag.assigned(partitions)
+        self._sync_paused()  # after the assignment: pause() on unassigned partitions is a no-op
+        self._update_assigned_gauges()
+        log.info("assigned %s", _describe(partitions))
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.metrics.rebalances.labels(kind="revoke").inc()
+        self.stats.rebalances += 1
+        self._commit_sync()
+        if self.settings.assignor == "cooperative-sticky":
+            consumer.incremental_unassign(partitions)
+        else:
+            consumer.unassign()
+        self._forget(partitions)
+        log.info("revoked %s", _describe(partitions))
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.metrics.rebalances.labels(kind="lost").inc()
+        self.stats.rebalances += 1
+        if self.settings.assignor == "cooperative-sticky":
+            consumer.incremental_unassign(partitions)
+        else:
+            consumer.unassign()
+        self._forget(partitions)
+        log.warning("lost %s (not committed)", _describe(partitions))
+
+    def _forget(self, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._paused.discard((tp.topic, tp.partition))
+        self._lag.revoked(partitions)
+        self._update_assigned_gauges()
+
+    def _update_assigned_gauges(self) -> None:
+        counts = dict.fromkeys((lane.name for lane in self.lanes), 0)
+        for topic, _ in self._lag.assignment:
+            counts[self._lane_name(topic)] += 1
+        for name, count in counts.items():
+            self.metrics.lanes[name].assigned.set(count)
+        self.metrics.partition_lag.clear()
+
+    def _commit_sync(self) -> None:
+        try:
+            self._consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            if exc.args[0].code() == KafkaError._NO_OFFSET:
+                return  # nothing stored since the last commit
+            self.metrics.commits.labels(outcome="failed").inc()
+            log.warning("synchronous commit failed: %s", exc)
+            return
+        self.metrics.commits.labels(outcome="ok").inc()
+
+    # -- librdkafka callbacks (run on the poll thread) -------------------------------------------
+
+    def _on_error(self, error: KafkaError) -> None:
+        if error.code() == KafkaError._ALL_BROKERS_DOWN:
+            self._broker_down_since = self._broker_down_since or time.monotonic()
+        log.warning("kafka: %s", error.str())
+
+    def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        if error is None:
+            self._broker_down_since = None
+            self.metrics.commits.labels(outcome="ok").inc()
+        elif error.code() != KafkaError._NO_OFFSET:
+            self.metrics.commits.labels(outcome="failed").inc()
+
+    def _on_consume_error(self, error: KafkaError) -> None:
+        if error.code() == KafkaError._PARTITION_EOF:
+            return
+        if error.fatal():
+            raise StopConsumer(f"fatal consumer error: {error.str()}")
+        log.warning("consume error: %s", error.str())
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("second signal: exiting now without committing")
+            os._exit(128 + signum)
+        log.info("signal %d: finishing in-flight work, committing, closing", signum)
+        self._stop.set()
+
+
+def _wrap_handler_error(error: BaseException) -> StreamprocError:
+    wrapped = HandlerError(f"{type(error).__name__}: {error}")
+    wrapped.__cause__ = error
+    return wrapped
+
+
+def _describe(partitions: list[TopicPartition]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "nothing"

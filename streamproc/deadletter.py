@@ -1,0 +1,118 @@
+"""Parking messages that cannot be handled in ``<topic>.dlq``, with the reason in headers.
+
+The original key and value bytes are written untouched, the original headers are kept, and
+``streamproc.*`` headers say why and where from. :meth:`DeadLetterQueue.park` returns only once
+the broker has acknowledged the write: the consumer stores the message's offset after that, so a
+message is never both un-handled and committed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from streamproc.errors import ProduceError, StreamprocError
+from streamproc.lanes import dead_letter_topic
+
+# Header names: the documented part of the wire contract.
+HEADER_ERROR_CLASS = "streamproc.error.class"
+HEADER_ERROR_REASON = "streamproc.error.reason"
+HEADER_ERROR_MESSAGE = "streamproc.error.message"
+HEADER_TOPIC = "streamproc.original.topic"
+HEADER_PARTITION = "streamproc.original.partition"
+HEADER_OFFSET = "streamproc.original.offset"
+HEADER_TIMESTAMP = "streamproc.original.timestamp"
+HEADER_LANE = "streamproc.lane"
+HEADER_ATTEMPTS = "streamproc.attempts"
+
+_MAX_MESSAGE_CHARS = 1000
+
+
+@dataclass(frozen=True, slots=True)
+class ParkedMessage:
+    """Where a dead letter went."""
+
+    topic: str
+    partition: int
+    offset: int
+    reason: str
+
+
+def error_reason(error: BaseException) -> str:
+    """The bounded reason label of ``error`` (its class attribute; ``handler_error`` for others)."""
+    if isinstance(error, StreamprocError):
+        return error.reason
+    return "handler_error"
+
+
+class DeadLetterQueue:
+    """A producer dedicated to dead letters (idempotent, acks=all).
+
+    Args:
+        config: librdkafka producer configuration (connection keys and safety keys included).
+        flush_timeout_s: How long :meth:`park` waits for the broker's acknowledgement.
+    """
+
+    def __init__(self, config: dict[str, Any], *, flush_timeout_s: float = 30.0) -> None:
+        self._producer = Producer(config)
+        self._flush_timeout_s = flush_timeout_s
+
+    def park(
+        self, message: Message, error: BaseException, *, lane: str, attempts: int = 1
+    ) -> ParkedMessage:
+        """Write ``message`` to its dead-letter topic and wait for the acknowledgement.
+
+        Args:
+            message: The original message; key, value and headers are copied untouched.
+            error: Why it is parked.
+            lane: The lane it came from.
+            attempts: How many times handling was tried.
+
+        Returns:
+            Where the dead letter landed.
+
+        Raises:
+            ProduceError: the write was not acknowledged in time (the offset must not be stored).
+        """
+        topic = message.topic()
+        timestamp_type, timestamp_ms = message.timestamp()
+        reason = error_reason(error)
+        headers = list(message.headers() or [])
+        headers += [
+            (HEADER_ERROR_CLASS, type(error).__name__),
+            (HEADER_ERROR_REASON, reason),
+            (HEADER_ERROR_MESSAGE, str(error)[:_MAX_MESSAGE_CHARS]),
+            (HEADER_TOPIC, topic),
+            (HEADER_PARTITION, str(message.partition())),
+            (HEADER_OFFSET, str(message.offset())),
+            (HEADER_TIMESTAMP, str(timestamp_ms)),
+            (HEADER_LANE, lane),
+            (HEADER_ATTEMPTS, str(attempts)),
+        ]
+        outcome: list[ParkedMessage | str] = []
+
+        def delivered(err: KafkaError | None, parked: Message) -> None:
+            if err is not None:
+                outcome.append(err.str())
+            else:
+                outcome.append(ParkedMessage(parked.topic(), parked.partition(), parked.offset(), reason))
+
+        target = dead_letter_topic(topic)
+        try:
+            self._producer.produce(
+                target, message.value(), message.key(), headers=headers, on_delivery=delivered
+            )
+        except (BufferError, Exception) as exc:  # noqa: BLE001  # any refusal means "not parked"
+            raise ProduceError(f"could not dead-letter to {target}: {exc}") from exc
+        remaining = self._producer.flush(self._flush_timeout_s)
+        if remaining or not outcome:
+            raise ProduceError(f"dead letter to {target} not acknowledged in {self._flush_timeout_s}s")
+        result = outcome[0]
+        if isinstance(result, str):
+            raise ProduceError(f"dead letter to {target} failed: {result}")
+        return result
+
+    def close(self) -> None:
+        self._producer.flush(self._flush_timeout_s)

@@ -1,0 +1,268 @@
+"""Handlers and built-in sinks.
+
+A handler receives decoded chunks with their context, never librdkafka objects. Two shapes:
+
+* a callable ``handler(record: ChunkRecord) -> None`` that takes one chunk at a time, or
+* an object with ``handle_batch(records: Sequence[ChunkRecord]) -> None`` (a :class:`BatchHandler`)
+  that takes every chunk of one lane from one poll at once.
+
+A handler signals failure by raising: :class:`~streamproc.errors.RetriableHandlerError` is retried
+with backoff, anything else is a permanent failure (dead-lettered, or stops the consumer, by policy).
+User handlers load from ``module:function`` (or ``module:Class`` for a zero-argument class).
+
+Built-in sinks, chosen with a URI: ``sqlite:PATH`` (the default), ``jsonl:PATH`` or ``jsonl:-``
+(stdout), ``null``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import sqlite3
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Protocol, runtime_checkable
+
+from streamproc.chunk import Chunk
+from streamproc.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class MessageContext:
+    """Where a chunk came from.
+
+    Attributes:
+        lane: Lane name (``realtime``, ``bulk``).
+        lane_rank: 0 for the most urgent lane.
+        topic: Kafka topic.
+        partition: Kafka partition.
+        offset: Offset of the message in its partition.
+        timestamp_ms: The message timestamp (producer create time), also the chunk's version.
+        key: The message key (the chunk's stable id), if any.
+        headers: The message headers, in order.
+    """
+
+    lane: str
+    lane_rank: int
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+    key: bytes | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ChunkRecord:
+    """A decoded, validated chunk with its context."""
+
+    chunk: Chunk
+    context: MessageContext
+
+
+Handler = Callable[[ChunkRecord], None]
+
+
+@runtime_checkable
+class BatchHandler(Protocol):
+    """Takes every chunk of one lane from one poll at once."""
+
+    def handle_batch(self, records: Sequence[ChunkRecord]) -> None: ...
+
+
+@runtime_checkable
+class Closeable(Protocol):
+    def close(self) -> None: ...
+
+
+AnyHandler = Handler | BatchHandler
+
+
+def as_batch(handler: AnyHandler) -> Callable[[Sequence[ChunkRecord]], None]:
+    """A callable taking a batch, whatever the shape of ``handler``."""
+    if isinstance(handler, BatchHandler):
+        return handler.handle_batch
+
+    def handle_each(records: Sequence[ChunkRecord]) -> None:
+        for record in records:
+            handler(record)
+
+    return handle_each
+
+
+def as_single(handler: AnyHandler) -> Handler:
+    """A callable taking one record, whatever the shape of ``handler``."""
+    if isinstance(handler, BatchHandler):
+        batch = handler.handle_batch
+        return lambda record: batch((record,))
+    return handler
+
+
+def load_handler(spec: str) -> AnyHandler:
+    """Import ``module:attribute``; a class is instantiated with no arguments.
+
+    Raises:
+        ConfigError: the spec is malformed, the module or attribute is missing, or not callable.
+    """
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise ConfigError(f"handler {spec!r} must look like 'package.module:function'")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ConfigError(f"cannot import handler module {module_name!r}: {exc}") from exc
+    target = module
+    for part in attribute.split("."):
+        try:
+            target = getattr(target, part)
+        except AttributeError as exc:
+            raise ConfigError(f"module {module_name!r} has no attribute {attribute!r}") from exc
+    if isinstance(target, type):
+        target = target()
+    if isinstance(target, BatchHandler) or callable(target):
+        return target  # type: ignore[return-value]  # checked just above, at run time
+    raise ConfigError(f"handler {spec!r} is neither callable nor has handle_batch()")
+
+
+# -- built-in sinks ---------------------------------------------------------------------------
+
+
+class NullSink:
+    """Discards everything (benchmarks, dry runs)."""
+
+    def handle_batch(self, records: Sequence[ChunkRecord]) -> None:
+        return None
+
+    def close(self) -> None:
+        return None
+
+
+class JsonlSink:
+    """Appends one JSON line per chunk: its context and the chunk's fields.
+
+    Args:
+        path: A file to append to, or ``-`` for standard output.
+    """
+
+    def __init__(self, path: str) -> None:
+        self._owned = path != "-"
+        self._stream: IO[str] = (
+            Path(path).open("a", encoding="utf-8") if self._owned else sys.stdout  # noqa: SIM115
+        )
+
+    def handle_batch(self, records: Sequence[ChunkRecord]) -> None:
+        lines = []
+        for record in records:
+            ctx = record.context
+            lines.append(
+                json.dumps(
+                    {
+                        "lane": ctx.lane,
+                        "topic": ctx.topic,
+                        "partition": ctx.partition,
+                        "offset": ctx.offset,
+                        "timestamp_ms": ctx.timestamp_ms,
+                        "key": ctx.key.decode("utf-8", "replace") if ctx.key else None,
+                        "chunk": record.chunk.model_dump(mode="json", exclude_none=True),
+                    },
+                    ensure_ascii=False,
+                )
+            )
+        self._stream.write("\n".join(lines) + "\n")
+        self._stream.flush()
+
+    def close(self) -> None:
+        if self._owned:
+            self._stream.close()
+
+
+class SqliteSink:
+    """Upserts chunks into an SQLite table, newest version wins.
+
+    The row identity is ``(dataset_id, chunk_key)`` where ``chunk_key`` is the chunk's
+    ``tracking_id`` when set, else its stable key. The version is the message timestamp: an
+    upsert only replaces a row whose version is older, or equal and from a less urgent lane. So a
+    stale bulk copy never overwrites a newer realtime edit, whichever is handled first.
+
+    The database runs in WAL mode, so readers (dashboards, the demo) never block the writer.
+
+    Args:
+        path: Database file; created with its table when missing.
+    """
+
+    SCHEMA = """
+        CREATE TABLE IF NOT EXISTS chunks (
+            dataset_id   TEXT    NOT NULL,
+            chunk_key    TEXT    NOT NULL,
+            version      INTEGER NOT NULL,
+            lane         TEXT    NOT NULL,
+            lane_rank    INTEGER NOT NULL,
+            topic        TEXT    NOT NULL,
+            partition    INTEGER NOT NULL,
+            "offset"     INTEGER NOT NULL,
+            chunk        TEXT    NOT NULL,
+            PRIMARY KEY (dataset_id, chunk_key)
+        ) WITHOUT ROWID
+    """
+    UPSERT = """
+        INSERT INTO chunks
+            (dataset_id, chunk_key, version, lane, lane_rank, topic, partition, "offset", chunk)
+        VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)
+        ON CONFLICT (dataset_id, chunk_key) DO UPDATE SET
+            version = excluded.version, lane = excluded.lane, lane_rank = excluded.lane_rank,
+            topic = excluded.topic, partition = excluded.partition, "offset" = excluded."offset",
+            chunk = excluded.chunk
+        WHERE excluded.version > chunks.version
+           OR (excluded.version = chunks.version AND excluded.lane_rank <= chunks.lane_rank)
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        # The consumer may hand batches over from a worker thread; one writer at a time is ours.
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute(self.SCHEMA)
+
+    def handle_batch(self, records: Sequence[ChunkRecord]) -> None:
+        rows = [
+            (
+                record.chunk.dataset_id or "",
+                record.chunk.tracking_id or record.chunk.key,
+                record.context.timestamp_ms,
+                record.context.lane,
+                record.context.lane_rank,
+                record.context.topic,
+                record.context.partition,
+                record.context.offset,
+                record.chunk.model_dump_json(exclude_none=True),
+            )
+            for record in records
+        ]
+        # One transaction per batch: durable before the consumer stores the offsets.
+        with self._db:
+            self._db.execute("BEGIN")
+            self._db.executemany(self.UPSERT, rows)
+
+    def close(self) -> None:
+        self._db.close()
+
+
+def open_sink(uri: str) -> AnyHandler:
+    """Build a built-in sink from its URI: ``sqlite:PATH``, ``jsonl:PATH``, ``jsonl:-``, ``null``.
+
+    Raises:
+        ConfigError: unknown scheme or missing path.
+    """
+    scheme, _, target = uri.partition(":")
+    if scheme == "null" and not target:
+        return NullSink()
+    if scheme in ("sqlite", "jsonl") and not target:
+        raise ConfigError(f"sink {uri!r} needs a path, e.g. {scheme}:./chunks.{scheme}")
+    if scheme == "sqlite":
+        return SqliteSink(target)
+    if scheme == "jsonl":
+        return JsonlSink(target)
+    raise ConfigError(f"unknown sink {uri!r}; use sqlite:PATH, jsonl:PATH, jsonl:- or null")

@@ -1,0 +1,434 @@
+"""Measuring lag: this member's partitions (local) and the whole group's top lane (group).
+
+Local lag of a partition is its high watermark minus the next offset this member will handle.
+Watermarks come from librdkafka's cache, which is refreshed by fetch responses; on a paused
+partition there are no fetches, so its cached watermark freezes. Paused partitions (and any whose
+cache is still empty) are therefore refreshed from the broker with ``ListOffsets`` on a slow timer.
+
+Group lag of the top lane sums, over every partition of the top lane, the high watermark minus the
+group's committed offset (``OffsetFetch`` through the AdminClient). It is what a member that owns
+no realtime partition must look at to yield to realtime traffic it cannot see. Committed offsets
+trail the owners' positions by up to one auto-commit interval, so ``group_lag_slack`` messages are
+forgiven before the figure reaches the flow policy.
+
+Every broker query here is asynchronous: a request is issued on one tick and harvested on a later
+one, so the poll loop never blocks on the network.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Mapping
+from concurrent.futures import Future
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_INVALID,
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaException,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient, OffsetSpec
+
+from streamproc.flow import LaneLag, Scope, effective_scope, lane_lag, partition_lag
+from streamproc.lanes import Lanes
+
+TopicPartitionKey = tuple[str, int]
+
+_ADMIN_TIMEOUT_S = 10.0
+# Commit metadata the consumer writes on pause and resume, read back by ``streamproc lag``.
+PAUSED_METADATA = "streamproc:paused"
+RUNNING_METADATA = "streamproc:running"
+
+
+@dataclass(frozen=True, slots=True)
+class PartitionLag:
+    """Lag of one assigned partition, as last measured."""
+
+    lane: str
+    topic: str
+    partition: int
+    high_watermark: int
+    position: int
+    lag_messages: int | None
+    paused: bool
+
+
+@dataclass(frozen=True, slots=True)
+class LagSnapshot:
+    """One measurement: per-lane lag for the flow policy, per-partition detail for metrics."""
+
+    lanes: Mapping[str, LaneLag]
+    partitions: tuple[PartitionLag, ...]
+    scope: str
+    group_top_lag_messages: int | None
+
+
+class _Pending:
+    """An in-flight admin request and when it was issued."""
+
+    def __init__(self, futures: Mapping[Any, Future[Any]], issued_at: float) -> None:
+        self.futures = futures
+        self.issued_at = issued_at
+
+    def done(self) -> bool:
+        return all(future.done() for future in self.futures.values())
+
+
+class LagMonitor:
+    """Tracks positions, watermarks and timestamps of one member's partitions.
+
+    Args:
+        consumer: The member's consumer (for cached watermarks and committed offsets).
+        admin: An AdminClient on the same cluster (watermark refresh and group offsets).
+        lanes: The lane topology.
+        group_id: The consumer group, for group-scope lag.
+        scope: ``local``, ``group`` or ``auto`` (group when this member owns no top-lane partition).
+        watermark_refresh_s: How often paused partitions' watermarks are asked of the broker.
+        group_refresh_s: How often the group's committed offsets are asked of the broker.
+        group_lag_slack: Messages of group lag forgiven for committed offsets trailing positions.
+        offset_reset: The consumer's ``auto.offset.reset`` (where a partition with no committed
+            offset starts).
+    """
+
+    def __init__(
+        self,
+        consumer: Consumer,
+        admin: AdminClient,
+        lanes: Lanes,
+        *,
+        group_id: str,
+        scope: Scope = "auto",
+        watermark_refresh_s: float = 5.0,
+        group_refresh_s: float = 1.0,
+        group_lag_slack: int = 0,
+        offset_reset: str = "earliest",
+    ) -> None:
+        self._consumer = consumer
+        self._admin = admin
+        self._lanes = lanes
+        self._lane_of_topic = {lane.topic: lane.name for lane in lanes}
+        self._group_id = group_id
+        self._scope: Scope = scope
+        self._watermark_refresh_s = watermark_refresh_s
+        self._group_refresh_s = group_refresh_s
+        self._group_lag_slack = group_lag_slack
+        self._reset = "latest" if offset_reset == "latest" else "earliest"
+        # Next offset to handle, per assigned partition (committed offset until something is handled).
+        self._positions: dict[TopicPartitionKey, int] = {}
+        # Watermarks asked of the broker: (low, high, when).
+        self._refreshed: dict[TopicPartitionKey, tuple[int, int, float]] = {}
+        self._last_timestamp_ms: dict[str, int] = {}
+        self._watermark_request: _Pending | None = None
+        self._group_offsets_request: _Pending | None = None
+        self._group_watermark_request: _Pending | None = None
+        self._group_committed: dict[TopicPartitionKey, int] = {}
+        self._group_high: dict[TopicPartitionKey, int] = {}
+        self._group_measured_at = 0.0
+        self._last_watermark_refresh = 0.0
+        self.top_partitions: tuple[TopicPartitionKey, ...] = ()
+        # Monotonic time of the last broker answer to one of our queries (readiness evidence).
+        self.last_broker_answer = 0.0
+
+    # -- assignment -------------------------------------------------------------------------
+
+    def assigned(self, partitions: Iterable[TopicPartition]) -> None:
+        """Start tracking newly assigned partitions at their committed offsets.
+
+        Runs inside the rebalance callback; ``committed()`` is one blocking round trip there, so
+        the first lag figure of a fresh partition is exact instead of a guess.
+        """
+        new = [TopicPartition(tp.topic, tp.partition) for tp in partitions]
+        if not new:
+            return
+        try:
+            committed = self._consumer.committed(new, timeout=_ADMIN_TIMEOUT_S)
+        except KafkaException:
+            committed = [TopicPartition(tp.topic, tp.partition, OFFSET_INVALID) for tp in new]
+        for tp in committed:
+            self._positions[(tp.topic, tp.partition)] = tp.offset
+
+    def revoked(self, partitions: Iterable[TopicPartition]) -> None:
+        """Stop tracking revoked or lost partitions."""
+        for tp in partitions:
+            self._positions.pop((tp.topic, tp.partition), None)
+            self._refreshed.pop((tp.topic, tp.partition), None)
+
+    def handled(self, topic: str, partition: int, offset: int, timestamp_ms: int) -> None:
+        """Record that ``offset`` was handled (or parked): the position moves past it."""
+        self._positions[(topic, partition)] = offset + 1
+        lane = self._lane_of_topic.get(topic)
+        if lane is not None:
+            self._last_timestamp_ms[lane] = timestamp_ms
+
+    def rewound(self, topic: str, partition: int, offset: int) -> None:
+        """Record a seek back to ``offset`` (messages dropped from a batch for redelivery)."""
+        self._positions[(topic, partition)] = offset
+
+    def position(self, topic: str, partition: int) -> int:
+        """Next offset to handle in a partition (negative when not known yet)."""
+        return self._positions.get((topic, partition), OFFSET_INVALID)
+
+    @property
+    def assignment(self) -> tuple[TopicPartitionKey, ...]:
+        return tuple(self._positions)
+
+    # -- measuring ------------------------------------------------------------------------------
+
+    def snapshot(self, paused: set[TopicPartitionKey], now: float | None = None) -> LagSnapshot:
+        """Measure lag now. Cheap: local calls only; broker queries are harvested when ready.
+
+        Args:
+            paused: The partitions currently paused (their cached watermarks are stale).
+            now: Wall-clock seconds (``time.time()``), injectable for tests.
+        """
+        now = time.time() if now is None else now
+        monotonic = time.monotonic()
+        self._harvest_watermarks()
+        # All assigned partitions are refreshed (one cheap ListOffsets); only paused or never
+        # fetched ones use the answer, the rest have fresher cached watermarks.
+        if self._positions and monotonic - self._last_watermark_refresh >= self._watermark_refresh_s:
+            self._request_watermarks(list(self._positions), monotonic)
+
+        top = self._lanes.top
+        owns_top = any(topic == top.topic for topic, _ in self._positions)
+        scope = effective_scope(self._scope, owns_top)
+        if scope == "group":
+            self._refresh_group(monotonic)
+
+        per_lane: dict[str, list[int | None]] = {lane.name: [] for lane in self._lanes}
+        details = []
+        for (topic, partition), position in self._positions.items():
+            lane = self._lane_of_topic[topic]
+            low, high = self._watermarks(topic, partition, (topic, partition) in paused)
+            lag = partition_lag(
+                low=low, high=high, position=position, committed=position, reset=self._reset
+            )
+            per_lane[lane].append(lag)
+            details.append(
+                PartitionLag(lane, topic, partition, high, position, lag, (topic, partition) in paused)
+            )
+
+        group_top = self._group_top_lag()
+        lanes: dict[str, LaneLag] = {}
+        for lane in self._lanes:
+            lag_messages = lane_lag(per_lane[lane.name])
+            if lane.rank == 0 and scope == "group":
+                lag_messages = group_top
+            lanes[lane.name] = LaneLag(lag_messages, self._delay(lane.name, lag_messages, now))
+        return LagSnapshot(lanes, tuple(details), scope, group_top)
+
+    def _delay(self, lane: str, lag_messages: int | None, now: float) -> float | None:
+        """How far behind the lane is in time: 0 when drained, else age of the last handled."""
+        if lag_messages is None:
+            return None
+        if lag_messages == 0:
+            return 0.0
+        last = self._last_timestamp_ms.get(lane)
+        return None if last is None else max(0.0, now - last / 1000.0)
+
+    def _watermarks(self, topic: str, partition: int, paused: bool) -> tuple[int, int]:
+        refreshed = self._refreshed.get((topic, partition))
+        if paused and refreshed is not None:
+            return refreshed[0], refreshed[1]
+        low, high = self._consumer.get_watermark_offsets(
+            TopicPartition(topic, partition), cached=True
+        )
+        if high < 0 and refreshed is not None:
+            return refreshed[0], refreshed[1]
+        return int(low), int(high)
+
+    def _request_watermarks(self, keys: list[TopicPartitionKey], monotonic: float) -> None:
+        if self._watermark_request is not None:
+            return
+        request: dict[TopicPartition, OffsetSpec] = {}
+        for topic, partition in keys:
+            request[TopicPartition(topic, partition)] = OffsetSpec.latest()
+        try:
+            futures = self._admin.list_offsets(request, request_timeout=_ADMIN_TIMEOUT_S)
+        except KafkaException:
+            return
+        self._watermark_request = _Pending(futures, monotonic)
+        self._last_watermark_refresh = monotonic
+
+    def _harvest_watermarks(self) -> None:
+        pending = self._watermark_request
+        if pending is None or not pending.done():
+            return
+        self._watermark_request = None
+        now = time.monotonic()
+        for tp, future in pending.futures.items():
+            try:
+                high = future.result().offset
+            except KafkaException:
+                continue
+            self.last_broker_answer = now
+            key = (tp.topic, tp.partition)
+            if key in self._positions:
+                low = self._refreshed.get(key, (0, 0, 0.0))[0]
+                self._refreshed[key] = (low, high, now)
+
+    # -- group scope --------------------------------------------------------------------------
+
+    def _refresh_group(self, monotonic: float) -> None:
+        offsets, watermarks = self._group_offsets_request, self._group_watermark_request
+        if offsets is not None and watermarks is not None:
+            if not (offsets.done() and watermarks.done()):
+                return
+            self._harvest_group(offsets, watermarks)
+            self._group_offsets_request = self._group_watermark_request = None
+        if monotonic - self._group_measured_at < self._group_refresh_s:
+            return
+        top_partitions = self._top_lane_partitions()
+        if not top_partitions:
+            return
+        request = ConsumerGroupTopicPartitions(
+            self._group_id, [TopicPartition(t, p) for t, p in top_partitions]
+        )
+        try:
+            offset_futures = self._admin.list_consumer_group_offsets(
+                [request], request_timeout=_ADMIN_TIMEOUT_S
+            )
+            watermark_futures = self._admin.list_offsets(
+                {TopicPartition(t, p): OffsetSpec.latest() for t, p in top_partitions},
+                request_timeout=_ADMIN_TIMEOUT_S,
+            )
+        except KafkaException:
+            return
+        self._group_offsets_request = _Pending(offset_futures, monotonic)
+        self._group_watermark_request = _Pending(watermark_futures, monotonic)
+        self._group_measured_at = monotonic
+
+    def _top_lane_partitions(self) -> tuple[TopicPartitionKey, ...]:
+        if not self.top_partitions:
+            topic = self._lanes.top.topic
+            try:
+                metadata = self._consumer.list_topics(topic, timeout=_ADMIN_TIMEOUT_S)
+            except KafkaException:
+                return ()
+            described = metadata.topics.get(topic)
+            if described is None or described.error is not None:
+                return ()
+            self.top_partitions = tuple((topic, p) for p in sorted(described.partitions))
+        return self.top_partitions
+
+    def _harvest_group(self, offsets: _Pending, watermarks: _Pending) -> None:
+        try:
+            result = next(iter(offsets.futures.values())).result()
+            committed = {(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions}
+            highs = {(tp.topic, tp.partition): f.result().offset for tp, f in watermarks.futures.items()}
+        except KafkaException:
+            return
+        self._group_committed = committed
+        self._group_high = highs
+        self.last_broker_answer = time.monotonic()
+
+    def _group_top_lag(self) -> int | None:
+        if not self._group_high:
+            return None
+        lags = []
+        for key, high in self._group_high.items():
+            committed = self._group_committed.get(key, OFFSET_INVALID)
+            # The owner's live position beats a trailing committed offset when we own it.
+            position = self._positions.get(key, committed)
+            lags.append(
+                partition_lag(low=0, high=high, position=position, committed=committed, reset=self._reset)
+            )
+        total = lane_lag(lags)
+        return None if total is None else max(0, total - self._group_lag_slack)
+
+
+# -- the group as seen from outside (``streamproc lag``) ------------------------------------------
+
+
+
+@dataclass(frozen=True, slots=True)
+class GroupPartitionLag:
+    """One row of ``streamproc lag``."""
+
+    lane: str
+    topic: str
+    partition: int
+    high_watermark: int
+    committed: int | None
+    lag_messages: int | None
+    paused: bool
+    owner: str | None
+
+
+def group_exists(admin: AdminClient, group_id: str) -> bool:
+    """True when the broker knows ``group_id`` (it has members or committed offsets)."""
+    future = admin.describe_consumer_groups([group_id], request_timeout=_ADMIN_TIMEOUT_S)[group_id]
+    try:
+        description = future.result()
+    except KafkaException:
+        return False
+    state = str(getattr(description.state, "name", description.state)).upper()
+    if state not in ("DEAD", "UNKNOWN"):
+        return True
+    # An empty group with committed offsets still exists (state EMPTY); DEAD means none at all.
+    offsets = admin.list_consumer_group_offsets(
+        [ConsumerGroupTopicPartitions(group_id)], request_timeout=_ADMIN_TIMEOUT_S
+    )[group_id].result()
+    return any(tp.offset >= 0 for tp in offsets.topic_partitions or ())
+
+
+def describe_group_lag(admin: AdminClient, lanes: Lanes, group_id: str) -> list[GroupPartitionLag]:
+    """Per-lane, per-partition lag of ``group_id`` from the broker's point of view.
+
+    ``paused`` comes from the commit metadata the consumer writes when it pauses or resumes a
+    partition, so it is visible from any machine.
+    """
+    metadata = admin.list_topics(timeout=_ADMIN_TIMEOUT_S)
+    partitions = [
+        TopicPartition(lane.topic, p)
+        for lane in lanes
+        if lane.topic in metadata.topics
+        for p in sorted(metadata.topics[lane.topic].partitions)
+    ]
+    if not partitions:
+        return []
+    highs = {
+        (tp.topic, tp.partition): future.result().offset
+        for tp, future in admin.list_offsets(
+            {tp: OffsetSpec.latest() for tp in partitions}, request_timeout=_ADMIN_TIMEOUT_S
+        ).items()
+    }
+    committed_result = admin.list_consumer_group_offsets(
+        [ConsumerGroupTopicPartitions(group_id, partitions)], request_timeout=_ADMIN_TIMEOUT_S
+    )[group_id].result()
+    committed = {
+        (tp.topic, tp.partition): (tp.offset, tp.metadata or "")
+        for tp in committed_result.topic_partitions
+    }
+    owners: dict[TopicPartitionKey, str] = {}
+    description = admin.describe_consumer_groups([group_id], request_timeout=_ADMIN_TIMEOUT_S)[
+        group_id
+    ].result()
+    for member in description.members or ():
+        assignment = member.assignment.topic_partitions if member.assignment else []
+        for tp in assignment:
+            owners[(tp.topic, tp.partition)] = f"{member.client_id}@{member.host}"
+
+    rows = []
+    lane_of_topic = {lane.topic: lane.name for lane in lanes}
+    for tp in partitions:
+        key = (tp.topic, tp.partition)
+        offset, meta = committed.get(key, (OFFSET_INVALID, ""))
+        high = highs[key]
+        lag = partition_lag(low=0, high=high, position=offset, committed=offset)
+        rows.append(
+            GroupPartitionLag(
+                lane=lane_of_topic[tp.topic],
+                topic=tp.topic,
+                partition=tp.partition,
+                high_watermark=high,
+                committed=offset if offset >= 0 else None,
+                lag_messages=lag,
+                paused=meta == PAUSED_METADATA,
+                owner=owners.get(key),
+            )
+        )
+    return rows

@@ -1,0 +1,238 @@
+"""Prometheus metrics and the HTTP endpoint (``/metrics``, ``/healthz``, ``/readyz``).
+
+Names carry the ``streamproc_`` prefix and base units; only counters end in ``_total``. Labels are
+bounded: lane, topic, partition, outcome, reason, kind — never offsets or keys. Children for the
+hot path are bound once per lane so a handled message costs a few attribute lookups.
+
+The HTTP server runs on its own daemon thread, off the poll loop. Health and readiness come from
+callables the consumer provides, so the server never touches the Kafka client.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    generate_latest,
+)
+
+from streamproc import __version__
+
+# End-to-end latency: 1 ms to 10 min, roughly x2.5 steps.
+LATENCY_BUCKETS = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+)  # fmt: skip
+HANDLER_BUCKETS = (
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0, 30.0,
+)  # fmt: skip
+
+OUTCOMES = ("ok", "retried", "dead_lettered")
+
+
+class LaneMetrics:
+    """Children of the per-lane metrics, bound once for the hot path."""
+
+    def __init__(self, metrics: ConsumerMetrics, lane: str) -> None:
+        self.handled_ok = metrics.handled.labels(lane=lane, outcome="ok")
+        self.handled_retried = metrics.handled.labels(lane=lane, outcome="retried")
+        self.handled_dead_lettered = metrics.handled.labels(lane=lane, outcome="dead_lettered")
+        self.latency = metrics.latency.labels(lane=lane)
+        self.handler_duration = metrics.handler_duration.labels(lane=lane)
+        self.lag = metrics.lane_lag.labels(lane=lane)
+        self.delay = metrics.delay.labels(lane=lane)
+        self.paused = metrics.paused.labels(lane=lane)
+        self.pauses = metrics.pauses.labels(lane=lane)
+        self.resumes = metrics.resumes.labels(lane=lane)
+        self.paused_seconds = metrics.paused_seconds.labels(lane=lane)
+        self.assigned = metrics.assigned_partitions.labels(lane=lane)
+        self.in_flight = metrics.in_flight.labels(lane=lane)
+
+
+class ConsumerMetrics:
+    """Every metric the priority consumer exports.
+
+    Args:
+        lanes: Lane names, to pre-create children (so series exist at zero from the start).
+        registry: Where to register; a private registry per consumer keeps tests independent.
+    """
+
+    def __init__(self, lanes: Iterable[str], registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.build_info = Info("streamproc_build", "streamproc build information.", registry=r)
+        self.build_info.info({"version": __version__})
+        self.partition_lag = Gauge(
+            "streamproc_lag_messages",
+            "Messages behind the high watermark, per assigned partition.",
+            ["lane", "topic", "partition"],
+            registry=r,
+        )
+        self.lane_lag = Gauge(
+            "streamproc_lane_lag_messages",
+            "Lag of a lane as the flow policy sees it (group-wide for the top lane in group scope).",
+            ["lane"],
+            registry=r,
+        )
+        self.delay = Gauge(
+            "streamproc_lane_delay_seconds",
+            "How far behind a lane is in time: 0 when drained, else age of the last handled message.",
+            ["lane"],
+            registry=r,
+        )
+        self.paused = Gauge(
+            "streamproc_lane_paused", "1 while the lane's partitions are paused.", ["lane"], registry=r
+        )
+        self.pauses = Counter(
+            "streamproc_lane_pauses", "Times the lane was paused.", ["lane"], registry=r
+        )
+        self.resumes = Counter(
+            "streamproc_lane_resumes", "Times the lane was resumed.", ["lane"], registry=r
+        )
+        self.paused_seconds = Counter(
+            "streamproc_lane_paused_seconds", "Seconds the lane spent paused.", ["lane"], registry=r
+        )
+        self.handled = Counter(
+            "streamproc_messages_handled",
+            "Messages finished, by lane and outcome (ok, retried then ok, dead_lettered).",
+            ["lane", "outcome"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "streamproc_end_to_end_latency_seconds",
+            "From the message timestamp (produce time) to handled.",
+            ["lane"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.handler_duration = Histogram(
+            "streamproc_handler_duration_seconds",
+            "Time spent in the handler per call (one chunk or one batch).",
+            ["lane"],
+            buckets=HANDLER_BUCKETS,
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "streamproc_dead_letters",
+            "Messages parked in a dead-letter topic, by lane and reason.",
+            ["lane", "reason"],
+            registry=r,
+        )
+        self.rebalances = Counter(
+            "streamproc_rebalances",
+            "Rebalance callbacks by kind (assign, revoke, lost).",
+            ["kind"],
+            registry=r,
+        )
+        self.commits = Counter(
+            "streamproc_commits", "Offset commits by outcome (ok, failed).", ["outcome"], registry=r
+        )
+        self.assigned_partitions = Gauge(
+            "streamproc_assigned_partitions", "Partitions assigned, per lane.", ["lane"], registry=r
+        )
+        self.in_flight = Gauge(
+            "streamproc_in_flight_messages", "Messages taken but not finished.", ["lane"], registry=r
+        )
+        self.ready = Gauge(
+            "streamproc_ready", "1 when assigned and the broker is reachable.", registry=r
+        )
+        self.last_poll = Gauge(
+            "streamproc_last_poll_timestamp_seconds",
+            "Unix time of the poll loop's last tick.",
+            registry=r,
+        )
+        self.lanes = {lane: LaneMetrics(self, lane) for lane in lanes}
+        for outcome in ("ok", "failed"):
+            self.commits.labels(outcome=outcome)
+        for kind in ("assign", "revoke", "lost"):
+            self.rebalances.labels(kind=kind)
+
+
+class ProducerMetrics:
+    """Counters of the producer side (``streamproc produce`` exposes them)."""
+
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        self.produced = Counter(
+            "streamproc_produced_messages",
+            "Chunks produced, by lane and outcome (delivered, failed, rejected).",
+            ["lane", "outcome"],
+            registry=self.registry,
+        )
+
+
+class MetricsServer:
+    """Serves ``/metrics``, ``/healthz`` and ``/readyz`` on a daemon thread.
+
+    Args:
+        registry: What ``/metrics`` exports.
+        port: TCP port; 0 picks a free one (see :attr:`port` after :meth:`start`).
+        host: Interface to bind.
+        healthy: Returns (ok, detail) for ``/healthz``.
+        ready: Returns (ok, detail) for ``/readyz``.
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        *,
+        port: int,
+        host: str = "0.0.0.0",  # noqa: S104  # a container's metrics port must be reachable
+        healthy: Callable[[], tuple[bool, str]] | None = None,
+        ready: Callable[[], tuple[bool, str]] | None = None,
+    ) -> None:
+        self._registry = registry
+        self._healthy = healthy or (lambda: (True, "ok"))
+        self._ready = ready or (lambda: (True, "ok"))
+        self._server = ThreadingHTTPServer((host, port), self._handler_class())
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="streamproc-metrics", daemon=True
+        )
+
+    @property
+    def port(self) -> int:
+        return int(self._server.server_address[1])
+
+    def start(self) -> MetricsServer:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
+        server = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                path = self.path.split("?", 1)[0]
+                if path == "/metrics":
+                    self._send(200, generate_latest(server._registry), CONTENT_TYPE_LATEST)
+                elif path in ("/healthz", "/readyz"):
+                    ok, detail = (server._healthy if path == "/healthz" else server._ready)()
+                    self._send(200 if ok else 503, (detail + "\n").encode(), "text/plain")
+                else:
+                    self._send(404, b"not found\n", "text/plain")
+
+            def _send(self, status: int, body: bytes, content_type: str) -> None:
+                self.send_response(status)
+                self.send_header("Content-Type", content_type)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+                return None  # scrapes every few seconds would flood the consumer's log
+
+        return Handler
