@@ -250,13 +250,23 @@ def produce(
     progress: Annotated[
         bool, typer.Option(help="Show a progress bar (off when stderr is not a terminal).")
     ] = True,
+    metrics_port: Annotated[
+        int,
+        typer.Option(
+            envvar="STREAMPROC_METRICS_PORT",
+            min=0,
+            max=65535,
+            help="Port of /metrics (produced messages by lane and outcome); 0 disables it.",
+        ),
+    ] = 0,
 ) -> None:
     """Validate chunk payloads (Trieve ChunkReqPayload JSON accepted) and produce each to its lane.
 
     Invalid lines are reported with their line number and reason and never sent. The exit code is
     1 if any line was rejected, unless --rejects keeps them in a file.
     """
-    from streamproc.chunk import parse_chunk
+    from streamproc.chunk import Chunk, parse_chunk
+    from streamproc.metrics import MetricsServer, ProducerMetrics
     from streamproc.producer import ChunkProducer
     from streamproc.settings import ProducerSettings
 
@@ -266,7 +276,9 @@ def produce(
         )
     except ValueError as exc:
         raise fail(str(exc), 2) from exc
-    producer = ChunkProducer(settings)
+    metrics = ProducerMetrics(lanes=[lane.name for lane in settings.topology])
+    producer = ChunkProducer(settings, on_delivery=lambda d: metrics.delivered(d.lane, ok=d.ok))
+    server = MetricsServer(metrics.registry, port=metrics_port).start() if metrics_port else None
     bottom = producer.lanes.bottom
     rejected = 0
     rejects_file = rejects.open("w", encoding="utf-8") if rejects else None
@@ -282,9 +294,11 @@ def produce(
         disable=not show_progress,
     )
 
-    def reject(line: int, text: str, reason: str) -> None:
+    def reject(line: int, text: str, reason: str, chunk: Chunk | None = None) -> None:
         nonlocal rejected
         rejected += 1
+        lane = None if chunk is None else bottom if low_priority else producer.lanes.route(chunk)
+        metrics.rejected(None if lane is None else lane.name)
         console.print(f"[red]line {line}:[/] {reason}")
         if rejects_file is not None:
             rejects_file.write(text + "\n")
@@ -296,11 +310,12 @@ def produce(
                 if isinstance(record, tuple):
                     reject(*record)
                     continue
+                chunk = None
                 try:
                     chunk = parse_chunk(record.value, dataset_id=dataset_id)  # type: ignore[arg-type]
                     producer.produce(chunk, lane=bottom if low_priority else None)
                 except ChunkValidationError as exc:
-                    reject(record.line, record.text, str(exc))
+                    reject(record.line, record.text, str(exc), chunk)
                     continue
                 bar.advance(task)
                 speed = bar.tasks[0].speed
@@ -313,6 +328,8 @@ def produce(
             stream.close()
         if rejects_file is not None:
             rejects_file.close()
+        if server is not None:
+            server.stop()
 
     table = Table("lane", "topic", "sent", "delivered", "failed", title="produced")
     for lane in producer.lanes:

@@ -109,6 +109,7 @@ class PriorityConsumer:
         self.lanes = settings.topology
         self.codec = codec or ChunkCodec()
         self.metrics = metrics or ConsumerMetrics(lane.name for lane in self.lanes)
+        self.metrics.describe(consumer_group=settings.group_id, topic_prefix=settings.topic_prefix)
         self.stats = ConsumerStats({lane.name: LaneStats() for lane in self.lanes})
         self._handle_batch = as_batch(handler)
         self._handle_one = as_single(handler)
@@ -448,6 +449,9 @@ class PriorityConsumer:
             lane_metrics.delay.set(lag.delay_s if lag.delay_s is not None else float("nan"))
             if lane.name in self._paused_lanes:
                 lane_metrics.paused_seconds.inc(elapsed)
+        self.metrics.set_partition_lags(
+            (p.lane, p.topic, p.partition, p.lag_messages) for p in snapshot.partitions
+        )
         self.stats.last_snapshot = snapshot
         self.stats.last_decision = decision
         if decision.to_pause or decision.to_resume or decision.paused != self._paused_lanes:

@@ -4,12 +4,18 @@ Names carry the ``streamproc_`` prefix and base units; only counters end in ``_t
 bounded: lane, topic, partition, outcome, reason, kind — never offsets or keys. Children for the
 hot path are bound once per lane so a handled message costs a few attribute lookups.
 
+The consumer group is not a label of every series: ``streamproc_consumer_info{consumer_group=...}``
+carries it once per process, and queries join it on the scrape target
+(``* on (job, instance) group_left (consumer_group) streamproc_consumer_info``), the way
+Kubernetes metadata is joined from ``kube_pod_info``. The metrics reference is ``docs/metrics.md``.
+
 The HTTP server runs on its own daemon thread, off the poll loop. Health and readiness come from
 callables the consumer provides, so the server never touches the Kafka client.
 """
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections.abc import Callable, Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -37,6 +43,9 @@ HANDLER_BUCKETS = (
 )  # fmt: skip
 
 OUTCOMES = ("ok", "retried", "dead_lettered")
+PRODUCE_OUTCOMES = ("delivered", "failed", "rejected")
+# Lane label of a produce rejected before it had a lane (unparseable input).
+UNKNOWN_LANE = "unknown"
 
 
 class LaneMetrics:
@@ -71,6 +80,11 @@ class ConsumerMetrics:
         r = self.registry
         self.build_info = Info("streamproc_build", "streamproc build information.", registry=r)
         self.build_info.info({"version": __version__})
+        self.consumer_info = Info(
+            "streamproc_consumer",
+            "The consumer group and topic prefix of this process (join on job and instance).",
+            registry=r,
+        )
         self.partition_lag = Gauge(
             "streamproc_lag_messages",
             "Messages behind the high watermark, per assigned partition.",
@@ -79,18 +93,23 @@ class ConsumerMetrics:
         )
         self.lane_lag = Gauge(
             "streamproc_lane_lag_messages",
-            "Lag of a lane as the flow policy sees it (group-wide for the top lane in group scope).",
+            "Lag of a lane as the flow policy sees it (group-wide for the top lane in group scope)."
+            " NaN while unknown.",
             ["lane"],
             registry=r,
         )
         self.delay = Gauge(
             "streamproc_lane_delay_seconds",
-            "How far behind a lane is in time: 0 when drained, else age of the last handled message.",
+            "How far behind a lane is in time: 0 when drained, else the age of the last message"
+            " handled. NaN while unknown.",
             ["lane"],
             registry=r,
         )
         self.paused = Gauge(
-            "streamproc_lane_paused", "1 while the lane's partitions are paused.", ["lane"], registry=r
+            "streamproc_lane_paused",
+            "1 while the lane's partitions are paused.",
+            ["lane"],
+            registry=r,
         )
         self.pauses = Counter(
             "streamproc_lane_pauses", "Times the lane was paused.", ["lane"], registry=r
@@ -140,7 +159,10 @@ class ConsumerMetrics:
             "streamproc_assigned_partitions", "Partitions assigned, per lane.", ["lane"], registry=r
         )
         self.in_flight = Gauge(
-            "streamproc_in_flight_messages", "Messages taken but not finished.", ["lane"], registry=r
+            "streamproc_in_flight_messages",
+            "Messages taken but not finished.",
+            ["lane"],
+            registry=r,
         )
         self.ready = Gauge(
             "streamproc_ready", "1 when assigned and the broker is reachable.", registry=r
@@ -155,19 +177,66 @@ class ConsumerMetrics:
             self.commits.labels(outcome=outcome)
         for kind in ("assign", "revoke", "lost"):
             self.rebalances.labels(kind=kind)
+        self._partition_lag_keys: set[tuple[str, str, str]] = set()
+        self._partition_lag_lock = threading.Lock()
+
+    def describe(self, *, consumer_group: str, topic_prefix: str) -> None:
+        """Publish ``streamproc_consumer_info``, the series dashboards and alerts join on."""
+        self.consumer_info.info({"consumer_group": consumer_group, "topic_prefix": topic_prefix})
+
+    def set_partition_lags(self, lags: Iterable[tuple[str, str, int, int | None]]) -> None:
+        """Replace the per-partition lag series with ``(lane, topic, partition, lag)`` items.
+
+        Partitions no longer listed (revoked) or with an unknown lag lose their series instead
+        of keeping a stale value: a sum over partitions must only count what is measured now.
+        """
+        current: set[tuple[str, str, str]] = set()
+        with self._partition_lag_lock:
+            for lane, topic, partition, lag in lags:
+                if lag is None:
+                    continue
+                key = (lane, topic, str(partition))
+                self.partition_lag.labels(*key).set(lag)
+                current.add(key)
+            for key in self._partition_lag_keys - current:
+                with contextlib.suppress(KeyError):  # already cleared on a reassignment
+                    self.partition_lag.remove(*key)
+            self._partition_lag_keys = current
 
 
 class ProducerMetrics:
-    """Counters of the producer side (``streamproc produce`` exposes them)."""
+    """Counters of the producer side (``streamproc produce`` exposes them).
 
-    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+    Args:
+        registry: Where to register (a private registry if omitted).
+        lanes: Lane names, to pre-create every lane x outcome series at zero.
+    """
+
+    def __init__(
+        self, registry: CollectorRegistry | None = None, *, lanes: Iterable[str] = ()
+    ) -> None:
         self.registry = registry or CollectorRegistry()
+        self.build_info = Info(
+            "streamproc_build", "streamproc build information.", registry=self.registry
+        )
+        self.build_info.info({"version": __version__})
         self.produced = Counter(
             "streamproc_produced_messages",
             "Chunks produced, by lane and outcome (delivered, failed, rejected).",
             ["lane", "outcome"],
             registry=self.registry,
         )
+        for lane in lanes:
+            for outcome in PRODUCE_OUTCOMES:
+                self.produced.labels(lane=lane, outcome=outcome)
+
+    def delivered(self, lane: str, *, ok: bool) -> None:
+        """Count one delivery report (from the producer's ``on_delivery`` callback)."""
+        self.produced.labels(lane=lane, outcome="delivered" if ok else "failed").inc()
+
+    def rejected(self, lane: str | None = None) -> None:
+        """Count a chunk refused before sending (invalid or oversized); lane if it had one."""
+        self.produced.labels(lane=lane or UNKNOWN_LANE, outcome="rejected").inc()
 
 
 class MetricsServer:
@@ -232,7 +301,7 @@ class MetricsServer:
                 self.end_headers()
                 self.wfile.write(body)
 
-            def log_message(self, format: str, *args: object) -> None:  # noqa: A002
+            def log_message(self, format: str, *args: object) -> None:
                 return None  # scrapes every few seconds would flood the consumer's log
 
         return Handler
