@@ -22,7 +22,9 @@ from streamproc.errors import ChunkValidationError, StreamprocError
 
 app = typer.Typer(
     name="streamproc",
-    help="Priority-aware Kafka stream processor: realtime and bulk lanes with lag-driven flow control.",
+    help=(
+        "Priority-aware Kafka stream processor: realtime and bulk lanes, lag-driven flow control."
+    ),
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
@@ -147,7 +149,10 @@ def _print_topics(infos: list[Any]) -> None:
     table = Table("topic", "exists", "partitions", "replication")
     for info in infos:
         table.add_row(
-            info.name, "yes" if info.exists else "no", str(info.partitions), str(info.replication_factor)
+            info.name,
+            "yes" if info.exists else "no",
+            str(info.partitions),
+            str(info.replication_factor),
         )
     out.print(table)
 
@@ -165,7 +170,7 @@ def schema_show() -> None:
 
 @schema_app.command("fingerprint")
 def schema_fingerprint() -> None:
-    """Print the CRC-64-AVRO fingerprint of the current schema (hex, as in single-object framing)."""
+    """Print the CRC-64-AVRO fingerprint of the schema (hex, in single-object wire order)."""
     from streamproc.codec import ChunkCodec
 
     out.print(ChunkCodec().fingerprint_hex)
@@ -312,7 +317,11 @@ def produce(
                     continue
                 chunk = None
                 try:
-                    chunk = parse_chunk(record.value, dataset_id=dataset_id)  # type: ignore[arg-type]
+                    if not isinstance(record.value, dict):
+                        raise ChunkValidationError(
+                            f"expected a JSON object, got {type(record.value).__name__}"
+                        )
+                    chunk = parse_chunk(record.value, dataset_id=dataset_id)
                     producer.produce(chunk, lane=bottom if low_priority else None)
                 except ChunkValidationError as exc:
                     reject(record.line, record.text, str(exc), chunk)
@@ -344,6 +353,267 @@ def produce(
     if producer.stats.failed:
         raise fail(f"{producer.stats.failed} chunk(s) failed delivery")
     if rejected and rejects is None:
+        raise typer.Exit(1)
+
+
+# -- consume ----------------------------------------------------------------------------------
+
+GroupOption = Annotated[
+    str, typer.Option("--group", "-g", envvar="STREAMPROC_GROUP_ID", help="Consumer group id.")
+]
+MetricsPortOption = Annotated[
+    int,
+    typer.Option(
+        envvar="STREAMPROC_METRICS_PORT",
+        min=0,
+        max=65535,
+        help="Port of /metrics, /healthz and /readyz; 0 disables the endpoint.",
+    ),
+]
+DEFAULT_METRICS_PORT = 9464
+
+
+def _option(help_text: str, env: str, **kwargs: Any) -> Any:
+    return typer.Option(envvar=f"STREAMPROC_{env}", help=help_text, **kwargs)
+
+
+def parse_error_actions(values: list[str]) -> dict[str, str]:
+    """Turn ``REASON=ACTION`` items (or comma-separated lists of them) into a mapping."""
+    actions: dict[str, str] = {}
+    for value in values:
+        for item in value.split(","):
+            if not item.strip():
+                continue
+            reason, sep, action = item.partition("=")
+            if not sep or action.strip() not in ("dead_letter", "stop"):
+                raise typer.BadParameter(
+                    f"{item!r}: expected REASON=dead_letter or REASON=stop", param_hint="--on-error"
+                )
+            actions[reason.strip()] = action.strip()
+    return actions
+
+
+@app.command()
+def consume(
+    bootstrap_servers: BootstrapOption = DEFAULT_BOOTSTRAP,
+    topic_prefix: PrefixOption = DEFAULT_PREFIX,
+    group: GroupOption = "streamproc",
+    handler: Annotated[
+        str | None,
+        _option("Handler to call, 'package.module:function' (overrides --sink).", "HANDLER"),
+    ] = None,
+    sink: Annotated[
+        str, _option("Built-in sink: sqlite:PATH, jsonl:PATH, jsonl:- or null.", "SINK")
+    ] = "sqlite:streamproc.sqlite",
+    pause_lag: Annotated[
+        int | None, _option("Pause lower lanes when a lane's lag exceeds this.", "PAUSE_LAG")
+    ] = None,
+    resume_lag: Annotated[
+        int | None,
+        _option("Resume when the lane's lag is at most this (0 = drained).", "RESUME_LAG"),
+    ] = None,
+    pause_delay_s: Annotated[
+        float | None,
+        _option("Also pause when a lane's delay exceeds this (seconds).", "PAUSE_DELAY_S"),
+    ] = None,
+    max_pause_s: Annotated[
+        float | None,
+        _option("Starvation guard: longest continuous pause (seconds).", "MAX_PAUSE_S"),
+    ] = None,
+    starvation_slice_s: Annotated[
+        float | None, _option("How long a starved lane then runs (seconds).", "STARVATION_SLICE_S")
+    ] = None,
+    min_bulk_share: Annotated[
+        float | None,
+        _option("Starvation guard: minimum running share of lower lanes.", "MIN_BULK_SHARE"),
+    ] = None,
+    scope: Annotated[
+        str | None, _option("Lag scope driving the policy: local, group or auto.", "SCOPE")
+    ] = None,
+    assignor: Annotated[
+        str | None, _option("cooperative-sticky (default), range or roundrobin.", "ASSIGNOR")
+    ] = None,
+    auto_offset_reset: Annotated[
+        str | None, _option("earliest (default) or latest.", "AUTO_OFFSET_RESET")
+    ] = None,
+    max_batch_messages: Annotated[
+        int | None, _option("Most messages taken per poll.", "MAX_BATCH_MESSAGES")
+    ] = None,
+    poll_timeout_s: Annotated[
+        float | None, _option("Longest wait of one poll (seconds).", "POLL_TIMEOUT_S")
+    ] = None,
+    max_retries: Annotated[
+        int | None, _option("Retries of a retriable handler error.", "MAX_RETRIES")
+    ] = None,
+    on_error: Annotated[
+        list[str] | None,
+        _option(
+            "REASON=dead_letter|stop, repeatable (reasons: undecodable, unknown_schema, "
+            "invalid, handler_error, ...).",
+            "ON_ERROR",
+        ),
+    ] = None,
+    metrics_port: MetricsPortOption = DEFAULT_METRICS_PORT,
+    log_level: Annotated[str, _option("Log level.", "LOG_LEVEL")] = "INFO",
+) -> None:
+    """Consume every lane in one group, pausing the bulk lane while the realtime lane lags.
+
+    Runs until SIGTERM or SIGINT, then finishes the batch in hand, commits and exits 0.
+    """
+    import logging
+
+    from streamproc.consumer import PriorityConsumer
+    from streamproc.handlers import load_handler, open_sink
+    from streamproc.metrics import MetricsServer
+    from streamproc.settings import ConsumerSettings
+
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    given: dict[str, Any] = {
+        "pause_lag": pause_lag,
+        "resume_lag": resume_lag,
+        "pause_delay_s": pause_delay_s,
+        "max_pause_s": max_pause_s,
+        "starvation_slice_s": starvation_slice_s,
+        "min_bulk_share": min_bulk_share,
+        "scope": scope,
+        "assignor": assignor,
+        "auto_offset_reset": auto_offset_reset,
+        "max_batch_messages": max_batch_messages,
+        "poll_timeout_s": poll_timeout_s,
+        "max_retries": max_retries,
+    }
+    try:
+        settings = ConsumerSettings(
+            bootstrap_servers=bootstrap_servers,
+            topic_prefix=topic_prefix,
+            group_id=group,
+            error_actions=parse_error_actions(on_error or []),
+            **{name: value for name, value in given.items() if value is not None},
+        )
+        target = load_handler(handler) if handler else open_sink(sink)
+    except (ValueError, StreamprocError) as exc:
+        raise fail(str(exc), 2) from exc
+    consumer = PriorityConsumer(settings, target)
+    server = None
+    if metrics_port:
+        server = MetricsServer(
+            consumer.metrics.registry,
+            port=metrics_port,
+            healthy=consumer.healthy,
+            ready=consumer.ready,
+        ).start()
+        console.print(f"metrics on :{server.port}/metrics")
+    try:
+        code = consumer.run()
+    finally:
+        if server is not None:
+            server.stop()
+        close = getattr(target, "close", None)
+        if callable(close):
+            close()
+    raise typer.Exit(code)
+
+
+# -- lag ------------------------------------------------------------------------------------------
+
+
+@app.command()
+def lag(
+    bootstrap_servers: BootstrapOption = DEFAULT_BOOTSTRAP,
+    topic_prefix: PrefixOption = DEFAULT_PREFIX,
+    group: GroupOption = "streamproc",
+) -> None:
+    """Per-lane, per-partition lag of a group: high watermark, committed, lag, paused, owner.
+
+    Exits 1 when the group does not exist.
+    """
+    from confluent_kafka.admin import AdminClient
+
+    from streamproc.lag import describe_group_lag, group_exists
+    from streamproc.settings import KafkaSettings
+
+    settings = KafkaSettings(bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix)
+    admin = AdminClient(settings.admin_config())
+    if not group_exists(admin, group):
+        raise fail(f"consumer group {group!r} does not exist")
+    rows = describe_group_lag(admin, settings.topology, group)
+    table = Table(
+        "lane",
+        "partition",
+        "high watermark",
+        "committed",
+        "lag",
+        "paused",
+        "owner",
+        title=f"group {group}",
+    )
+    totals: dict[str, int] = {}
+    for row in rows:
+        totals[row.lane] = totals.get(row.lane, 0) + (row.lag_messages or 0)
+        table.add_row(
+            row.lane,
+            str(row.partition),
+            str(row.high_watermark),
+            "-" if row.committed is None else str(row.committed),
+            "?" if row.lag_messages is None else str(row.lag_messages),
+            "yes" if row.paused else "no",
+            row.owner or "-",
+        )
+    out.print(table)
+    for lane, total in totals.items():
+        out.print(f"{lane}: lag {total}")
+
+
+# -- demo -----------------------------------------------------------------------------------------
+
+
+@app.command()
+def demo(
+    bootstrap_servers: BootstrapOption = DEFAULT_BOOTSTRAP,
+    bulk_count: Annotated[int, typer.Option(min=0, help="Bulk backlog size (chunks).")] = 100_000,
+    realtime_rate: Annotated[
+        float, typer.Option(min=1, help="Steady realtime rate (chunks/s).")
+    ] = 200.0,
+    realtime_seconds: Annotated[
+        float, typer.Option(min=1, help="How long the realtime stream runs (s).")
+    ] = 30.0,
+    burst_size: Annotated[
+        int, typer.Option(min=0, help="Realtime chunks per burst (over the pause threshold).")
+    ] = 3_000,
+    burst_every_s: Annotated[float, typer.Option(min=1, help="Seconds between bursts.")] = 6.0,
+    pause_lag: Annotated[int, typer.Option(min=1, help="Realtime lag that pauses bulk.")] = 1_000,
+    partitions: Annotated[int, typer.Option(min=1, help="Partitions per lane topic.")] = 3,
+    sqlite_path: Annotated[Path, typer.Option(help="Where the SQLite sink writes.")] = Path(
+        ".streamproc/demo.sqlite"
+    ),
+) -> None:
+    """Run the whole job on a broker: bulk backlog, realtime stream, live lag view, summary.
+
+    Exits 1 if not every produced chunk was handled in time.
+    """
+    from streamproc.demo import Demo, DemoConfig, summary_lines, summary_table
+
+    config = DemoConfig(
+        bootstrap_servers=bootstrap_servers,
+        bulk_count=bulk_count,
+        realtime_rate=realtime_rate,
+        realtime_seconds=realtime_seconds,
+        burst_size=burst_size,
+        burst_every_s=burst_every_s,
+        pause_lag=pause_lag,
+        partitions=partitions,
+        sqlite_path=sqlite_path,
+    )
+    try:
+        result = Demo(config, out).run()
+    except StreamprocError as exc:
+        raise fail(str(exc)) from exc
+    out.print(summary_table(result))
+    for line in summary_lines(result):
+        out.print(line)
+    if not result.complete:
         raise typer.Exit(1)
 
 

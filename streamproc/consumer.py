@@ -55,6 +55,7 @@ from streamproc.lag import (
     TopicPartitionKey,
 )
 from streamproc.lanes import Lane
+from streamproc.messages import coordinates, headers, timestamp_ms
 from streamproc.metrics import ConsumerMetrics
 from streamproc.settings import ConsumerSettings
 
@@ -204,9 +205,11 @@ class PriorityConsumer:
 
     def tick(self) -> None:
         """One turn of the loop: poll a batch, handle it by lane priority, apply flow control."""
-        messages = self._consumer.consume(
-            self.settings.max_batch_messages, self.settings.poll_timeout_s
-        )
+        # consume(n, timeout) waits for n messages or the timeout: at a trickle that would add up
+        # to a whole timeout of latency. Wait for the first message only, then take what is ready.
+        messages = self._consumer.consume(1, self.settings.poll_timeout_s)
+        if messages and self.settings.max_batch_messages > 1:
+            messages += self._consumer.consume(self.settings.max_batch_messages - 1, 0)
         self._last_tick = time.monotonic()
         self.metrics.last_poll.set_to_current_time()
         if messages:
@@ -232,10 +235,11 @@ class PriorityConsumer:
     def _handle(self, messages: list[Message]) -> None:
         by_rank: dict[int, list[Message]] = {}
         for message in messages:
-            if message.error() is not None:
-                self._on_consume_error(message.error())
+            error = message.error()
+            if error is not None:
+                self._on_consume_error(error)
                 continue
-            lane = self._lane_of_topic.get(message.topic())
+            lane = self._lane_of_topic.get(coordinates(message)[0])
             if lane is not None:
                 by_rank.setdefault(lane.rank, []).append(message)
         for rank in sorted(by_rank):
@@ -252,15 +256,16 @@ class PriorityConsumer:
         """Seek each partition back to its first unhandled message in ``messages``."""
         first: dict[TopicPartitionKey, int] = {}
         for message in messages:
-            key = (message.topic(), message.partition())
-            if key not in first:
-                first[key] = message.offset()
+            topic, partition, offset = coordinates(message)
+            first.setdefault((topic, partition), offset)
         for (topic, partition), offset in first.items():
             try:
                 self._consumer.seek(TopicPartition(topic, partition, offset))
             except KafkaException as exc:
                 # Without the seek the rest of the batch would be skipped: refuse to go on.
-                raise StopConsumer(f"cannot rewind {topic}[{partition}] to {offset}: {exc}") from exc
+                raise StopConsumer(
+                    f"cannot rewind {topic}[{partition}] to {offset}: {exc}"
+                ) from exc
             self._lag.rewound(topic, partition, offset)
 
     def _handle_lane(self, lane: Lane, messages: list[Message]) -> None:
@@ -299,25 +304,25 @@ class PriorityConsumer:
             return
         self._run_handler(lane, records, messages_done=done)
         self._finish(lane, done, self.stats.lanes[lane.name])
-        raise StopConsumer(
-            f"{error.reason} at {message.topic()}[{message.partition()}]@{message.offset()}: {error}"
-        )
+        topic, partition, offset = coordinates(message)
+        raise StopConsumer(f"{error.reason} at {topic}[{partition}]@{offset}: {error}")
 
     def _decode(self, lane: Lane, message: Message) -> ChunkRecord:
         value = message.value()
         if value is None:
             raise DecodeError("message has no value (tombstone)", raw=None)
         chunk = self.codec.decode(value)
-        _, timestamp_ms = message.timestamp()
+        topic, partition, offset = coordinates(message)
+        key = message.key()
         context = MessageContext(
             lane=lane.name,
             lane_rank=lane.rank,
-            topic=message.topic(),
-            partition=message.partition(),
-            offset=message.offset(),
-            timestamp_ms=timestamp_ms,
-            key=message.key(),
-            headers=tuple(message.headers() or ()),
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            timestamp_ms=timestamp_ms(message),
+            key=key.encode() if isinstance(key, str) else key,
+            headers=tuple(headers(message)),
         )
         return ChunkRecord(chunk, context)
 
@@ -341,14 +346,12 @@ class PriorityConsumer:
     def _run_one_by_one(
         self, lane: Lane, records: list[ChunkRecord], messages_done: list[Message]
     ) -> None:
-        message_of = {
-            (m.topic(), m.partition(), m.offset()): m for m in messages_done
-        }
+        message_of = {coordinates(m): m for m in messages_done}
         for record in records:
             ctx = record.context
             try:
                 attempts = self._with_retries(self._handle_one, record)
-            except Exception as exc:  # noqa: BLE001  # handler code is the user's: anything goes
+            except Exception as exc:  # handler code is the user's: anything goes
                 error = exc if isinstance(exc, StreamprocError) else _wrap_handler_error(exc)
                 message = message_of[(ctx.topic, ctx.partition, ctx.offset)]
                 if self.settings.action_for(error.reason) == "stop":
@@ -356,11 +359,13 @@ class PriorityConsumer:
                     before = [
                         m
                         for m in messages_done
-                        if (m.topic(), m.partition()) != (ctx.topic, ctx.partition)
-                        or m.offset() < ctx.offset
+                        if coordinates(m)[:2] != (ctx.topic, ctx.partition)
+                        or coordinates(m)[2] < ctx.offset
                     ]
                     self._store(before)
-                    raise StopConsumer(f"handler failed at {ctx.topic}[{ctx.partition}]@{ctx.offset}: {exc}") from exc
+                    raise StopConsumer(
+                        f"handler failed at {ctx.topic}[{ctx.partition}]@{ctx.offset}: {exc}"
+                    ) from exc
                 self._park(message, exc, lane, attempts=self.settings.max_retries + 1)
                 continue
             if attempts > 1:
@@ -389,14 +394,8 @@ class PriorityConsumer:
     def _park(self, message: Message, error: BaseException, lane: Lane, attempts: int = 1) -> None:
         """Dead-letter ``message`` and wait for the acknowledgement (raises if not acknowledged)."""
         reason = error_reason(error)
-        log.warning(
-            "dead-lettering %s[%d]@%d (%s): %s",
-            message.topic(),
-            message.partition(),
-            message.offset(),
-            reason,
-            error,
-        )
+        topic, partition, offset = coordinates(message)
+        log.warning("dead-lettering %s[%d]@%d (%s): %s", topic, partition, offset, reason, error)
         self._dlq.park(message, error, lane=lane.name, attempts=attempts)
         self.metrics.dead_letters.labels(lane=lane.name, reason=reason).inc()
         self.metrics.lanes[lane.name].handled_dead_lettered.inc()
@@ -411,11 +410,11 @@ class PriorityConsumer:
         now = time.time()
         handled = 0
         for message in done:
-            _, timestamp_ms = message.timestamp()
-            latency = max(0.0, now - timestamp_ms / 1000.0)
+            produced_ms = timestamp_ms(message)
+            latency = max(0.0, now - produced_ms / 1000.0)
             lane_metrics.latency.observe(latency)
             stats.latencies_s.append(latency)
-            self._lag.handled(message.topic(), message.partition(), message.offset(), timestamp_ms)
+            self._lag.handled(*coordinates(message), produced_ms)
             handled += 1
         stats.handled += handled
         # Dead letters were counted as such when parked; the rest were handled.
@@ -428,7 +427,8 @@ class PriorityConsumer:
         """Store next offsets (the highest handled + 1 per partition; messages are in order)."""
         next_offsets: dict[TopicPartitionKey, int] = {}
         for message in messages:
-            next_offsets[(message.topic(), message.partition())] = message.offset() + 1
+            topic, partition, offset = coordinates(message)
+            next_offsets[(topic, partition)] = offset + 1
         if next_offsets:
             self._consumer.store_offsets(
                 offsets=[TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]

@@ -15,6 +15,8 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from streamproc.errors import ProduceError, StreamprocError
 from streamproc.lanes import dead_letter_topic
+from streamproc.messages import coordinates, timestamp_ms
+from streamproc.messages import headers as original_headers
 
 # Header names: the documented part of the wire contract.
 HEADER_ERROR_CLASS = "streamproc.error.class"
@@ -76,18 +78,17 @@ class DeadLetterQueue:
         Raises:
             ProduceError: the write was not acknowledged in time (the offset must not be stored).
         """
-        topic = message.topic()
-        timestamp_type, timestamp_ms = message.timestamp()
+        topic, partition, offset = coordinates(message)
         reason = error_reason(error)
-        headers = list(message.headers() or [])
+        headers: list[tuple[str, str | bytes | None]] = list(original_headers(message))
         headers += [
             (HEADER_ERROR_CLASS, type(error).__name__),
             (HEADER_ERROR_REASON, reason),
             (HEADER_ERROR_MESSAGE, str(error)[:_MAX_MESSAGE_CHARS]),
             (HEADER_TOPIC, topic),
-            (HEADER_PARTITION, str(message.partition())),
-            (HEADER_OFFSET, str(message.offset())),
-            (HEADER_TIMESTAMP, str(timestamp_ms)),
+            (HEADER_PARTITION, str(partition)),
+            (HEADER_OFFSET, str(offset)),
+            (HEADER_TIMESTAMP, str(timestamp_ms(message))),
             (HEADER_LANE, lane),
             (HEADER_ATTEMPTS, str(attempts)),
         ]
@@ -97,18 +98,20 @@ class DeadLetterQueue:
             if err is not None:
                 outcome.append(err.str())
             else:
-                outcome.append(ParkedMessage(parked.topic(), parked.partition(), parked.offset(), reason))
+                outcome.append(ParkedMessage(*coordinates(parked), reason))
 
         target = dead_letter_topic(topic)
         try:
             self._producer.produce(
                 target, message.value(), message.key(), headers=headers, on_delivery=delivered
             )
-        except (BufferError, Exception) as exc:  # noqa: BLE001  # any refusal means "not parked"
+        except (BufferError, Exception) as exc:  # any refusal means "not parked"
             raise ProduceError(f"could not dead-letter to {target}: {exc}") from exc
         remaining = self._producer.flush(self._flush_timeout_s)
         if remaining or not outcome:
-            raise ProduceError(f"dead letter to {target} not acknowledged in {self._flush_timeout_s}s")
+            raise ProduceError(
+                f"dead letter to {target} not acknowledged in {self._flush_timeout_s}s"
+            )
         result = outcome[0]
         if isinstance(result, str):
             raise ProduceError(f"dead letter to {target} failed: {result}")

@@ -7,7 +7,8 @@ A handler receives decoded chunks with their context, never librdkafka objects. 
   that takes every chunk of one lane from one poll at once.
 
 A handler signals failure by raising: :class:`~streamproc.errors.RetriableHandlerError` is retried
-with backoff, anything else is a permanent failure (dead-lettered, or stops the consumer, by policy).
+with backoff, anything else is a permanent failure (dead-lettered, or stops the consumer, by
+policy).
 User handlers load from ``module:function`` (or ``module:Class`` for a zero-argument class).
 
 Built-in sinks, chosen with a URI: ``sqlite:PATH`` (the default), ``jsonl:PATH`` or ``jsonl:-``
@@ -122,7 +123,7 @@ def load_handler(spec: str) -> AnyHandler:
     if isinstance(target, type):
         target = target()
     if isinstance(target, BatchHandler) or callable(target):
-        return target  # type: ignore[return-value]  # checked just above, at run time
+        return target
     raise ConfigError(f"handler {spec!r} is neither callable nor has handle_batch()")
 
 

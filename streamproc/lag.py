@@ -30,14 +30,16 @@ from confluent_kafka import (
     KafkaException,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin._listoffsets import OffsetSpec
 
-from streamproc.flow import LaneLag, Scope, effective_scope, lane_lag, partition_lag
+from streamproc.flow import LaneLag, OffsetReset, Scope, effective_scope, lane_lag, partition_lag
 from streamproc.lanes import Lanes
 
 TopicPartitionKey = tuple[str, int]
 
 _ADMIN_TIMEOUT_S = 10.0
+_LATEST = OffsetSpec.latest()  # type: ignore[no-untyped-call]  # unannotated upstream
 # Commit metadata the consumer writes on pause and resume, read back by ``streamproc lag``.
 PAUSED_METADATA = "streamproc:paused"
 RUNNING_METADATA = "streamproc:running"
@@ -115,8 +117,8 @@ class LagMonitor:
         self._watermark_refresh_s = watermark_refresh_s
         self._group_refresh_s = group_refresh_s
         self._group_lag_slack = group_lag_slack
-        self._reset = "latest" if offset_reset == "latest" else "earliest"
-        # Next offset to handle, per assigned partition (committed offset until something is handled).
+        self._reset: OffsetReset = "latest" if offset_reset == "latest" else "earliest"
+        # Next offset to handle per assigned partition (the committed one until one is handled).
         self._positions: dict[TopicPartitionKey, int] = {}
         # Watermarks asked of the broker: (low, high, when).
         self._refreshed: dict[TopicPartitionKey, tuple[int, int, float]] = {}
@@ -189,7 +191,10 @@ class LagMonitor:
         self._harvest_watermarks()
         # All assigned partitions are refreshed (one cheap ListOffsets); only paused or never
         # fetched ones use the answer, the rest have fresher cached watermarks.
-        if self._positions and monotonic - self._last_watermark_refresh >= self._watermark_refresh_s:
+        if (
+            self._positions
+            and monotonic - self._last_watermark_refresh >= self._watermark_refresh_s
+        ):
             self._request_watermarks(list(self._positions), monotonic)
 
         top = self._lanes.top
@@ -201,14 +206,15 @@ class LagMonitor:
         per_lane: dict[str, list[int | None]] = {lane.name: [] for lane in self._lanes}
         details = []
         for (topic, partition), position in self._positions.items():
-            lane = self._lane_of_topic[topic]
-            low, high = self._watermarks(topic, partition, (topic, partition) in paused)
+            lane_name = self._lane_of_topic[topic]
+            is_paused = (topic, partition) in paused
+            low, high = self._watermarks(topic, partition, is_paused)
             lag = partition_lag(
                 low=low, high=high, position=position, committed=position, reset=self._reset
             )
-            per_lane[lane].append(lag)
+            per_lane[lane_name].append(lag)
             details.append(
-                PartitionLag(lane, topic, partition, high, position, lag, (topic, partition) in paused)
+                PartitionLag(lane_name, topic, partition, high, position, lag, is_paused)
             )
 
         group_top = self._group_top_lag()
@@ -245,7 +251,7 @@ class LagMonitor:
             return
         request: dict[TopicPartition, OffsetSpec] = {}
         for topic, partition in keys:
-            request[TopicPartition(topic, partition)] = OffsetSpec.latest()
+            request[TopicPartition(topic, partition)] = _LATEST
         try:
             futures = self._admin.list_offsets(request, request_timeout=_ADMIN_TIMEOUT_S)
         except KafkaException:
@@ -292,7 +298,7 @@ class LagMonitor:
                 [request], request_timeout=_ADMIN_TIMEOUT_S
             )
             watermark_futures = self._admin.list_offsets(
-                {TopicPartition(t, p): OffsetSpec.latest() for t, p in top_partitions},
+                {TopicPartition(t, p): _LATEST for t, p in top_partitions},
                 request_timeout=_ADMIN_TIMEOUT_S,
             )
         except KafkaException:
@@ -318,7 +324,9 @@ class LagMonitor:
         try:
             result = next(iter(offsets.futures.values())).result()
             committed = {(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions}
-            highs = {(tp.topic, tp.partition): f.result().offset for tp, f in watermarks.futures.items()}
+            highs = {
+                (tp.topic, tp.partition): f.result().offset for tp, f in watermarks.futures.items()
+            }
         except KafkaException:
             return
         self._group_committed = committed
@@ -334,14 +342,15 @@ class LagMonitor:
             # The owner's live position beats a trailing committed offset when we own it.
             position = self._positions.get(key, committed)
             lags.append(
-                partition_lag(low=0, high=high, position=position, committed=committed, reset=self._reset)
+                partition_lag(
+                    low=0, high=high, position=position, committed=committed, reset=self._reset
+                )
             )
         total = lane_lag(lags)
         return None if total is None else max(0, total - self._group_lag_slack)
 
 
 # -- the group as seen from outside (``streamproc lag``) ------------------------------------------
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,7 +402,7 @@ def describe_group_lag(admin: AdminClient, lanes: Lanes, group_id: str) -> list[
     highs = {
         (tp.topic, tp.partition): future.result().offset
         for tp, future in admin.list_offsets(
-            {tp: OffsetSpec.latest() for tp in partitions}, request_timeout=_ADMIN_TIMEOUT_S
+            dict.fromkeys(partitions, _LATEST), request_timeout=_ADMIN_TIMEOUT_S
         ).items()
     }
     committed_result = admin.list_consumer_group_offsets(

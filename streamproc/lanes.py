@@ -65,7 +65,9 @@ class Lanes:
             raise ConfigError(f"at least two lanes are needed, got {list(self.names)}")
         if len(set(self.names)) != len(self.names):
             raise ConfigError(f"lane names must be unique, got {list(self.names)}")
-        lanes = tuple(Lane(name, rank, f"{self.prefix}.{name}") for rank, name in enumerate(self.names))
+        lanes = tuple(
+            Lane(name, rank, f"{self.prefix}.{name}") for rank, name in enumerate(self.names)
+        )
         object.__setattr__(self, "all", lanes)
 
     @classmethod
@@ -105,7 +107,7 @@ class Lanes:
         raise ConfigError(f"topic {topic!r} belongs to no lane; lane topics are {self.topics}")
 
     def route(self, chunk: Routable) -> Lane:
-        """Pick the lane of ``chunk``: ``low_priority`` goes to the bottom lane, all else to the top.
+        """The lane of ``chunk``: ``low_priority`` goes to the bottom lane, the rest to the top.
 
         With more than two lanes, producers that want a middle lane name it explicitly with
         :meth:`by_name`; the flag only distinguishes "urgent" from "may wait".

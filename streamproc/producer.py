@@ -15,10 +15,11 @@ from typing import Self
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from streamproc.chunk import Chunk
+from streamproc.chunk import Chunk, ChunkLimits
 from streamproc.codec import ChunkCodec, Framing
 from streamproc.errors import OversizeError, ProduceError
 from streamproc.lanes import Lane, Lanes
+from streamproc.messages import coordinates
 from streamproc.settings import ProducerSettings
 
 DeliveryCallback = Callable[["Delivery"], None]
@@ -90,7 +91,9 @@ class ChunkProducer:
     ) -> None:
         self.settings = settings or ProducerSettings()
         self.lanes: Lanes = self.settings.topology
-        self.codec = codec or ChunkCodec()
+        self.codec = codec or ChunkCodec(
+            limits=ChunkLimits(max_encoded_bytes=self.settings.max_chunk_bytes)
+        )
         self.framing = Framing(self.settings.framing)
         self.stats = ProducerStats({lane.name: LaneCounts() for lane in self.lanes})
         self._on_delivery = on_delivery
@@ -119,10 +122,11 @@ class ChunkProducer:
             ProduceError: librdkafka refused the message outright.
         """
         target = lane or self.lanes.route(chunk)
-        value = self.codec.encode(chunk, self.framing)
-        if len(value) > self.settings.max_chunk_bytes:
+        try:
+            value = self.codec.encode(chunk, self.framing)  # enforces max_chunk_bytes
+        except OversizeError:
             self.stats.rejected += 1
-            raise OversizeError(len(value), self.settings.max_chunk_bytes)
+            raise
         self.produce_encoded(target, chunk.key.encode(), value, headers)
         return target
 
@@ -134,7 +138,9 @@ class ChunkProducer:
         headers: Mapping[str, str | bytes] | None = None,
     ) -> None:
         """Queue already-encoded bytes for ``lane`` (the fast path for re-sends and tools)."""
-        header_list = list(headers.items()) if headers else None
+        header_list: list[tuple[str, str | bytes | None]] | None = (
+            list(headers.items()) if headers else None
+        )
         while True:
             try:
                 self._producer.produce(
@@ -188,7 +194,7 @@ class ChunkProducer:
         self.flush()
 
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:
-        topic = msg.topic()
+        topic, partition, offset = coordinates(msg)
         lane = self._lane_of_topic.get(topic, topic)
         counts = self.stats.lanes[lane]
         if err is None:
@@ -200,10 +206,9 @@ class ChunkProducer:
                 Delivery(
                     lane=lane,
                     topic=topic,
-                    partition=msg.partition(),
-                    offset=msg.offset(),
-                    key=msg.key(),
+                    partition=partition,
+                    offset=offset,
+                    key=key.encode() if isinstance(key := msg.key(), str) else key,
                     error=None if err is None else err.str(),
                 )
             )
-

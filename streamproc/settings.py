@@ -62,7 +62,9 @@ class KafkaSettings(BaseSettings):
         if self.sasl_mechanism in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512") and not (
             self.sasl_username and self.sasl_password
         ):
-            raise ValueError(f"sasl_username and sasl_password are required with {self.sasl_mechanism}")
+            raise ValueError(
+                f"sasl_username and sasl_password are required with {self.sasl_mechanism}"
+            )
         return self
 
     @property
@@ -151,6 +153,8 @@ ERROR_KINDS = ("undecodable", "unknown_framing", "unknown_schema", "incompatible
 class ConsumerSettings(KafkaSettings, FlowSettings):
     """The priority consumer: group, polling, flow policy (inherited fields), error policy."""
 
+    model_config = _ENV
+
     group_id: str = Field("streamproc", description="Consumer group id.")
     assignor: Assignor = Field(
         "cooperative-sticky",
@@ -171,9 +175,21 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
         0.1, gt=0, description="Longest wait of one poll; also the flow policy's tick."
     )
     prefetch_kbytes: int = Field(
-        4_096,
+        256,
         gt=0,
-        description="Prefetch per partition (queued.max.messages.kbytes); small keeps pauses cheap.",
+        description=(
+            "Bound of librdkafka's local queue of prefetched messages (queued.max.messages.kbytes)."
+            " The queue is shared by every partition and served in arrival order, so a realtime"
+            " message waits behind whatever bulk is queued ahead of it: keep it to a batch or two."
+        ),
+    )
+    fetch_partition_kbytes: int = Field(
+        64,
+        gt=0,
+        description=(
+            "Largest fetch per partition (max.partition.fetch.bytes, in KiB); one fetch response"
+            " may overshoot the queue bound by this much per partition."
+        ),
     )
     scope: Literal["local", "group", "auto"] = Field(
         "auto",
@@ -228,6 +244,11 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
             "max.poll.interval.ms": self.max_poll_interval_ms,
             "auto.commit.interval.ms": self.auto_commit_interval_ms,
             "queued.max.messages.kbytes": self.prefetch_kbytes,
+            "max.partition.fetch.bytes": self.fetch_partition_kbytes * 1024,
+            "queued.min.messages": self.max_batch_messages,
+            # librdkafka postpones a partition's next fetch by this much once the queue bound is
+            # reached (default 1 s): with a small bound that would starve the consumer.
+            "fetch.queue.backoff.ms": 10,
             **self.librdkafka_extra,
             **self.connection(),
             "group.id": self.group_id,
