@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv lint format test unit integration broker broker-stop demo bench clean
+.PHONY: help venv lint format test unit integration broker broker-stop demo bench helm helm-lint clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -49,6 +49,15 @@ demo: $(STAMP)  ## end to end on the local broker: topics, bulk backlog + realti
 
 bench: $(STAMP)  ## benchmarks against the local broker (not tests)
 	$(BIN)/python benchmarks/produce.py --bootstrap-servers "$$(scripts/kafka-local start)"
+
+helm:  ## build the pinned helm once (go install into ~/.cache/streamproc) and print its path
+	@scripts/helm --print-path
+
+helm-lint:  ## helm lint --strict the chart with every helm/streamproc/ci/*-values.yaml
+	@for values in helm/streamproc/ci/*-values.yaml; do \
+		echo "helm lint --strict -f $$values"; \
+		scripts/helm lint --strict helm/streamproc --values "$$values" || exit 1; \
+	done
 
 clean:  ## remove the virtualenv, caches and local broker state
 	-scripts/kafka-local stop
