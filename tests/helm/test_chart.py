@@ -1,0 +1,493 @@
+"""The Helm chart: lint, schema-valid manifests, and the rendered content that matters.
+
+Core kinds are validated with kubernetes-validate (offline schemas of a pinned Kubernetes
+version); custom resources against the CRDs in ``../shared/schemas/crds`` next to the repository,
+read at test time, with unknown fields refused as the API server's strict field validation does.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import json
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate  # type: ignore[import-untyped]  # ships no type information
+import pytest
+import typer
+import yaml
+from helmchart import (
+    CHART,
+    CI_VALUES,
+    KUBERNETES_MIN_VERSION,
+    KUBERNETES_VERSION,
+    NAMESPACE,
+    RELEASE,
+    REPO,
+    Rendered,
+    render,
+    render_error,
+    run_helm,
+)
+
+from streamproc.cli import app
+from streamproc.flow import FlowSettings
+from streamproc.settings import ConsumerSettings
+
+pytestmark = pytest.mark.usefixtures("helm")
+
+CRD_DIR = REPO.parent / "shared" / "schemas" / "crds"
+CUSTOM_KINDS = {
+    "ServiceMonitor",
+    "PodMonitor",
+    "PrometheusRule",
+    "ScaledObject",
+    "TriggerAuthentication",
+}
+FULLNAME = f"{RELEASE}-streamproc"
+ALL = "all-features-values.yaml"
+KEDA = "keda-values.yaml"
+SASL = "sasl-existing-secret-values.yaml"
+DEFAULTS = "defaults-values.yaml"
+
+
+def ci_values(name: str) -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((CHART / "ci" / name).read_text()) or {}
+    return loaded
+
+
+def env_name(field: str) -> str:
+    return f"STREAMPROC_{field.upper()}"
+
+
+def consumer_container(rendered: Rendered) -> dict[str, Any]:
+    deployment = rendered.one("Deployment")
+    containers: list[dict[str, Any]] = deployment["spec"]["template"]["spec"]["containers"]
+    return next(c for c in containers if c["name"] == "consumer")
+
+
+def config_env(rendered: Rendered) -> dict[str, str]:
+    data: dict[str, str] = rendered.one("ConfigMap", FULLNAME)["data"]
+    return data
+
+
+# -- lint and validity ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.name)
+def test_lint_strict(values: Path) -> None:
+    output = run_helm("lint", "--strict", str(CHART), "--values", str(values))
+    assert "[WARNING]" not in output and "[ERROR]" not in output, output
+
+
+@functools.cache
+def crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
+    """(apiVersion, kind) -> openAPIV3Schema of every CRD in ../shared/schemas/crds."""
+    if not CRD_DIR.is_dir():
+        pytest.fail(f"CRD schemas not found at {CRD_DIR} (shared/ must sit next to the repo)")
+    schemas: dict[tuple[str, str], dict[str, Any]] = {}
+    for path in sorted(CRD_DIR.glob("*.yaml")):
+        for crd in yaml.safe_load_all(path.read_text()):
+            if not crd or crd.get("kind") != "CustomResourceDefinition":
+                continue
+            group = crd["spec"]["group"]
+            kind = crd["spec"]["names"]["kind"]
+            for version in crd["spec"]["versions"]:
+                schema = version["schema"]["openAPIV3Schema"]
+                schemas[(f"{group}/{version['name']}", kind)] = strict_structural(schema)
+    return schemas
+
+
+def strict_structural(schema: dict[str, Any]) -> dict[str, Any]:
+    """Refuse unknown fields where the CRD lists its properties, like strict field validation.
+
+    A structural schema prunes unknown fields silently; a typo in a monitor would vanish instead
+    of failing. ``x-kubernetes-preserve-unknown-fields`` and explicit additionalProperties stay.
+    """
+    schema = copy.deepcopy(schema)
+
+    def walk(node: Any) -> None:
+        if isinstance(node, dict):
+            if (
+                "properties" in node
+                and "additionalProperties" not in node
+                and not node.get("x-kubernetes-preserve-unknown-fields")
+            ):
+                node["additionalProperties"] = False
+            for value in node.values():
+                walk(value)
+        elif isinstance(node, list):
+            for item in node:
+                walk(item)
+
+    walk(schema)
+    # metadata is checked by the API server, not by the CRD schema.
+    schema.get("properties", {}).get("metadata", {}).pop("additionalProperties", None)
+    return schema
+
+
+def validate_manifest(manifest: dict[str, Any], kube_version: str) -> None:
+    kind = manifest["kind"]
+    if kind in CUSTOM_KINDS:
+        schema = crd_schemas().get((manifest["apiVersion"], kind))
+        assert schema is not None, f"no CRD schema for {manifest['apiVersion']} {kind}"
+        validator = jsonschema.Draft7Validator(schema)
+        errors = sorted(validator.iter_errors(manifest), key=lambda e: list(e.absolute_path))
+        assert not errors, "\n".join(
+            f"{kind}/{manifest['metadata']['name']} at {'/'.join(map(str, e.absolute_path))}: "
+            f"{e.message}"
+            for e in errors
+        )
+        return
+    try:
+        kubernetes_validate.validate(manifest, kube_version, strict=True)
+    except kubernetes_validate.ValidationError as exc:
+        raise AssertionError(
+            f"{kind}/{manifest['metadata']['name']} (Kubernetes {kube_version}): {exc}"
+        ) from exc
+
+
+@pytest.mark.parametrize("kube_version", [KUBERNETES_VERSION, KUBERNETES_MIN_VERSION])
+@pytest.mark.parametrize("values", CI_VALUES, ids=lambda p: p.name)
+def test_every_manifest_is_valid(values: Path, kube_version: str) -> None:
+    rendered = render(values, kube_version=kube_version)
+    assert rendered.manifests
+    for manifest in rendered.manifests:
+        validate_manifest(manifest, kube_version)
+
+
+def test_ci_values_cover_every_kind() -> None:
+    kinds = set().union(*(render(values).kinds for values in CI_VALUES))
+    expected = {
+        "Deployment", "ConfigMap", "Secret", "ServiceAccount", "Service", "ServiceMonitor",
+        "PodMonitor", "PrometheusRule", "ScaledObject", "TriggerAuthentication",
+        "HorizontalPodAutoscaler", "PodDisruptionBudget", "Job", "NetworkPolicy",
+    }  # fmt: skip
+    assert expected <= kinds
+
+
+def test_crd_check_refuses_unknown_fields() -> None:
+    monitor = copy.deepcopy(render(ALL).one("ServiceMonitor"))
+    monitor["spec"]["endpoints"][0]["intervall"] = "30s"
+    with pytest.raises(AssertionError, match="intervall"):
+        validate_manifest(monitor, KUBERNETES_VERSION)
+
+
+# -- environment ----------------------------------------------------------------------------
+
+
+def test_every_flow_setting_is_mapped_to_its_env_var() -> None:
+    flow = ci_values(ALL)["flow"]
+    env = config_env(render(ALL))
+    for field in FlowSettings.model_fields:
+        camel = "".join(
+            part if i == 0 else part.capitalize() for i, part in enumerate(field.split("_"))
+        )
+        assert camel in flow, f"ci values do not set flow.{camel}"
+        assert float(env[env_name(field)]) == pytest.approx(flow[camel]), field
+
+
+def test_unset_optional_flow_settings_are_left_to_streamproc() -> None:
+    env = config_env(render(DEFAULTS))
+    for field in ("pause_delay_s", "max_pause_s", "min_bulk_share"):
+        assert env_name(field) not in env
+    assert env["STREAMPROC_PAUSE_LAG"] == "1000"
+
+
+def test_every_consumer_setting_and_cli_option_has_a_value() -> None:
+    rendered = render(ALL)
+    env = set(config_env(rendered))
+    env |= {e["name"] for e in consumer_container(rendered).get("env", [])}
+    not_exposed = {"lanes", "error_actions"}  # lanes are fixed; errors go by --on-error
+    settings_env = {env_name(f) for f in ConsumerSettings.model_fields if f not in not_exposed}
+    assert settings_env - env == set()
+    consume = typer.main.get_command(app).commands["consume"]  # type: ignore[attr-defined]
+    cli_env = {p.envvar for p in consume.params if p.envvar}
+    assert cli_env - env == set()
+
+
+def test_rendered_env_is_accepted_by_the_consumer_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The chart's strings parse into ConsumerSettings with the values the chart was given."""
+    rendered = render(ALL)
+    env = config_env(rendered)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("STREAMPROC_SASL_USERNAME", "from-secret")
+    monkeypatch.setenv("STREAMPROC_SASL_PASSWORD", "from-secret")
+    settings = ConsumerSettings()
+    values = ci_values(ALL)
+    assert settings.bootstrap_servers == values["kafka"]["bootstrapServers"]
+    assert settings.group_id == values["consumer"]["groupId"]
+    assert settings.max_poll_interval_ms == values["consumer"]["maxPollIntervalMs"]
+    assert settings.librdkafka_extra == values["kafka"]["librdkafkaExtra"]
+    assert settings.ssl_ca_location == "/etc/streamproc/tls/ca.crt"
+    assert settings.flow_settings().min_bulk_share == values["flow"]["minBulkShare"]
+    assert env["STREAMPROC_ON_ERROR"] == "invalid=stop,undecodable=dead_letter"
+
+
+def test_large_integers_are_not_rendered_in_exponent_form() -> None:
+    env = config_env(render(DEFAULTS, sets=["consumer.maxPollIntervalMs=12000000"]))
+    assert env["STREAMPROC_MAX_POLL_INTERVAL_MS"] == "12000000"
+
+
+def test_config_checksum_rolls_the_pods() -> None:
+    def checksum(*sets: str) -> str:
+        template = render(DEFAULTS, sets=list(sets)).one("Deployment")["spec"]["template"]
+        value: str = template["metadata"]["annotations"]["checksum/config"]
+        return value
+
+    assert checksum() != checksum("flow.pauseLag=2000")
+
+
+# -- pods -----------------------------------------------------------------------------------
+
+
+def test_probes_use_the_metrics_port() -> None:
+    rendered = render(DEFAULTS)
+    container = consumer_container(rendered)
+    assert container["args"] == ["consume"]
+    port = next(p for p in container["ports"] if p["name"] == "metrics")
+    assert port["containerPort"] == 9464
+    assert config_env(rendered)["STREAMPROC_METRICS_PORT"] == "9464"
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
+
+
+def test_grace_period_exceeds_the_shutdown_bound() -> None:
+    spec = render(DEFAULTS).one("Deployment")["spec"]["template"]["spec"]
+    bound = ConsumerSettings.model_fields["dlq_flush_timeout_s"].default
+    assert spec["terminationGracePeriodSeconds"] == 60
+    assert spec["terminationGracePeriodSeconds"] > bound + 5
+    error = render_error(
+        DEFAULTS, sets=["terminationGracePeriodSeconds=40", "consumer.dlqFlushTimeoutS=40"]
+    )
+    assert "must exceed consumer.dlqFlushTimeoutS" in error
+
+
+def test_pods_run_non_root_with_a_read_only_root_and_a_writable_sink() -> None:
+    rendered = render(DEFAULTS)
+    pod = rendered.one("Deployment")["spec"]["template"]["spec"]
+    container = consumer_container(rendered)
+    assert pod["securityContext"]["runAsNonRoot"] is True
+    assert pod["securityContext"]["runAsUser"] == 10001
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert container["securityContext"]["allowPrivilegeEscalation"] is False
+    assert container["securityContext"]["capabilities"]["drop"] == ["ALL"]
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    volumes = {v["name"]: v for v in pod["volumes"]}
+    assert "emptyDir" in volumes[mounts["/data"]]
+    assert config_env(rendered)["STREAMPROC_SINK"] == "sqlite:/data/streamproc.sqlite"
+    assert container["resources"]["requests"]["memory"]
+
+
+def test_labels_and_selectors_agree() -> None:
+    rendered = render(ALL)
+    standard = {
+        "app.kubernetes.io/name": "streamproc",
+        "app.kubernetes.io/instance": RELEASE,
+        "app.kubernetes.io/managed-by": "Helm",
+        "helm.sh/chart": "streamproc-0.1.0",
+        "team": "search",
+    }
+    for manifest in rendered.manifests:
+        if manifest["kind"] in ("NetworkPolicy",) or manifest["metadata"]["name"].endswith(
+            "search-indexer-config"
+        ):
+            continue  # extraObjects carry their own labels
+        labels = manifest["metadata"]["labels"]
+        assert standard.items() <= labels.items(), manifest["metadata"]["name"]
+    deployment = rendered.one("Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= pod_labels.items()
+    assert rendered.one("PodDisruptionBudget")["spec"]["selector"]["matchLabels"] == selector
+    service = rendered.one("Service")
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    monitor = rendered.one("ServiceMonitor")
+    assert (
+        monitor["spec"]["selector"]["matchLabels"].items() <= service["metadata"]["labels"].items()
+    )
+    assert monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert monitor["spec"]["namespaceSelector"]["matchNames"] == [NAMESPACE]
+    pod_monitor = render(SASL).one("PodMonitor")
+    assert pod_monitor["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert pod_monitor["spec"]["selector"]["matchLabels"].items() <= pod_labels.items()
+
+
+# -- dashboards and rules -------------------------------------------------------------------
+
+
+def test_dashboard_configmap_holds_the_repository_dashboard() -> None:
+    source = (CHART / "files" / "grafana-dashboard.json").read_text()
+    dashboard = render(DEFAULTS).one("ConfigMap", f"{FULLNAME}-dashboard")
+    assert dashboard["metadata"]["labels"]["grafana_dashboard"] == "1"
+    assert dashboard["data"]["streamproc.json"] == source.rstrip("\n")
+    assert json.loads(dashboard["data"]["streamproc.json"]) == json.loads(source)
+    custom = render(ALL).one("ConfigMap", f"{FULLNAME}-dashboard")
+    assert custom["metadata"]["namespace"] == "monitoring"
+    assert custom["metadata"]["labels"]["team"] == "search"
+    assert custom["metadata"]["annotations"] == {"grafana_folder": "Streaming"}
+
+
+def test_dashboard_label_is_configurable() -> None:
+    rendered = render(
+        DEFAULTS,
+        sets=["grafanaDashboard.labels.grafana_dashboard=null", "grafanaDashboard.labels.dash=yes"],
+    )
+    labels = rendered.one("ConfigMap", f"{FULLNAME}-dashboard")["metadata"]["labels"]
+    assert "grafana_dashboard" not in labels and labels["dash"] == "yes"
+
+
+def test_prometheus_rule_wraps_the_repository_rules() -> None:
+    rules = yaml.safe_load((CHART / "files" / "prometheus-rules.yaml").read_text())
+    rule = render(ALL).one("PrometheusRule")
+    assert rule["spec"]["groups"] == rules["groups"]
+    assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
+    assert "PrometheusRule" not in render(DEFAULTS).kinds
+
+
+# -- autoscaling ----------------------------------------------------------------------------
+
+
+def test_keda_scales_on_the_realtime_topic_and_the_group() -> None:
+    rendered = render(KEDA)
+    scaled = rendered.one("ScaledObject")
+    values = ci_values(KEDA)
+    assert scaled["spec"]["scaleTargetRef"]["name"] == FULLNAME
+    (trigger,) = scaled["spec"]["triggers"]  # the bulk lane does not drive scale-out
+    assert trigger["type"] == "kafka"
+    assert trigger["metadata"]["topic"] == f"{values['kafka']['topicPrefix']}.realtime"
+    assert trigger["metadata"]["consumerGroup"] == values["consumer"]["groupId"]
+    assert trigger["metadata"]["lagThreshold"] == "50"
+    assert "authenticationRef" not in trigger
+    assert "replicas" not in rendered.one("Deployment")["spec"]
+    assert "TriggerAuthentication" not in rendered.kinds
+
+
+def test_keda_bulk_trigger_only_when_configured() -> None:
+    triggers = render(ALL).one("ScaledObject")["spec"]["triggers"]
+    assert [t["metadata"]["topic"] for t in triggers] == ["search.realtime", "search.bulk"]
+    assert {t["metadata"]["consumerGroup"] for t in triggers} == {"search-indexer"}
+
+
+def test_keda_authenticates_with_the_existing_secrets() -> None:
+    rendered = render(SASL, KEDA, sets=["autoscaling.hpa.enabled=false"])
+    auth = rendered.one("TriggerAuthentication")
+    refs = {r["parameter"]: (r["name"], r["key"]) for r in auth["spec"]["secretTargetRef"]}
+    assert refs == {
+        "username": ("streamproc-kafka-user", "username"),
+        "password": ("streamproc-kafka-user", "password"),
+        "ca": ("events-cluster-ca-cert", "ca.crt"),
+    }
+    (trigger,) = rendered.one("ScaledObject")["spec"]["triggers"]
+    assert trigger["authenticationRef"] == {"name": auth["metadata"]["name"]}
+    assert trigger["metadata"]["sasl"] == "scram_sha512"
+    assert trigger["metadata"]["tls"] == "enable"
+
+
+def test_keda_and_hpa_are_mutually_exclusive() -> None:
+    error = render_error(KEDA, sets=["autoscaling.hpa.enabled=true"])
+    assert "autoscaling.keda.enabled and autoscaling.hpa.enabled are mutually exclusive" in error
+
+
+def test_hpa_targets_the_deployment() -> None:
+    rendered = render(SASL)
+    hpa = rendered.one("HorizontalPodAutoscaler")
+    assert hpa["spec"]["scaleTargetRef"]["name"] == FULLNAME
+    assert "replicas" not in rendered.one("Deployment")["spec"]
+
+
+# -- secrets --------------------------------------------------------------------------------
+
+
+def test_existing_secrets_replace_the_chart_secret() -> None:
+    rendered = render(SASL)
+    assert "Secret" not in rendered.kinds
+    container = consumer_container(rendered)
+    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
+    assert refs["STREAMPROC_SASL_USERNAME"] == {"name": "streamproc-kafka-user", "key": "username"}
+    assert refs["STREAMPROC_SASL_PASSWORD"] == {"name": "streamproc-kafka-user", "key": "password"}
+    volumes = rendered.one("Deployment")["spec"]["template"]["spec"]["volumes"]
+    tls = next(v for v in volumes if v["name"] == "kafka-tls")
+    assert tls["secret"]["secretName"] == "events-cluster-ca-cert"
+    env = config_env(rendered)
+    assert env["STREAMPROC_SSL_CA_LOCATION"] == "/etc/streamproc/tls/ca.crt"
+    assert "STREAMPROC_SASL_PASSWORD" not in env
+
+
+def test_inline_credentials_stay_out_of_the_configmap() -> None:
+    rendered = render(ALL)
+    secret = rendered.one("Secret", FULLNAME)
+    assert set(secret["data"]) == {"sasl-username", "sasl-password", "ca.crt", "tls.crt", "tls.key"}
+    assert "not-a-real-password" not in json.dumps(config_env(rendered))
+
+
+# -- topic Job ------------------------------------------------------------------------------
+
+
+def test_topic_job_is_a_hook_running_topics_create() -> None:
+    rendered = render(ALL)
+    job = rendered.one("Job")
+    assert job["metadata"]["annotations"]["helm.sh/hook"] == "pre-install,pre-upgrade"
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][:2] == ["topics", "create"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["STREAMPROC_PARTITIONS"]["value"] == "12"
+    assert (
+        env["STREAMPROC_BOOTSTRAP_SERVERS"]["value"] == ci_values(ALL)["kafka"]["bootstrapServers"]
+    )
+    hook_secret = env["STREAMPROC_SASL_PASSWORD"]["valueFrom"]["secretKeyRef"]["name"]
+    secret = rendered.one("Secret", hook_secret)
+    assert secret["metadata"]["annotations"]["helm.sh/hook-weight"] == "-10"
+    assert "Job" not in render(DEFAULTS).kinds
+
+
+# -- values schema --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["flow.pauseLag=0"], "at '/flow/pauseLag': minimum: got 0, want 1"),
+        (["flow.pauseLagg=10"], "additional properties 'pauseLagg' not allowed"),
+        (["consumer.scope=everywhere"], "at '/consumer/scope'"),
+        (["kafka.securityProtocol=TLS"], "at '/kafka/securityProtocol'"),
+        (["flow.minBulkShare=1.5"], "at '/flow/minBulkShare'"),
+        (["kafka.bootstrapServers=kafka"], "at '/kafka/bootstrapServers'"),
+        (["metrics.port=0"], "at '/metrics/port'"),
+        (["terminationGracePeriodSeconds=10"], "at '/terminationGracePeriodSeconds'"),
+    ],
+)
+def test_schema_rejects_bad_values_readably(sets: list[str], message: str) -> None:
+    error = render_error(DEFAULTS, sets=sets)
+    assert "values don't meet the specifications of the schema" in error
+    assert message in error
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (["flow.resumeLag=1000"], "flow.resumeLag (1000) must be lower than flow.pauseLag (1000)"),
+        (["kafka.securityProtocol=SASL_SSL"], "needs kafka.sasl.mechanism"),
+        (
+            ["kafka.securityProtocol=SASL_SSL", "kafka.sasl.mechanism=PLAIN"],
+            "needs kafka.sasl.username and kafka.sasl.password, or kafka.sasl.existingSecret",
+        ),
+        (["kafka.tls.caCert=PEM"], "use SSL or SASL_SSL"),
+        (
+            ["metrics.serviceMonitor.enabled=true", "metrics.podMonitor.enabled=true"],
+            "would scrape every pod twice",
+        ),
+    ],
+)
+def test_inconsistent_values_fail_with_a_message(sets: list[str], message: str) -> None:
+    assert message in render_error(DEFAULTS, sets=sets)
+
+
+def test_core_check_refuses_bad_manifests() -> None:
+    deployment = copy.deepcopy(render(DEFAULTS).one("Deployment"))
+    deployment["spec"]["template"]["spec"]["terminationGracePeriod"] = 60
+    with pytest.raises(AssertionError, match="terminationGracePeriod"):
+        validate_manifest(deployment, KUBERNETES_VERSION)
