@@ -123,6 +123,7 @@ class PriorityConsumer:
         self._last_tick = time.monotonic()
         self._last_flow_tick = time.monotonic()
         self._broker_down_since: float | None = None
+        self._last_broker_probe = 0.0
         self._closed = False
         self._parked_in_batch = 0
 
@@ -216,7 +217,25 @@ class PriorityConsumer:
             self._broker_down_since = None
             self._handle(messages)
         self._apply_flow()
+        self._probe_broker()
         self.metrics.ready.set(1 if self.ready()[0] else 0)
+
+    def _probe_broker(self) -> None:
+        """While the broker is believed down, ask it for metadata, at most once a second.
+
+        An idle consumer gets no message or commit to prove the broker back, and the admin
+        client's cached partition leaders can stay stale after a broker restart, so readiness
+        would never recover without an answer of its own.
+        """
+        now = time.monotonic()
+        if self._broker_down_since is None or now - self._last_broker_probe < 1.0:
+            return
+        self._last_broker_probe = now
+        try:
+            self._consumer.list_topics(self.lanes.top.topic, timeout=0.5)
+        except KafkaException:
+            return
+        self._broker_down_since = None
 
     def close(self, *, commit: bool = True) -> None:
         """Flush dead letters, commit stored offsets synchronously, leave the group."""
