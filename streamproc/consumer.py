@@ -44,9 +44,15 @@ from confluent_kafka.admin import AdminClient
 
 from streamproc.codec import ChunkCodec
 from streamproc.deadletter import DeadLetterQueue, error_reason
-from streamproc.errors import ChunkValidationError, DecodeError, HandlerError, StreamprocError
+from streamproc.errors import (
+    ChunkValidationError,
+    DecodeError,
+    HandlerError,
+    ProduceError,
+    StreamprocError,
+)
 from streamproc.flow import FlowController, FlowDecision
-from streamproc.handlers import AnyHandler, ChunkRecord, MessageContext, as_batch, as_single
+from streamproc.handlers import AnyHandler, BatchHandler, ChunkRecord, MessageContext, as_single
 from streamproc.lag import (
     PAUSED_METADATA,
     RUNNING_METADATA,
@@ -112,7 +118,9 @@ class PriorityConsumer:
         self.metrics = metrics or ConsumerMetrics(lane.name for lane in self.lanes)
         self.metrics.describe(consumer_group=settings.group_id, topic_prefix=settings.topic_prefix)
         self.stats = ConsumerStats({lane.name: LaneStats() for lane in self.lanes})
-        self._handle_batch = as_batch(handler)
+        # A batch handler gets whole batches (one call per lane per poll); a per-chunk handler
+        # is called chunk by chunk, so a failure never re-runs chunks that already succeeded.
+        self._handle_batch = handler.handle_batch if isinstance(handler, BatchHandler) else None
         self._handle_one = as_single(handler)
         self._lane_of_topic: dict[str, Lane] = {lane.topic: lane for lane in self.lanes}
         self._flow = FlowController([lane.name for lane in self.lanes], settings.flow_settings())
@@ -129,7 +137,9 @@ class PriorityConsumer:
 
         self._consumer = Consumer(settings.to_librdkafka(self._on_error, self._on_commit))
         self._admin = AdminClient(settings.admin_config())
-        self._dlq = DeadLetterQueue(settings.dead_letter_producer_config())
+        self._dlq = DeadLetterQueue(
+            settings.dead_letter_producer_config(), flush_timeout_s=settings.dlq_flush_timeout_s
+        )
         self._lag = LagMonitor(
             self._consumer,
             self._admin,
@@ -319,7 +329,7 @@ class PriorityConsumer:
         done: list[Message],
     ) -> None:
         """When the policy for ``error`` is stop: finish what came before, then stop."""
-        if self.settings.action_for(error.reason) != "stop":
+        if self.settings.action_for(error) != "stop":
             return
         self._run_handler(lane, records, messages_done=done)
         self._finish(lane, done, self.stats.lanes[lane.name])
@@ -348,45 +358,54 @@ class PriorityConsumer:
     def _run_handler(
         self, lane: Lane, records: list[ChunkRecord], *, messages_done: list[Message]
     ) -> None:
-        """Hand ``records`` over as one batch; on failure, one by one so a bad one is isolated."""
+        """Hand ``records`` to the handler.
+
+        A batch handler gets them as one batch (retried as a whole on retriable errors); if the
+        batch still fails, the chunks are handed over one by one so the bad one is isolated and
+        parked while the others go through. A per-chunk handler gets them one by one from the
+        start.
+        """
         if not records:
             return
         lane_metrics = self.metrics.lanes[lane.name]
-        started = time.perf_counter()
-        try:
-            self._with_retries(self._handle_batch, records)
-        except Exception:  # noqa: BLE001  # any handler failure: isolate the culprit(s) below
-            lane_metrics.handler_duration.observe(time.perf_counter() - started)
-            self._run_one_by_one(lane, records, messages_done)
-        else:
-            lane_metrics.handler_duration.observe(time.perf_counter() - started)
+        if self._handle_batch is not None:
+            started = time.perf_counter()
+            try:
+                self._with_retries(self._handle_batch, records)
+            except Exception:  # noqa: BLE001  # any handler failure: isolate the culprit(s) below
+                log.warning("batch of %d failed; handling its chunks one by one", len(records))
+            else:
+                records.clear()
+                return
+            finally:
+                lane_metrics.handler_duration.observe(time.perf_counter() - started)
+        self._run_one_by_one(lane, records, messages_done)
         records.clear()
 
     def _run_one_by_one(
         self, lane: Lane, records: list[ChunkRecord], messages_done: list[Message]
     ) -> None:
         message_of = {coordinates(m): m for m in messages_done}
+        handler_duration = self.metrics.lanes[lane.name].handler_duration
         for record in records:
             ctx = record.context
+            started = time.perf_counter()
             try:
                 attempts = self._with_retries(self._handle_one, record)
             except Exception as exc:  # handler code is the user's: anything goes
                 error = exc if isinstance(exc, StreamprocError) else _wrap_handler_error(exc)
                 message = message_of[(ctx.topic, ctx.partition, ctx.offset)]
-                if self.settings.action_for(error.reason) == "stop":
-                    # Store only what precedes the failure in its partition, then stop.
-                    before = [
-                        m
-                        for m in messages_done
-                        if coordinates(m)[:2] != (ctx.topic, ctx.partition)
-                        or coordinates(m)[2] < ctx.offset
-                    ]
-                    self._store(before)
+                if self.settings.action_for(error) == "stop":
+                    # Everything before it (in arrival order) is handled or parked: store that.
+                    self._store(messages_done[: messages_done.index(message)])
                     raise StopConsumer(
                         f"handler failed at {ctx.topic}[{ctx.partition}]@{ctx.offset}: {exc}"
                     ) from exc
-                self._park(message, exc, lane, attempts=self.settings.max_retries + 1)
+                attempts = self.settings.max_retries + 1 if error.retriable else 1
+                self._park(message, exc, lane, attempts=attempts)
                 continue
+            finally:
+                handler_duration.observe(time.perf_counter() - started)
             if attempts > 1:
                 self.stats.lanes[lane.name].retried += 1
                 self.metrics.lanes[lane.name].handled_retried.inc()
@@ -415,7 +434,11 @@ class PriorityConsumer:
         reason = error_reason(error)
         topic, partition, offset = coordinates(message)
         log.warning("dead-lettering %s[%d]@%d (%s): %s", topic, partition, offset, reason, error)
-        self._dlq.park(message, error, lane=lane.name, attempts=attempts)
+        try:
+            self._dlq.park(message, error, lane=lane.name, attempts=attempts)
+        except ProduceError as exc:
+            # Not parked, so not handled: its offset must not be stored, nor any after it.
+            raise StopConsumer(f"dead letter of {topic}[{partition}]@{offset}: {exc}") from exc
         self.metrics.dead_letters.labels(lane=lane.name, reason=reason).inc()
         self.metrics.lanes[lane.name].handled_dead_lettered.inc()
         self.stats.lanes[lane.name].dead_lettered += 1
@@ -511,7 +534,7 @@ class PriorityConsumer:
         offsets = [
             TopicPartition(topic, partition, position, metadata)
             for (topic, partition) in keys
-            if (position := self._lag.position(topic, partition)) >= 0
+            if (position := self._lag.start_offset(topic, partition)) >= 0
         ]
         if not offsets:
             return

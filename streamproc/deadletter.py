@@ -118,4 +118,6 @@ class DeadLetterQueue:
         return result
 
     def close(self) -> None:
-        self._producer.flush(self._flush_timeout_s)
+        """Drop whatever was never acknowledged: its offset was not stored, so it comes back."""
+        self._producer.purge()
+        self._producer.flush(0)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping
 from concurrent.futures import Future
+from concurrent.futures import wait as wait_for
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,6 +152,36 @@ class LagMonitor:
             committed = [TopicPartition(tp.topic, tp.partition, OFFSET_INVALID) for tp in new]
         for tp in committed:
             self._positions[(tp.topic, tp.partition)] = tp.offset
+        self._measure_now()
+
+    def _measure_now(self) -> None:
+        """Ask the broker for watermarks (and group offsets in group scope) and wait for them.
+
+        A member that just got partitions must not take lower-lane work before it knows the top
+        lane's lag: without this, the first snapshot after an assignment would see unknown lag,
+        which keeps the policy's previous state — "running" for a member that just joined.
+        """
+        monotonic = time.monotonic()
+        self._watermark_request = None
+        self._request_watermarks(list(self._positions), monotonic)
+        owns_top = any(topic == self._lanes.top.topic for topic, _ in self._positions)
+        if effective_scope(self._scope, owns_top) == "group":
+            self._group_offsets_request = self._group_watermark_request = None
+            self._group_measured_at = 0.0
+            self._refresh_group(monotonic)
+        pending = [
+            request
+            for request in (
+                self._watermark_request,
+                self._group_offsets_request,
+                self._group_watermark_request,
+            )
+            if request is not None
+        ]
+        futures = [future for request in pending for future in request.futures.values()]
+        wait_for(futures, timeout=_ADMIN_TIMEOUT_S)
+        self._harvest_watermarks()
+        self._refresh_group(time.monotonic())
 
     def revoked(self, partitions: Iterable[TopicPartition]) -> None:
         """Stop tracking revoked or lost partitions."""
@@ -169,9 +200,23 @@ class LagMonitor:
         """Record a seek back to ``offset`` (messages dropped from a batch for redelivery)."""
         self._positions[(topic, partition)] = offset
 
-    def position(self, topic: str, partition: int) -> int:
-        """Next offset to handle in a partition (negative when not known yet)."""
-        return self._positions.get((topic, partition), OFFSET_INVALID)
+    def start_offset(self, topic: str, partition: int) -> int:
+        """Next offset to handle in a partition; negative when not known yet.
+
+        Before anything is handled or committed, that is where ``auto.offset.reset`` starts:
+        the low watermark for ``earliest``, when it is known.
+        """
+        position = self._positions.get((topic, partition), OFFSET_INVALID)
+        if position >= 0 or self._reset != "earliest":
+            return position
+        tp = TopicPartition(topic, partition)
+        low, _ = self._consumer.get_watermark_offsets(tp, cached=True)
+        if low < 0:  # never fetched (paused at once): ask the broker, rare and only on transitions
+            try:
+                low, _ = self._consumer.get_watermark_offsets(tp, timeout=_ADMIN_TIMEOUT_S)
+            except KafkaException:
+                return OFFSET_INVALID
+        return int(low) if low >= 0 else OFFSET_INVALID
 
     @property
     def assignment(self) -> tuple[TopicPartitionKey, ...]:

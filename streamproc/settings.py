@@ -223,9 +223,18 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
         30.0, gt=0, description="How long a dead-letter write may take to be acknowledged."
     )
 
-    def action_for(self, reason: str) -> ErrorAction:
-        """What to do with a message that failed for ``reason``."""
-        return self.error_actions.get(reason, "dead_letter")
+    def action_for(self, error: BaseException) -> ErrorAction:
+        """What to do with a message that failed with ``error``.
+
+        The most specific reason configured wins: ``undecodable`` covers ``unknown_framing``,
+        ``unknown_schema`` and ``incompatible_schema`` unless those are configured themselves.
+        Errors that are not streamproc's (raised by a handler) count as ``handler_error``.
+        """
+        for cls in type(error).__mro__:
+            reason = getattr(cls, "reason", None) if cls is not object else "handler_error"
+            if isinstance(reason, str) and reason in self.error_actions:
+                return self.error_actions[reason]
+        return "dead_letter"
 
     def flow_settings(self) -> FlowSettings:
         """The flow policy part of these settings."""

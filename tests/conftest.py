@@ -33,13 +33,20 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def _docker_engine_answers() -> bool:
     """True when a Docker engine responds to a ping within a few seconds."""
+    if not os.environ.get("DOCKER_HOST") and not Path("/var/run/docker.sock").exists():
+        return False
     try:
         import docker  # type: ignore[import-untyped]  # testcontainers' dependency, untyped
 
         client = docker.from_env(timeout=3)
-        client.ping()
     except Exception:  # noqa: BLE001  # any failure means "no engine": fall through to local
         return False
+    try:
+        client.ping()
+    except Exception:  # noqa: BLE001
+        return False
+    finally:
+        client.close()
     return True
 
 
@@ -73,8 +80,16 @@ def kafka_bootstrap() -> Iterator[str]:
         with KafkaContainer("confluentinc/cp-kafka:7.9.0").with_kraft() as container:
             yield container.get_bootstrap_server()
         return
+    # Another test session (or `make demo`) may share this broker: stop it only if we started it.
+    already_running = subprocess.run(
+        [sys.executable, str(KAFKA_LOCAL), "status"],
+        env={**os.environ, "STREAMPROC_KAFKA_HOME": str(TEST_BROKER_HOME)},
+        capture_output=True,
+        check=False,
+    ).returncode == 0
     yield kafka_local("start")
-    kafka_local("stop")
+    if not already_running:
+        kafka_local("stop")
 
 
 @pytest.fixture

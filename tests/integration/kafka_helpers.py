@@ -1,0 +1,134 @@
+"""Helpers for integration tests: topics, producing, reading back, consumers on threads."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from functools import cached_property
+
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka.admin import AdminClient
+
+from streamproc.chunk import Chunk
+from streamproc.consumer import PriorityConsumer
+from streamproc.lanes import Lanes
+from streamproc.producer import ChunkProducer
+from streamproc.settings import ConsumerSettings, KafkaSettings, ProducerSettings
+from streamproc.topics import TopicAdmin
+
+
+@dataclass
+class Cluster:
+    """One test's view of the broker: its lane topics and clients."""
+
+    bootstrap: str
+    prefix: str
+
+    @property
+    def lanes(self) -> Lanes:
+        return Lanes(self.prefix)
+
+    @cached_property
+    def admin(self) -> AdminClient:
+        # One client for the test: a client collected while its futures are pending
+        # destroys them ("Broker handle destroyed for termination").
+        return AdminClient({"bootstrap.servers": self.bootstrap})
+
+    def create_topics(self, partitions: int = 3) -> None:
+        settings = KafkaSettings(bootstrap_servers=self.bootstrap, topic_prefix=self.prefix)
+        TopicAdmin(self.admin, settings.topology).create(partitions=partitions)
+
+    def producer(self) -> ChunkProducer:
+        return ChunkProducer(
+            ProducerSettings(bootstrap_servers=self.bootstrap, topic_prefix=self.prefix)
+        )
+
+    def produce(self, chunks: Iterable[Chunk]) -> int:
+        producer = self.producer()
+        count = producer.produce_many(chunks)
+        producer.flush()
+        assert producer.stats.failed == 0
+        return count
+
+    def consumer_settings(self, group: str, **overrides: object) -> ConsumerSettings:
+        values: dict[str, object] = {
+            "bootstrap_servers": self.bootstrap,
+            "topic_prefix": self.prefix,
+            "group_id": group,
+            "session_timeout_ms": 10_000,
+        }
+        values.update(overrides)
+        return ConsumerSettings(**values)  # type: ignore[arg-type]  # test overrides are loose
+
+    def high_watermarks(self, topic: str) -> dict[int, int]:
+        consumer = Consumer({"bootstrap.servers": self.bootstrap, "group.id": "watermarks"})
+        try:
+            metadata = consumer.list_topics(topic, timeout=10)
+            return {
+                p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                for p in metadata.topics[topic].partitions
+            }
+        finally:
+            consumer.close()
+
+    def committed(self, group: str, topic: str) -> dict[int, int]:
+        partitions = [TopicPartition(topic, p) for p in self.high_watermarks(topic)]
+        future = self.admin.list_consumer_group_offsets(
+            [ConsumerGroupTopicPartitions(group, partitions)]
+        )[group]
+        return {tp.partition: tp.offset for tp in future.result(timeout=30).topic_partitions}
+
+    def read_all(self, topic: str) -> list[object]:
+        """Every message of ``topic`` from the beginning up to the current high watermarks."""
+        highs = self.high_watermarks(topic)
+        consumer = Consumer(
+            {"bootstrap.servers": self.bootstrap, "group.id": "reader", "enable.auto.commit": False}
+        )
+        consumer.assign([TopicPartition(topic, p, 0) for p in highs])
+        messages: list[object] = []
+        remaining = sum(highs.values())
+        deadline = time.monotonic() + 30
+        while remaining > 0 and time.monotonic() < deadline:
+            for message in consumer.consume(500, 0.5):
+                if message.error() is None:
+                    messages.append(message)
+                    remaining -= 1
+        consumer.close()
+        return messages
+
+
+class ThreadedConsumer:
+    """A PriorityConsumer running on a thread, stopped cleanly at the end of the test."""
+
+    def __init__(self, consumer: PriorityConsumer) -> None:
+        self.consumer = consumer
+        self.exit_code: int | None = None
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        self.exit_code = self.consumer.run(install_signal_handlers=False)
+
+    def start(self) -> ThreadedConsumer:
+        self._thread.start()
+        return self
+
+    def stop(self, timeout_s: float = 30) -> int | None:
+        self.consumer.stop()
+        self._thread.join(timeout_s)
+        assert not self._thread.is_alive(), "consumer did not stop"
+        return self.exit_code
+
+    @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 60, what: str = "") -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"timed out after {timeout_s}s waiting for {what or condition}")
