@@ -1,0 +1,315 @@
+"""Produce throughput: streamproc's encode+route+produce next to raw confluent-kafka produce.
+
+Run against a broker (``scripts/kafka-local start`` prints one)::
+
+    python benchmarks/produce.py --bootstrap-servers 127.0.0.1:PORT [--count N]
+
+Both sides run in one process against fresh topics with the same producer configuration
+(``ProducerSettings().to_librdkafka()``: idempotent, acks=all, lz4, linger 5 ms):
+
+* ``streamproc``: ``ChunkProducer.produce`` over pre-generated ``Chunk`` models, so every chunk is
+  routed by lane, Avro-encoded (single-object framing), keyed and produced; flush included.
+* ``raw``: ``confluent_kafka.Producer.produce`` of the very same pre-encoded bytes and keys to the
+  same lanes, with a delivery callback that counts outcomes (as any real producer needs); flush
+  included.
+
+Before each timed run the client is warmed up (one message per lane, flushed) so the figures are
+throughput rather than connection setup. A third, Kafka-free row ``encode-only`` times routing,
+keying and Avro encoding alone: the CPU streamproc adds per chunk.
+
+Each side runs ``--repeats`` times (default 3), interleaved, each run on its own fresh lane topics
+and with a new client, and the median run is reported. The ratio ``streamproc / raw`` is the share
+of raw produce throughput that streamproc keeps. Results go to a JSON file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import confluent_kafka
+from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka.admin import AdminClient
+
+from streamproc.chunk import Chunk
+from streamproc.codec import ChunkCodec
+from streamproc.lanes import Lanes
+from streamproc.producer import ChunkProducer
+from streamproc.samples import sample_chunks
+from streamproc.settings import ProducerSettings, parse_bootstrap
+from streamproc.topics import TopicAdmin
+
+DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "produce.json"
+LOW_PRIORITY_RATIO = 0.3
+# How long produce() waits for room when librdkafka's queue is full (same as ChunkProducer).
+QUEUE_FULL_POLL_S = 0.05
+
+
+@dataclass(frozen=True, slots=True)
+class Run:
+    """One timed run of one side."""
+
+    side: str
+    repeat: int
+    chunks: int
+    seconds: float
+    delivered: int
+    failed: int
+
+    @property
+    def chunks_per_s(self) -> float:
+        return self.chunks / self.seconds
+
+
+@dataclass(frozen=True, slots=True)
+class Workload:
+    """The same chunks in both shapes: models for streamproc, encoded messages for raw."""
+
+    chunks: list[Chunk]
+    messages: list[tuple[str, bytes, bytes]]  # (lane name, key, value)
+    value_bytes: int
+
+
+def build_workload(count: int, seed: int) -> Workload:
+    chunks = list(sample_chunks(count, low_priority_ratio=LOW_PRIORITY_RATIO, seed=seed))
+    codec = ChunkCodec()
+    lanes = Lanes()
+    messages = [
+        (lanes.route(chunk).name, chunk.key.encode(), codec.encode(chunk)) for chunk in chunks
+    ]
+    return Workload(chunks, messages, sum(len(value) for _, _, value in messages))
+
+
+WARM_UP_MESSAGES = 2  # one per lane
+
+
+def warm_up_chunks(workload: Workload) -> list[Chunk]:
+    """The first realtime and the first bulk chunk of the workload."""
+    realtime = next(chunk for chunk in workload.chunks if not chunk.low_priority)
+    bulk = next(chunk for chunk in workload.chunks if chunk.low_priority)
+    return [realtime, bulk]
+
+
+def warm_up_messages(workload: Workload) -> list[tuple[str, bytes, bytes]]:
+    """The encoded twins of :func:`warm_up_chunks`."""
+    realtime = next(message for message in workload.messages if message[0] == "realtime")
+    bulk = next(message for message in workload.messages if message[0] == "bulk")
+    return [realtime, bulk]
+
+
+def run_encode_only(settings: ProducerSettings, workload: Workload, repeat: int) -> Run:
+    """Route, key and encode without Kafka: the CPU streamproc adds on top of raw produce."""
+    codec = ChunkCodec()
+    lanes = settings.topology
+    started = time.perf_counter()
+    for chunk in workload.chunks:
+        lanes.route(chunk)
+        chunk.key.encode()
+        codec.encode(chunk)
+    seconds = time.perf_counter() - started
+    count = len(workload.chunks)
+    return Run("encode-only", repeat, count, seconds, count, 0)
+
+
+def fresh_topics(admin: AdminClient, partitions: int) -> tuple[Lanes, TopicAdmin]:
+    lanes = Lanes(f"bench-{uuid.uuid4().hex[:10]}")
+    topics = TopicAdmin(admin, lanes)
+    topics.create(partitions=partitions)
+    return lanes, topics
+
+
+def run_streamproc(settings: ProducerSettings, workload: Workload, repeat: int) -> Run:
+    producer = ChunkProducer(settings)
+    # Warm-up outside the timer: connection, metadata and idempotent producer id, one per lane.
+    for warm_up in warm_up_chunks(workload):
+        producer.produce(warm_up)
+    producer.flush()
+    produce = producer.produce
+    started = time.perf_counter()
+    for chunk in workload.chunks:
+        produce(chunk)
+    producer.flush()
+    seconds = time.perf_counter() - started
+    stats = producer.stats
+    delivered = sum(counts.delivered for counts in stats.lanes.values()) - WARM_UP_MESSAGES
+    return Run("streamproc", repeat, len(workload.chunks), seconds, delivered, stats.failed)
+
+
+def run_raw(settings: ProducerSettings, workload: Workload, repeat: int) -> Run:
+    producer = Producer(settings.to_librdkafka())
+    topics = {lane.name: lane.topic for lane in settings.topology}
+    outcome = {"delivered": 0, "failed": 0}
+
+    def delivered(err: KafkaError | None, _msg: Message) -> None:
+        outcome["failed" if err is not None else "delivered"] += 1
+
+    for lane, key, value in warm_up_messages(workload):
+        producer.produce(topics[lane], value, key)
+    producer.flush(60)
+    produce: Callable[..., None] = producer.produce
+    poll = producer.poll
+    started = time.perf_counter()
+    for lane, key, value in workload.messages:
+        topic = topics[lane]
+        while True:
+            try:
+                produce(topic, value, key, on_delivery=delivered)
+                break
+            except BufferError:
+                poll(QUEUE_FULL_POLL_S)
+        poll(0)
+    remaining = producer.flush(120)
+    seconds = time.perf_counter() - started
+    if remaining:
+        raise SystemExit(f"raw producer: {remaining} messages undelivered after flush")
+    return Run(
+        "raw", repeat, len(workload.messages), seconds, outcome["delivered"], outcome["failed"]
+    )
+
+
+def median_rate(runs: Sequence[Run]) -> float:
+    return statistics.median(run.chunks_per_s for run in runs)
+
+
+def print_table(runs: dict[str, list[Run]], workload: Workload, ratio: float) -> None:
+    mean_value = workload.value_bytes / len(workload.messages)
+    print(
+        f"{len(workload.messages):,} chunks, {LOW_PRIORITY_RATIO:.0%} low_priority, "
+        f"mean encoded value {mean_value:,.0f} B"
+    )
+    repeats = max(len(side_runs) for side_runs in runs.values())
+    header = f"{'side':<12}" + "".join(f"{'run ' + str(i + 1):>14}" for i in range(repeats))
+    header += f"{'median':>14}{'MB/s':>10}"
+    print(header)
+    print("-" * len(header))
+    for side, side_runs in runs.items():
+        median = median_rate(side_runs)
+        cells = "".join(f"{run.chunks_per_s:>14,.0f}" for run in side_runs)
+        megabytes = median * mean_value / 1e6
+        print(f"{side:<12}{cells}{median:>14,.0f}{megabytes:>10.1f}")
+    print(
+        "\nchunks/s; Kafka runs: client warmed up, flush included; encode-only: route + key + "
+        f"Avro encode, no Kafka.\nratio streamproc / raw = {ratio:.3f}"
+    )
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument(
+        "--bootstrap-servers",
+        "-b",
+        default=os.environ.get("STREAMPROC_BOOTSTRAP_SERVERS"),
+        help="Kafka bootstrap servers (default: $STREAMPROC_BOOTSTRAP_SERVERS).",
+    )
+    parser.add_argument("--count", type=int, default=100_000, help="Chunks per run.")
+    parser.add_argument("--repeats", type=int, default=3, help="Runs per side (interleaved).")
+    parser.add_argument("--partitions", type=int, default=3, help="Partitions per lane topic.")
+    parser.add_argument("--seed", type=int, default=7, help="Seed of the sample chunks.")
+    parser.add_argument(
+        "--output", type=Path, default=DEFAULT_OUTPUT, help="Where to write the JSON result."
+    )
+    parser.add_argument(
+        "--keep-topics", action="store_true", help="Do not delete the benchmark topics."
+    )
+    args = parser.parse_args(argv)
+    if not args.bootstrap_servers:
+        parser.error("--bootstrap-servers is required (or set STREAMPROC_BOOTSTRAP_SERVERS)")
+    if args.count < 1 or args.repeats < 1 or args.partitions < 1:
+        parser.error("--count, --repeats and --partitions must be positive")
+    args.bootstrap_servers = parse_bootstrap(args.bootstrap_servers)
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    print(f"generating and encoding {args.count:,} chunks ...", file=sys.stderr)
+    workload = build_workload(args.count, args.seed)
+    admin = AdminClient({"bootstrap.servers": args.bootstrap_servers})
+    runners: dict[str, Callable[[ProducerSettings, Workload, int], Run]] = {
+        "streamproc": run_streamproc,
+        "raw": run_raw,
+        "encode-only": run_encode_only,
+    }
+    runs: dict[str, list[Run]] = {side: [] for side in runners}
+    created: list[TopicAdmin] = []
+    try:
+        for repeat in range(1, args.repeats + 1):
+            for side, runner in runners.items():
+                if runner is run_encode_only:
+                    lanes = Lanes()
+                else:
+                    lanes, topics = fresh_topics(admin, args.partitions)
+                    created.append(topics)
+                settings = ProducerSettings(
+                    bootstrap_servers=args.bootstrap_servers, topic_prefix=lanes.prefix
+                )
+                run = runner(settings, workload, repeat)
+                if run.delivered != run.chunks or run.failed:
+                    raise SystemExit(f"{side} run {repeat}: {run.failed} failed, {run}")
+                runs[side].append(run)
+                print(
+                    f"{side:<11} run {repeat}: {run.chunks_per_s:>10,.0f} chunks/s", file=sys.stderr
+                )
+    finally:
+        if not args.keep_topics:
+            for topics in created:
+                topics.delete()
+
+    ratio = median_rate(runs["streamproc"]) / median_rate(runs["raw"])
+    print_table(runs, workload, ratio)
+    write_result(args, workload, runs, ratio)
+    return 0
+
+
+def write_result(
+    args: argparse.Namespace, workload: Workload, runs: dict[str, list[Run]], ratio: float
+) -> None:
+    settings = ProducerSettings(bootstrap_servers=args.bootstrap_servers)
+    result: dict[str, Any] = {
+        "benchmark": "produce",
+        "when": datetime.now(UTC).isoformat(timespec="seconds"),
+        "chunks": len(workload.messages),
+        "low_priority_ratio": LOW_PRIORITY_RATIO,
+        "mean_value_bytes": round(workload.value_bytes / len(workload.messages), 1),
+        "partitions": args.partitions,
+        "repeats": args.repeats,
+        "producer_config": {
+            key: value
+            for key, value in settings.to_librdkafka().items()
+            if key not in ("bootstrap.servers", "sasl.password")
+        },
+        "median_chunks_per_s": {
+            side: round(median_rate(side_runs)) for side, side_runs in runs.items()
+        },
+        "ratio_streamproc_over_raw": round(ratio, 4),
+        "runs": [
+            {**asdict(run), "chunks_per_s": round(run.chunks_per_s)}
+            for side_runs in runs.values()
+            for run in side_runs
+        ],
+        "environment": {
+            "python": platform.python_version(),
+            "confluent_kafka": confluent_kafka.version()[0],
+            "librdkafka": confluent_kafka.libversion()[0],
+            "platform": platform.platform(),
+            "cpus": os.cpu_count(),
+        },
+    }
+    args.output.parent.mkdir(parents=True, exist_ok=True)
+    args.output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
+    print(f"wrote {args.output}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

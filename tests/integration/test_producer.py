@@ -1,0 +1,297 @@
+"""ChunkProducer and TopicAdmin against the real broker.
+
+Every message is read back with a plain confluent-kafka Consumer (assigned to every partition from
+the beginning, read up to the high watermarks), so these tests check the wire contract as any
+other Kafka client sees it: the topic, the key and the bytes.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from confluent_kafka.admin import AdminClient
+from confluent_kafka.cimpl import NewTopic
+
+from streamproc.chunk import Chunk
+from streamproc.codec import ChunkCodec
+from streamproc.errors import OversizeError, TopicError
+from streamproc.lanes import Lanes
+from streamproc.messages import coordinates
+from streamproc.producer import ChunkProducer, Delivery
+from streamproc.samples import sample_chunks
+from streamproc.settings import ProducerSettings
+from streamproc.topics import TopicAdmin
+
+CHUNK_COUNT = 10_000
+LOW_PRIORITY_RATIO = 0.3
+PARTITIONS = 3
+# The UUIDv5 namespace of derived keys, copied from the wire contract on purpose: if the constant
+# in streamproc.chunk ever changes, every keyless chunk changes partition, and this test says so.
+WIRE_KEY_NAMESPACE = uuid.UUID("a6624f05-2fa3-4f6c-868d-e1d9182bcea4")
+
+
+@pytest.fixture
+def admin(kafka_bootstrap: str) -> AdminClient:
+    return AdminClient({"bootstrap.servers": kafka_bootstrap})
+
+
+@pytest.fixture
+def topic_admin(admin: AdminClient, topic_prefix: str) -> Iterator[TopicAdmin]:
+    """A TopicAdmin of this test's lanes; its topics are deleted afterwards."""
+    topics = TopicAdmin(admin, Lanes(topic_prefix))
+    yield topics
+    topics.delete()
+
+
+@pytest.fixture
+def lanes(topic_admin: TopicAdmin, topic_prefix: str) -> Lanes:
+    """This test's lanes, with their topics created."""
+    topic_admin.create(partitions=PARTITIONS)
+    return Lanes(topic_prefix)
+
+
+def high_watermarks(bootstrap: str, topic: str) -> dict[int, int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"hw-{uuid.uuid4().hex}"})
+    try:
+        metadata = consumer.list_topics(topic, timeout=10)
+        return {
+            partition: consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[
+                1
+            ]
+            for partition in metadata.topics[topic].partitions
+        }
+    finally:
+        consumer.close()
+
+
+def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[Any]:
+    """Every message of ``topic``, from offset 0 up to the high watermarks taken first."""
+    highs = high_watermarks(bootstrap, topic)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+        }
+    )
+    messages: list[Any] = []
+    try:
+        pending = {partition: high for partition, high in highs.items() if high > 0}
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in pending])
+        deadline = time.monotonic() + timeout_s
+        while pending and time.monotonic() < deadline:
+            for message in consumer.consume(1000, 0.5):
+                assert message.error() is None, message.error()
+                messages.append(message)
+                _, partition, offset = coordinates(message)
+                if partition in pending and offset + 1 >= pending[partition]:
+                    del pending[partition]
+        assert not pending, f"{topic}: partitions {sorted(pending)} not read to the end"
+    finally:
+        consumer.close()
+    return messages
+
+
+def test_ten_thousand_chunks_land_in_their_lane_with_their_key(
+    kafka_bootstrap: str, lanes: Lanes
+) -> None:
+    chunks = list(sample_chunks(CHUNK_COUNT, low_priority_ratio=LOW_PRIORITY_RATIO))
+    expected_bulk = sum(chunk.low_priority for chunk in chunks)
+    assert 0.25 * CHUNK_COUNT < expected_bulk < 0.35 * CHUNK_COUNT
+    by_key = {chunk.key: chunk for chunk in chunks}
+    assert len(by_key) == CHUNK_COUNT, "sample keys must be unique for this test to be exact"
+
+    deliveries: list[Delivery] = []
+    producer = ChunkProducer(
+        ProducerSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=lanes.prefix),
+        on_delivery=deliveries.append,
+    )
+    routed = Counter(producer.produce(chunk).name for chunk in chunks)
+    producer.flush()
+
+    assert routed == {"realtime": CHUNK_COUNT - expected_bulk, "bulk": expected_bulk}
+    stats = producer.stats
+    for lane_name, expected in (
+        ("realtime", CHUNK_COUNT - expected_bulk),
+        ("bulk", expected_bulk),
+    ):
+        counts = stats.lanes[lane_name]
+        assert (counts.sent, counts.delivered, counts.failed) == (expected, expected, 0), lane_name
+    assert stats.in_flight == 0
+    assert stats.rejected == 0
+
+    # The delivery callback reported every message, once, with its lane, key and coordinates.
+    assert len(deliveries) == CHUNK_COUNT
+    assert all(delivery.ok for delivery in deliveries)
+    assert Counter(d.lane for d in deliveries) == routed
+    assert {d.key for d in deliveries} == {key.encode() for key in by_key}
+    delivered_at = {(d.topic, d.partition, d.offset): d for d in deliveries}
+    assert len(delivered_at) == CHUNK_COUNT
+
+    codec = ChunkCodec()
+    seen: set[str] = set()
+    for lane in lanes:
+        for message in read_topic(kafka_bootstrap, lane.topic):
+            key = message.key().decode()
+            chunk = by_key[key]
+            expected_topic = lanes.bottom.topic if chunk.low_priority else lanes.top.topic
+            assert message.topic() == expected_topic, key
+            assert codec.decode(message.value()) == chunk, key
+            delivery = delivered_at[(message.topic(), message.partition(), message.offset())]
+            assert delivery.key == message.key()
+            assert delivery.lane == lane.name
+            assert key not in seen, f"{key} read twice"
+            seen.add(key)
+    assert seen == set(by_key)
+
+
+def documented_key(chunk: Chunk) -> str:
+    """The key DESIGN/Chunk.key document, computed independently of the implementation."""
+    if chunk.tracking_id:
+        return chunk.tracking_id
+    name = json.dumps(
+        [
+            chunk.dataset_id,
+            chunk.chunk_html,
+            chunk.link,
+            chunk.semantic_content,
+            chunk.fulltext_content,
+        ],
+        separators=(",", ":"),
+    )
+    return str(uuid.uuid5(WIRE_KEY_NAMESPACE, name))
+
+
+def test_keyless_chunks_get_the_derived_key_and_lane_override_and_headers_pass(
+    kafka_bootstrap: str, lanes: Lanes
+) -> None:
+    chunks = [
+        Chunk(chunk_html=f"<p>caf\u00e9 {index} \U0001f600</p>", link=f"https://e.x/{index}")
+        for index in range(10)
+    ] + [Chunk(semantic_content="only semantic", dataset_id="ds-1", low_priority=True)]
+    producer = ChunkProducer(
+        ProducerSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=lanes.prefix)
+    )
+    for chunk in chunks:
+        producer.produce(chunk, headers={"origin": "test"})
+    forced = Chunk(chunk_html="forced to bulk", tracking_id="forced")
+    assert producer.produce(forced, lane=lanes.bottom) == lanes.bottom
+    producer.flush()
+
+    realtime = read_topic(kafka_bootstrap, lanes.top.topic)
+    bulk = read_topic(kafka_bootstrap, lanes.bottom.topic)
+    assert sorted(m.key().decode() for m in realtime) == sorted(
+        documented_key(c) for c in chunks[:10]
+    )
+    assert sorted(m.key().decode() for m in bulk) == sorted([documented_key(chunks[10]), "forced"])
+    for message in realtime + bulk:
+        if message.key() != b"forced":
+            assert message.headers() == [("origin", b"test")]
+    assert producer.stats.lanes["bulk"].delivered == 2
+
+
+@pytest.mark.parametrize("low_priority", [False, True], ids=["realtime", "bulk"])
+def test_oversize_chunk_raises_and_nothing_is_produced(
+    kafka_bootstrap: str, lanes: Lanes, low_priority: bool
+) -> None:
+    deliveries: list[Delivery] = []
+    producer = ChunkProducer(
+        ProducerSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=lanes.prefix),
+        on_delivery=deliveries.append,
+    )
+    producer.produce(Chunk(chunk_html="fits", tracking_id="small", low_priority=low_priority))
+    producer.flush()
+    before = {lane.topic: high_watermarks(kafka_bootstrap, lane.topic) for lane in lanes}
+    assert sum(sum(highs.values()) for highs in before.values()) == 1
+
+    huge = Chunk(chunk_html="x" * 1_000_000, tracking_id="huge", low_priority=low_priority)
+    with pytest.raises(OversizeError) as raised:
+        producer.produce(huge)
+    assert raised.value.size > raised.value.limit == producer.settings.max_chunk_bytes
+    producer.flush()
+
+    after = {lane.topic: high_watermarks(kafka_bootstrap, lane.topic) for lane in lanes}
+    assert after == before
+    assert producer.stats.rejected == 1
+    counts = producer.stats.lanes["bulk" if low_priority else "realtime"]
+    assert counts.sent == counts.delivered == 1
+    assert [d.key for d in deliveries] == [b"small"]
+
+
+def test_smaller_configured_limit_is_enforced(kafka_bootstrap: str, lanes: Lanes) -> None:
+    producer = ChunkProducer(
+        ProducerSettings(
+            bootstrap_servers=kafka_bootstrap, topic_prefix=lanes.prefix, max_chunk_bytes=200
+        )
+    )
+    with pytest.raises(OversizeError):
+        producer.produce(Chunk(chunk_html="y" * 300, tracking_id="over-200"))
+    producer.produce(Chunk(chunk_html="y" * 10, tracking_id="under-200"))
+    producer.flush()
+    assert [m.key() for m in read_topic(kafka_bootstrap, lanes.top.topic)] == [b"under-200"]
+
+
+# -- TopicAdmin -------------------------------------------------------------------------------
+
+
+def test_create_is_idempotent_and_makes_dead_letter_topics(
+    topic_admin: TopicAdmin, topic_prefix: str
+) -> None:
+    expected = {
+        f"{topic_prefix}.realtime",
+        f"{topic_prefix}.bulk",
+        f"{topic_prefix}.realtime.dlq",
+        f"{topic_prefix}.bulk.dlq",
+    }
+    assert all(not info.exists for info in topic_admin.describe())
+    with pytest.raises(TopicError, match="missing"):
+        topic_admin.check()
+
+    assert set(topic_admin.create(partitions=4)) == expected
+    assert topic_admin.create(partitions=4) == []
+
+    infos = {info.name: info for info in topic_admin.describe()}
+    assert set(infos) == expected
+    for info in infos.values():
+        assert (info.exists, info.partitions, info.replication_factor) == (True, 4, 1), info
+    checked = topic_admin.check(expected_partitions=4)
+    assert {info.name for info in checked} == expected
+
+
+def create_raw_topic(admin: AdminClient, name: str, partitions: int) -> None:
+    futures = admin.create_topics([NewTopic(name, partitions, 1)], request_timeout=30)
+    futures[name].result(timeout=30)
+
+
+def test_existing_lane_topic_with_other_partition_count_is_refused(
+    admin: AdminClient, topic_admin: TopicAdmin, topic_prefix: str
+) -> None:
+    create_raw_topic(admin, f"{topic_prefix}.realtime", partitions=2)
+
+    with pytest.raises(TopicError, match="equal partition counts"):
+        topic_admin.create(partitions=3)
+    with pytest.raises(TopicError, match="equal partition counts"):
+        topic_admin.check()
+    infos = {info.name: info.partitions for info in topic_admin.describe()}
+    assert infos[f"{topic_prefix}.realtime"] == 2  # never altered behind the operator's back
+    assert infos[f"{topic_prefix}.bulk"] == 3
+
+
+def test_existing_lane_topics_with_unexpected_partition_count_are_refused(
+    admin: AdminClient, topic_admin: TopicAdmin, topic_prefix: str
+) -> None:
+    create_raw_topic(admin, f"{topic_prefix}.realtime", partitions=2)
+    create_raw_topic(admin, f"{topic_prefix}.bulk", partitions=2)
+
+    topic_admin.check()  # equal counts: consistent on its own
+    with pytest.raises(TopicError, match="expected 3"):
+        topic_admin.create(partitions=3)
+    with pytest.raises(TopicError, match="expected 3"):
+        topic_admin.check(expected_partitions=3)

@@ -1,0 +1,237 @@
+"""Settings: environment, validation, and the one place they become librdkafka configuration."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+from pydantic import SecretStr, ValidationError
+
+from streamproc.errors import ConfigError
+from streamproc.flow import FlowSettings
+from streamproc.settings import (
+    ConsumerSettings,
+    KafkaSettings,
+    ProducerSettings,
+    parse_bootstrap,
+)
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No STREAMPROC_* variable of the calling shell leaks into these tests."""
+    for name in list(os.environ):
+        if name.startswith("STREAMPROC_"):
+            monkeypatch.delenv(name)
+    yield
+
+
+HOSTILE_EXTRAS: dict[str, str | int | float | bool] = {
+    "enable.idempotence": False,
+    "acks": "1",
+    "enable.auto.offset.store": True,
+    "enable.auto.commit": False,
+    "group.id": "someone-else",
+    "bootstrap.servers": "evil:9092",
+    "linger.ms": 50,
+    "statistics.interval.ms": 1000,
+}
+
+
+def test_producer_safety_keys_win_over_extras() -> None:
+    settings = ProducerSettings(bootstrap_servers="b:9092", librdkafka_extra=HOSTILE_EXTRAS)
+    conf = settings.to_librdkafka()
+    assert conf["enable.idempotence"] is True
+    assert conf["acks"] == "all"
+    assert conf["bootstrap.servers"] == "b:9092"
+    # Extras may tune what is not a safety key (here they replace the linger field).
+    assert conf["linger.ms"] == 50
+    assert conf["statistics.interval.ms"] == 1000
+
+
+def test_producer_defaults_are_tuned_for_bulk() -> None:
+    conf = ProducerSettings().to_librdkafka()
+    assert conf["compression.type"] == "lz4"
+    assert conf["linger.ms"] == 5.0
+    assert conf["enable.idempotence"] is True
+    assert conf["acks"] == "all"
+    assert conf["security.protocol"] == "plaintext"
+    assert not any(key.startswith("sasl.") for key in conf)
+
+
+def test_consumer_safety_keys_win_over_extras() -> None:
+    settings = ConsumerSettings(
+        bootstrap_servers="b:9092", group_id="mine", librdkafka_extra=HOSTILE_EXTRAS
+    )
+    conf = settings.to_librdkafka()
+    assert conf["enable.auto.offset.store"] is False
+    assert conf["enable.auto.commit"] is True
+    assert conf["group.id"] == "mine"
+    assert conf["bootstrap.servers"] == "b:9092"
+    assert conf["statistics.interval.ms"] == 1000
+    callbacks = settings.to_librdkafka(error_cb=print, on_commit=lambda err, parts: None)
+    assert callbacks["error_cb"] is print
+    assert callable(callbacks["on_commit"])
+    assert "error_cb" not in conf
+
+
+def test_dead_letter_producer_is_idempotent_whatever_the_extras() -> None:
+    conf = ConsumerSettings(librdkafka_extra=HOSTILE_EXTRAS).dead_letter_producer_config()
+    assert conf["enable.idempotence"] is True
+    assert conf["acks"] == "all"
+    assert conf["client.id"] == "streamproc-dlq"
+
+
+def test_admin_config_keeps_connection_over_extras() -> None:
+    conf = KafkaSettings(bootstrap_servers="b:9092", librdkafka_extra=HOSTILE_EXTRAS).admin_config()
+    assert conf["bootstrap.servers"] == "b:9092"
+    assert conf["statistics.interval.ms"] == 1000
+
+
+def test_environment_is_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMPROC_BOOTSTRAP_SERVERS", "k1:9092,k2:9092")
+    monkeypatch.setenv("STREAMPROC_TOPIC_PREFIX", "tenant7")
+    monkeypatch.setenv("STREAMPROC_LINGER_MS", "20")
+    monkeypatch.setenv("STREAMPROC_COMPRESSION_TYPE", "zstd")
+    monkeypatch.setenv("STREAMPROC_LIBRDKAFKA_EXTRA", '{"statistics.interval.ms": 500}')
+    monkeypatch.setenv("STREAMPROC_SASL_PASSWORD", "from-env")
+    settings = ProducerSettings()
+    assert settings.bootstrap_servers == "k1:9092,k2:9092"
+    assert settings.topology.topics == ("tenant7.realtime", "tenant7.bulk")
+    assert settings.linger_ms == 20
+    assert settings.compression_type == "zstd"
+    assert settings.librdkafka_extra == {"statistics.interval.ms": 500}
+    assert settings.sasl_password == SecretStr("from-env")
+    # Explicit arguments beat the environment.
+    assert ProducerSettings(topic_prefix="explicit").topic_prefix == "explicit"
+
+
+def test_environment_feeds_consumer_and_flow_fields(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMPROC_GROUP_ID", "indexers")
+    monkeypatch.setenv("STREAMPROC_PAUSE_LAG", "250")
+    monkeypatch.setenv("STREAMPROC_RESUME_LAG", "10")
+    monkeypatch.setenv("STREAMPROC_ERROR_ACTIONS", '{"undecodable": "stop"}')
+    settings = ConsumerSettings()
+    assert settings.group_id == "indexers"
+    assert (settings.pause_lag, settings.resume_lag) == (250, 10)
+    assert settings.error_actions == {"undecodable": "stop"}
+
+
+def test_invalid_environment_value_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMPROC_COMPRESSION_TYPE", "brotli")
+    with pytest.raises(ValidationError, match="compression_type"):
+        ProducerSettings()
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [
+        ({"security_protocol": "SASL_SSL"}, "sasl_mechanism is required with SASL_SSL"),
+        ({"security_protocol": "SASL_PLAINTEXT"}, "sasl_mechanism is required"),
+        (
+            {"security_protocol": "SASL_SSL", "sasl_mechanism": "PLAIN"},
+            "sasl_username and sasl_password are required with PLAIN",
+        ),
+        (
+            {
+                "security_protocol": "SASL_SSL",
+                "sasl_mechanism": "SCRAM-SHA-512",
+                "sasl_username": "u",
+            },
+            "sasl_username and sasl_password are required with SCRAM-SHA-512",
+        ),
+        ({"security_protocol": "SASL_SSL", "sasl_mechanism": "GSSAPI"}, "sasl_mechanism"),
+        ({"security_protocol": "TLS"}, "security_protocol"),
+    ],
+)
+def test_sasl_validation(values: dict[str, str], message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        KafkaSettings.model_validate(values)
+
+
+def test_sasl_settings_reach_librdkafka_and_the_password_stays_hidden() -> None:
+    settings = KafkaSettings(
+        security_protocol="SASL_SSL",
+        sasl_mechanism="SCRAM-SHA-256",
+        sasl_username="svc",
+        sasl_password=SecretStr("hunter2"),
+        ssl_ca_location="/etc/ca.pem",
+    )
+    conf = settings.connection()
+    assert conf["security.protocol"] == "sasl_ssl"
+    assert conf["sasl.mechanism"] == "SCRAM-SHA-256"
+    assert conf["sasl.username"] == "svc"
+    assert conf["sasl.password"] == "hunter2"
+    assert conf["ssl.ca.location"] == "/etc/ca.pem"
+    assert "hunter2" not in repr(settings)
+    assert "hunter2" not in str(settings.model_dump())
+    # OAUTHBEARER needs no username or password.
+    KafkaSettings(security_protocol="SASL_SSL", sasl_mechanism="OAUTHBEARER")
+
+
+def test_settings_are_frozen_and_strict() -> None:
+    settings = ProducerSettings()
+    with pytest.raises(ValidationError):
+        settings.linger_ms = 1
+    with pytest.raises(ValidationError, match="linger"):
+        ProducerSettings.model_validate({"lingerms": 1})
+    with pytest.raises(ValidationError, match="linger_ms"):
+        ProducerSettings(linger_ms=-1)
+
+
+def test_flow_settings_round_trip() -> None:
+    flow_values = {
+        "pause_lag": 5000,
+        "resume_lag": 100,
+        "pause_delay_s": 2.5,
+        "max_pause_s": 30.0,
+        "starvation_slice_s": 1.5,
+        "min_bulk_share": 0.1,
+        "min_bulk_share_window_s": 20.0,
+    }
+    assert set(flow_values) == set(FlowSettings.model_fields), "a flow field is not covered"
+    settings = ConsumerSettings.model_validate({**flow_values, "group_id": "g"})
+    flow = settings.flow_settings()
+    assert type(flow) is FlowSettings
+    assert flow == FlowSettings.model_validate(flow_values)
+    assert flow.model_dump() == flow_values
+    assert ConsumerSettings().flow_settings() == FlowSettings()
+
+
+@pytest.mark.parametrize(("pause_lag", "resume_lag"), [(10, 10), (10, 11), (1, 5)])
+def test_resume_lag_must_be_below_pause_lag(pause_lag: int, resume_lag: int) -> None:
+    with pytest.raises(ValidationError, match=r"resume_lag .* must be lower than pause_lag"):
+        ConsumerSettings(pause_lag=pause_lag, resume_lag=resume_lag)
+
+
+def test_resume_lag_from_environment_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("STREAMPROC_PAUSE_LAG", "100")
+    monkeypatch.setenv("STREAMPROC_RESUME_LAG", "100")
+    with pytest.raises(ValidationError, match="resume_lag"):
+        ConsumerSettings()
+
+
+def test_topology_from_settings() -> None:
+    settings = KafkaSettings(topic_prefix="p", lanes=("urgent", "normal", "later"))
+    assert settings.topology.topics == ("p.urgent", "p.normal", "p.later")
+    with pytest.raises(ConfigError):
+        KafkaSettings(topic_prefix="").topology  # noqa: B018  # the property raises
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("k:9092", "k:9092"),
+        (" a:1 , b:2 ,", "a:1,b:2"),
+        ("[::1]:9092", "[::1]:9092"),
+    ],
+)
+def test_parse_bootstrap(value: str, expected: str) -> None:
+    assert parse_bootstrap(value) == expected
+
+
+@pytest.mark.parametrize("value", ["", " , ", "host", "host:", ":9092", "host:port"])
+def test_parse_bootstrap_rejects(value: str) -> None:
+    with pytest.raises(ConfigError):
+        parse_bootstrap(value)
