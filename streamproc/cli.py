@@ -191,23 +191,26 @@ class InputRecord:
 def read_records(stream: TextIO) -> Iterator[InputRecord | tuple[int, str, str]]:
     """Yield chunk payloads from JSON lines or one JSON array (Trieve batch).
 
-    A line may hold one object or an array of objects. Unparseable lines are yielded as
-    ``(line, text, reason)`` so the caller reports them and sends nothing for them.
+    A whole input that parses as one JSON array is a batch; its items are numbered from 1.
+    Otherwise each line holds one object or an array of objects, numbered by line. Unparseable
+    lines are yielded as ``(line, text, reason)`` so the caller reports them and sends nothing
+    for them.
     """
-    first = stream.read(1)
-    while first and first.isspace():
-        first = stream.read(1)
-    if first == "[":
-        text = first + stream.read()
+    text = stream.read()
+    if text.lstrip().startswith("["):
         try:
             items = json.loads(text)
         except json.JSONDecodeError as exc:
-            yield (exc.lineno, text, f"malformed JSON: {exc.msg} (column {exc.colno})")
+            if not _parses(text.lstrip().split("\n", 1)[0]):
+                # A broken array document: one rejection that says where, not one per line.
+                yield (exc.lineno, text, f"malformed JSON: {exc.msg} (column {exc.colno})")
+                return
+            items = None  # JSON lines whose first line holds an array
+        if isinstance(items, list):
+            for index, item in enumerate(items, start=1):
+                yield InputRecord(index, json.dumps(item), item)
             return
-        for index, item in enumerate(items, start=1):
-            yield InputRecord(index, json.dumps(item), item)
-        return
-    for number, raw in enumerate(_prepend(first, stream), start=1):
+    for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()
         if not line:
             continue
@@ -223,12 +226,12 @@ def read_records(stream: TextIO) -> Iterator[InputRecord | tuple[int, str, str]]
             yield InputRecord(number, line, value)
 
 
-def _prepend(first: str, stream: TextIO) -> Iterator[str]:
-    if not first:
-        return
-    lines = iter(stream)
-    yield first + next(lines, "")
-    yield from lines
+def _parses(text: str) -> bool:
+    try:
+        json.loads(text)
+    except json.JSONDecodeError:
+        return False
+    return True
 
 
 @app.command()
@@ -322,7 +325,9 @@ def produce(
                             f"expected a JSON object, got {type(record.value).__name__}"
                         )
                     chunk = parse_chunk(record.value, dataset_id=dataset_id)
-                    producer.produce(chunk, lane=bottom if low_priority else None)
+                    if low_priority:  # forced to bulk: the payload says so too
+                        chunk = chunk.model_copy(update={"low_priority": True})
+                    producer.produce(chunk)
                 except ChunkValidationError as exc:
                     reject(record.line, record.text, str(exc), chunk)
                     continue
@@ -493,7 +498,7 @@ def consume(
             **{name: value for name, value in given.items() if value is not None},
         )
         target = load_handler(handler) if handler else open_sink(sink)
-    except (ValueError, StreamprocError) as exc:
+    except (ValueError, StreamprocError) as exc:  # pydantic's ValidationError is a ValueError
         raise fail(str(exc), 2) from exc
     consumer = PriorityConsumer(settings, target)
     server = None

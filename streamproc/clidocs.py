@@ -1,6 +1,6 @@
 """Render the CLI reference (docs/cli.md) from the typer app itself, so it cannot drift.
 
-    python -m streamproc.clidocs > docs/cli.md
+python -m streamproc.clidocs > docs/cli.md
 """
 
 from __future__ import annotations
@@ -10,7 +10,6 @@ from typing import Any
 import typer
 
 from streamproc.cli import app
-
 
 # typer ships its own copy of click's classes; they are read here by their attributes only.
 

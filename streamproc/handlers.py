@@ -112,8 +112,8 @@ def load_handler(spec: str) -> AnyHandler:
         raise ConfigError(f"handler {spec!r} must look like 'package.module:function'")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ConfigError(f"cannot import handler module {module_name!r}: {exc}") from exc
+    except Exception as exc:  # any import failure of user code is a config error
+        raise ConfigError(f"cannot import handler module {module_name!r}: {exc!r}") from exc
     target = module
     for part in attribute.split("."):
         try:
@@ -121,7 +121,10 @@ def load_handler(spec: str) -> AnyHandler:
         except AttributeError as exc:
             raise ConfigError(f"module {module_name!r} has no attribute {attribute!r}") from exc
     if isinstance(target, type):
-        target = target()
+        try:
+            target = target()
+        except TypeError as exc:
+            raise ConfigError(f"handler class {spec!r} must take no arguments: {exc}") from exc
     if isinstance(target, BatchHandler) or callable(target):
         return target
     raise ConfigError(f"handler {spec!r} is neither callable nor has handle_batch()")
@@ -184,7 +187,8 @@ class SqliteSink:
 
     The row identity is ``(dataset_id, chunk_key)`` where ``chunk_key`` is the chunk's
     ``tracking_id`` when set, else its stable key. The version is the message timestamp: an
-    upsert only replaces a row whose version is older, or equal and from a less urgent lane. So a
+    upsert only replaces a row whose version is older, or equal and from a lane at least as urgent
+    (a redelivery of the same message replaces itself harmlessly). So a
     stale bulk copy never overwrites a newer realtime edit, whichever is handled first.
 
     The database runs in WAL mode, so readers (dashboards, the demo) never block the writer.

@@ -81,12 +81,15 @@ def kafka_bootstrap() -> Iterator[str]:
             yield container.get_bootstrap_server()
         return
     # Another test session (or `make demo`) may share this broker: stop it only if we started it.
-    already_running = subprocess.run(
-        [sys.executable, str(KAFKA_LOCAL), "status"],
-        env={**os.environ, "STREAMPROC_KAFKA_HOME": str(TEST_BROKER_HOME)},
-        capture_output=True,
-        check=False,
-    ).returncode == 0
+    already_running = (
+        subprocess.run(
+            [sys.executable, str(KAFKA_LOCAL), "status"],
+            env={**os.environ, "STREAMPROC_KAFKA_HOME": str(TEST_BROKER_HOME)},
+            capture_output=True,
+            check=False,
+        ).returncode
+        == 0
+    )
     yield kafka_local("start")
     if not already_running:
         kafka_local("stop")

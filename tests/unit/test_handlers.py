@@ -325,21 +325,11 @@ def test_load_handler_bad_specs(handler_module: str, spec: str, message: str) ->
         load_handler(spec.format(module=handler_module))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="load_handler instantiates the class outside any try: its TypeError escapes",
-)
 def test_load_handler_class_needing_arguments_is_a_config_error(handler_module: str) -> None:
     with pytest.raises(ConfigError):
         load_handler(f"{handler_module}:NeedsArguments")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=SyntaxError,
-    reason="load_handler catches only ImportError: a module failing to import otherwise escapes",
-)
 def test_load_handler_broken_module_is_a_config_error(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
