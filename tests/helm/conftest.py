@@ -9,4 +9,4 @@ from helmchart import helm_binary
 @pytest.fixture(scope="session")
 def helm() -> str:
     """The pinned helm binary (built by scripts/helm on first use)."""
-    return helm_binary()
+    return str(helm_binary())

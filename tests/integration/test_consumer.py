@@ -179,12 +179,12 @@ def test_poison_pill_and_unknown_schema_are_dead_lettered_and_processing_continu
     assert len(parked) == 2
     by_offset = {}
     for message in parked:
-        headers = dict(message.headers())  # type: ignore[attr-defined]
+        headers = dict(message.headers())
         by_offset[int(headers[HEADER_OFFSET])] = (message, headers)
     assert set(by_offset) == {1, 3}
     garbage_message, garbage_headers = by_offset[1]
-    assert garbage_message.value() == garbage  # type: ignore[attr-defined]
-    assert garbage_message.key() == b"k1"  # type: ignore[attr-defined]
+    assert garbage_message.value() == garbage
+    assert garbage_message.key() == b"k1"
     assert garbage_headers["trace"] == b"abc"
     assert garbage_headers[HEADER_ERROR_REASON] == b"undecodable"
     assert garbage_headers[HEADER_ERROR_CLASS] == b"DecodeError"
@@ -194,7 +194,7 @@ def test_poison_pill_and_unknown_schema_are_dead_lettered_and_processing_continu
     assert int(garbage_headers[HEADER_TIMESTAMP]) > 0
     assert garbage_headers[HEADER_ERROR_MESSAGE]
     unknown_message, unknown_headers = by_offset[3]
-    assert unknown_message.value() == unknown_schema  # type: ignore[attr-defined]
+    assert unknown_message.value() == unknown_schema
     assert unknown_headers[HEADER_ERROR_REASON] == b"unknown_schema"
     dead = consumer.metrics.dead_letters
     assert dead.labels(lane="realtime", reason="undecodable")._value.get() == 1
@@ -279,7 +279,7 @@ def test_retriable_handler_errors_are_retried_and_permanent_ones_dead_lettered(
     assert attempts["h1"] == 3
     parked = cluster.read_all(f"{topic}.dlq")
     assert len(parked) == 1
-    headers = dict(parked[0].headers())  # type: ignore[attr-defined]
+    headers = dict(parked[0].headers())
     assert headers[HEADER_ERROR_REASON] == b"handler_error"
     assert b"cannot index this one" in headers[HEADER_ERROR_MESSAGE]
     assert consumer.metrics.lanes["realtime"].handled_retried._value.get() == 1
