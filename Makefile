@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv lint format test unit integration broker broker-stop demo bench helm helm-lint clean
+.PHONY: help venv lint format test unit integration broker broker-stop demo bench helm helm-lint promtool clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -52,6 +52,10 @@ bench: $(STAMP)  ## benchmarks against the local broker (not tests)
 
 helm:  ## build the pinned helm once (go install into ~/.cache/streamproc) and print its path
 	@scripts/helm --print-path
+
+promtool:  ## promtool check rules + test rules of the alert rules (needs the prometheus package)
+	promtool check rules helm/streamproc/files/prometheus-rules.yaml
+	promtool test rules tests/promtool/*.test.yaml
 
 helm-lint:  ## helm lint --strict the chart with every helm/streamproc/ci/*-values.yaml
 	@for values in helm/streamproc/ci/*-values.yaml; do \
