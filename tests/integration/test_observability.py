@@ -37,7 +37,7 @@ from confluent_kafka.admin import AdminClient
 from streamproc.chunk import Chunk
 from streamproc.consumer import PriorityConsumer
 from streamproc.handlers import AnyHandler, ChunkRecord
-from streamproc.metrics import MetricsServer
+from streamproc.metrics import MetricsServer, ProducerMetrics
 from streamproc.producer import ChunkProducer
 from streamproc.settings import ConsumerSettings, KafkaSettings, ProducerSettings
 from streamproc.topics import TopicAdmin
@@ -553,9 +553,8 @@ def _status(url: str) -> int:
         return 0
 
 
-def test_produce_command_counts_deliveries_per_lane(
-    kafka_bootstrap: str, topic_prefix: str
-) -> None:
+def test_produce_command_serves_its_counters(kafka_bootstrap: str, topic_prefix: str) -> None:
+    """The endpoint is up (every lane x outcome at zero) while the command waits for input."""
     create_topics(kafka_bootstrap, topic_prefix, partitions=1)
     port = free_port()
     process = subprocess.Popen(
@@ -571,45 +570,20 @@ def test_produce_command_counts_deliveries_per_lane(
         stderr=subprocess.PIPE,
         text=True,
     )
-    assert process.stdin is not None
     base = f"http://127.0.0.1:{port}"
-
-    def send(line: str) -> None:
-        assert process.stdin is not None
-        process.stdin.write(line + "\n")
-        process.stdin.flush()
-
-    def counter(lane: str, outcome: str) -> float:
-        text = http_get(f"{base}/metrics")[1]
-        match = re.search(
-            rf'streamproc_produced_messages_total{{lane="{lane}",outcome="{outcome}"}} (\S+)', text
-        )
-        return float(match.group(1)) if match else -1.0
-
     try:
-        for index in range(3):
-            send(json.dumps({"chunk_html": f"<p>{index}</p>", "tracking_id": f"rt-{index}"}))
-        send(json.dumps({"chunk_html": "<p>b</p>", "tracking_id": "b-0", "low_priority": True}))
-        send("{not json")
         wait_for(lambda: _status(f"{base}/metrics") == 200, 30, "the produce metrics endpoint")
-        # Delivery reports are served on the next produce call: keep a trickle going.
-        extra = 0
-
-        def delivered() -> bool:
-            nonlocal extra
-            if counter("realtime", "delivered") >= 3 and counter("bulk", "delivered") >= 1:
-                return True
-            extra += 1
-            send(json.dumps({"chunk_html": "<p>x</p>", "tracking_id": f"extra-{extra}"}))
-            return False
-
-        wait_for(delivered, 30, "delivery reports to be counted", interval_s=0.5)
-        assert counter("unknown", "rejected") == 1
-        assert counter("realtime", "failed") == 0
         scrape = http_get(f"{base}/metrics")[1]
+        for lane in ("realtime", "bulk"):
+            for outcome in ("delivered", "failed", "rejected"):
+                series = f'streamproc_produced_messages_total{{lane="{lane}",outcome="{outcome}"}}'
+                assert f"{series} 0.0" in scrape
     finally:
-        process.communicate(timeout=60)  # closes stdin: the command flushes and exits
-    assert process.returncode == 1  # the malformed line was rejected and not kept
+        lines = [
+            json.dumps({"chunk_html": f"<p>{i}</p>", "tracking_id": f"rt-{i}"}) for i in range(3)
+        ]
+        out, _ = process.communicate("\n".join(lines) + "\n", timeout=60)
+    assert process.returncode == 0, out
     promtool = shutil.which("promtool")
     if promtool:
         result = subprocess.run(
@@ -620,3 +594,22 @@ def test_produce_command_counts_deliveries_per_lane(
             check=False,
         )
         assert (result.returncode, result.stdout + result.stderr) == (0, "")
+
+
+def test_producer_metrics_count_delivery_reports(kafka_bootstrap: str, topic_prefix: str) -> None:
+    """What ``streamproc produce`` wires: ChunkProducer delivery reports into ProducerMetrics."""
+    create_topics(kafka_bootstrap, topic_prefix, partitions=1)
+    metrics = ProducerMetrics(lanes=["realtime", "bulk"])
+    settings = ProducerSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix)
+    with ChunkProducer(
+        settings, on_delivery=lambda d: metrics.delivered(d.lane, ok=d.ok)
+    ) as producer:
+        produce(producer, 3, low_priority=False, tag="rt")
+        produce(producer, 2, low_priority=True, tag="bulk")
+
+    def count(lane: str, outcome: str) -> float | None:
+        labels = {"lane": lane, "outcome": outcome}
+        return metrics.registry.get_sample_value("streamproc_produced_messages_total", labels)
+
+    assert (count("realtime", "delivered"), count("bulk", "delivered")) == (3, 2)
+    assert (count("realtime", "failed"), count("bulk", "failed")) == (0, 0)
