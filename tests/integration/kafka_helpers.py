@@ -4,16 +4,24 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
+from typing import Any
 
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, TopicPartition
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient
 
 from streamproc.chunk import Chunk
 from streamproc.consumer import PriorityConsumer
 from streamproc.lanes import Lanes
+from streamproc.messages import coordinates
 from streamproc.producer import ChunkProducer
 from streamproc.settings import ConsumerSettings, KafkaSettings, ProducerSettings
 from streamproc.topics import TopicAdmin
@@ -132,3 +140,45 @@ def wait_until(condition: Callable[[], bool], timeout_s: float = 60, what: str =
             return
         time.sleep(0.05)
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what or condition}")
+
+
+def high_watermarks(bootstrap: str, topic: str) -> dict[int, int]:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"hw-{uuid.uuid4().hex}"})
+    try:
+        metadata = consumer.list_topics(topic, timeout=10)
+        return {
+            partition: consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[
+                1
+            ]
+            for partition in metadata.topics[topic].partitions
+        }
+    finally:
+        consumer.close()
+
+
+def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[Any]:
+    """Every message of ``topic``, from offset 0 up to the high watermarks taken first."""
+    highs = high_watermarks(bootstrap, topic)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"reader-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+        }
+    )
+    messages: list[Any] = []
+    try:
+        pending = {partition: high for partition, high in highs.items() if high > 0}
+        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in pending])
+        deadline = time.monotonic() + timeout_s
+        while pending and time.monotonic() < deadline:
+            for message in consumer.consume(1000, 0.5):
+                assert message.error() is None, message.error()
+                messages.append(message)
+                _, partition, offset = coordinates(message)
+                if partition in pending and offset + 1 >= pending[partition]:
+                    del pending[partition]
+        assert not pending, f"{topic}: partitions {sorted(pending)} not read to the end"
+    finally:
+        consumer.close()
+    return messages

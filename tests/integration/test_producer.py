@@ -8,22 +8,19 @@ other Kafka client sees it: the topic, the key and the bytes.
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
+from kafka_helpers import high_watermarks, read_topic
 
 from streamproc.chunk import Chunk
 from streamproc.codec import ChunkCodec
 from streamproc.errors import OversizeError, TopicError
 from streamproc.lanes import Lanes
-from streamproc.messages import coordinates
 from streamproc.producer import ChunkProducer, Delivery
 from streamproc.samples import sample_chunks
 from streamproc.settings import ProducerSettings
@@ -55,48 +52,6 @@ def lanes(topic_admin: TopicAdmin, topic_prefix: str) -> Lanes:
     """This test's lanes, with their topics created."""
     topic_admin.create(partitions=PARTITIONS)
     return Lanes(topic_prefix)
-
-
-def high_watermarks(bootstrap: str, topic: str) -> dict[int, int]:
-    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"hw-{uuid.uuid4().hex}"})
-    try:
-        metadata = consumer.list_topics(topic, timeout=10)
-        return {
-            partition: consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[
-                1
-            ]
-            for partition in metadata.topics[topic].partitions
-        }
-    finally:
-        consumer.close()
-
-
-def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[Any]:
-    """Every message of ``topic``, from offset 0 up to the high watermarks taken first."""
-    highs = high_watermarks(bootstrap, topic)
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"reader-{uuid.uuid4().hex}",
-            "enable.auto.commit": False,
-        }
-    )
-    messages: list[Any] = []
-    try:
-        pending = {partition: high for partition, high in highs.items() if high > 0}
-        consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in pending])
-        deadline = time.monotonic() + timeout_s
-        while pending and time.monotonic() < deadline:
-            for message in consumer.consume(1000, 0.5):
-                assert message.error() is None, message.error()
-                messages.append(message)
-                _, partition, offset = coordinates(message)
-                if partition in pending and offset + 1 >= pending[partition]:
-                    del pending[partition]
-        assert not pending, f"{topic}: partitions {sorted(pending)} not read to the end"
-    finally:
-        consumer.close()
-    return messages
 
 
 def test_ten_thousand_chunks_land_in_their_lane_with_their_key(
