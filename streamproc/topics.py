@@ -6,6 +6,7 @@ its members, and equal counts keep each member's share of realtime and bulk work
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
@@ -92,8 +93,29 @@ class TopicAdmin:
             config = {"retention.ms": str(retention)} if retention is not None else {}
             new_topics.append(NewTopic(name, partitions, replication_factor, config=config))
         created = self._wait([topic.topic for topic in new_topics], new_topics)
+        self._await_visible(created)
         self.check(expected_partitions=partitions)
         return created
+
+    def _await_visible(self, names: list[str]) -> None:
+        """Wait until the broker's metadata shows every created topic.
+
+        CreateTopics answers once the controller has committed the topics; the broker that
+        serves metadata learns of them a moment later, so a check right away can miss them.
+        """
+        deadline = time.monotonic() + ADMIN_TIMEOUT_S
+        pending = set(names)
+        while pending:
+            visible = {info.name for info in self.describe() if info.exists and info.partitions}
+            pending -= visible
+            if not pending:
+                return
+            if time.monotonic() > deadline:
+                raise TopicError(
+                    f"created topics not visible after {ADMIN_TIMEOUT_S:.0f}s: "
+                    f"{', '.join(sorted(pending))}"
+                )
+            time.sleep(0.05)
 
     def _wait(self, names: list[str], new_topics: list[NewTopic]) -> list[str]:
         if not new_topics:
