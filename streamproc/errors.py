@@ -98,6 +98,17 @@ class RetriableHandlerError(HandlerError):
     reason = "handler_retriable"
 
 
+class SchemaRegistryUnavailableError(StreamprocError):
+    """The schema registry could not be reached or failed; the value itself may be fine.
+
+    Never a reason to park a message: the consumer stops without committing it (and is restarted),
+    the producer reports the chunk as not sent.
+    """
+
+    retriable = True
+    reason = "schema_registry_unavailable"
+
+
 class ProduceError(StreamprocError):
     """The broker rejected or failed to acknowledge a produced message."""
 
