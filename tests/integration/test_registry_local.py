@@ -140,6 +140,24 @@ def test_registered_schema_is_found_by_id_and_by_subject(
     assert client.get_versions(subject) == [1]
 
 
+def test_lookup_and_re_registration_match_the_parsed_schema_not_its_text(
+    client: SchemaRegistryClient, new_subject: Callable[[], str]
+) -> None:
+    """As with Confluent's registry: a schema written with other whitespace is the same schema.
+
+    The producer registers one rendering of the chunk schema and a reader may look up another.
+    """
+    subject = new_subject()
+    compact = unique_record()
+    parsed = definition(compact)
+    pretty = Schema(json.dumps(parsed, indent=2), schema_type="AVRO")
+    schema_id = client.register_schema(subject, compact)
+
+    assert client.lookup_schema(subject, pretty).schema_id == schema_id
+    assert client.register_schema(subject, pretty) == schema_id
+    assert client.get_versions(subject) == [1]
+
+
 def test_same_schema_has_one_id_under_every_subject(
     client: SchemaRegistryClient, new_subject: Callable[[], str]
 ) -> None:
