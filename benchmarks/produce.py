@@ -19,29 +19,25 @@ keying and Avro encoding alone: the CPU streamproc adds per chunk.
 
 Each side runs ``--repeats`` times (default 3), interleaved, each run on its own fresh lane topics
 and with a new client, and the median run is reported. The ratio ``streamproc / raw`` is the share
-of raw produce throughput that streamproc keeps. Results go to a JSON file.
+of raw produce throughput that streamproc keeps. Results go to ``benchmarks/results/produce.json``.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import confluent_kafka
 from confluent_kafka import KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient
 
+from benchmarks.harness import RESULTS_DIR, Result, Table, Target
 from streamproc.chunk import Chunk
 from streamproc.codec import ChunkCodec
 from streamproc.lanes import Lanes
@@ -50,7 +46,6 @@ from streamproc.samples import sample_chunks
 from streamproc.settings import ProducerSettings, parse_bootstrap
 from streamproc.topics import TopicAdmin
 
-DEFAULT_OUTPUT = Path(__file__).resolve().parent / "results" / "produce.json"
 LOW_PRIORITY_RATIO = 0.3
 # How long produce() waits for room when librdkafka's queue is full (same as ChunkProducer).
 QUEUE_FULL_POLL_S = 0.05
@@ -182,26 +177,52 @@ def median_rate(runs: Sequence[Run]) -> float:
     return statistics.median(run.chunks_per_s for run in runs)
 
 
-def print_table(runs: dict[str, list[Run]], workload: Workload, ratio: float) -> None:
+def build_result(
+    args: argparse.Namespace, workload: Workload, runs: dict[str, list[Run]], ratio: float
+) -> Result:
+    """The shared result shape: the runs table, the target, the configuration."""
+    settings = ProducerSettings(bootstrap_servers=args.bootstrap_servers)
     mean_value = workload.value_bytes / len(workload.messages)
-    print(
-        f"{len(workload.messages):,} chunks, {LOW_PRIORITY_RATIO:.0%} low_priority, "
-        f"mean encoded value {mean_value:,.0f} B"
-    )
+    result = Result("produce")
+    result.parameters = {
+        "chunks": len(workload.messages),
+        "low_priority_ratio": LOW_PRIORITY_RATIO,
+        "mean_value_bytes": round(mean_value, 1),
+        "partitions": args.partitions,
+        "repeats": args.repeats,
+        "producer_config": {
+            key: value
+            for key, value in settings.to_librdkafka().items()
+            if key not in ("bootstrap.servers", "sasl.password")
+        },
+    }
     repeats = max(len(side_runs) for side_runs in runs.values())
-    header = f"{'side':<12}" + "".join(f"{'run ' + str(i + 1):>14}" for i in range(repeats))
-    header += f"{'median':>14}{'MB/s':>10}"
-    print(header)
-    print("-" * len(header))
-    for side, side_runs in runs.items():
-        median = median_rate(side_runs)
-        cells = "".join(f"{run.chunks_per_s:>14,.0f}" for run in side_runs)
-        megabytes = median * mean_value / 1e6
-        print(f"{side:<12}{cells}{median:>14,.0f}{megabytes:>10.1f}")
-    print(
-        "\nchunks/s; Kafka runs: client warmed up, flush included; encode-only: route + key + "
-        f"Avro encode, no Kafka.\nratio streamproc / raw = {ratio:.3f}"
+    table = Table(
+        f"Producer throughput, {len(workload.messages):,} chunks, "
+        f"{LOW_PRIORITY_RATIO:.0%} low_priority, mean value {mean_value:,.0f} B (chunks/s)",
+        ["side", *(f"run {i + 1}" for i in range(repeats)), "median", "MB/s", "vs raw"],
     )
+    raw = median_rate(runs["raw"])
+    for side, side_runs in runs.items():
+        rate = median_rate(side_runs)
+        table.rows.append(
+            [
+                side,
+                *(round(run.chunks_per_s) for run in side_runs),
+                round(rate),
+                round(rate * mean_value / 1e6, 1),
+                round(rate / raw, 3),
+            ]
+        )
+    result.tables.append(table)
+    result.targets.append(Target("streamproc / raw produce", ratio, ">= 0.8", ratio >= 0.8))
+    encode_rate = median_rate(runs["encode-only"])
+    result.notes.append(
+        "Kafka runs: client warmed up, flush included; encode-only: route + key + Avro encode, "
+        f"no Kafka, {1e6 / encode_rate:.1f} us per chunk, so the product side cannot exceed "
+        f"{encode_rate / raw:.2f} x raw produce on this machine before any Kafka work."
+    )
+    return result
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -217,7 +238,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--partitions", type=int, default=3, help="Partitions per lane topic.")
     parser.add_argument("--seed", type=int, default=7, help="Seed of the sample chunks.")
     parser.add_argument(
-        "--output", type=Path, default=DEFAULT_OUTPUT, help="Where to write the JSON result."
+        "--output-dir", type=Path, default=RESULTS_DIR, help="Where the JSON result goes."
     )
     parser.add_argument(
         "--keep-topics", action="store_true", help="Do not delete the benchmark topics."
@@ -267,48 +288,10 @@ def main(argv: Sequence[str] | None = None) -> int:
                 topics.delete()
 
     ratio = median_rate(runs["streamproc"]) / median_rate(runs["raw"])
-    print_table(runs, workload, ratio)
-    write_result(args, workload, runs, ratio)
+    result = build_result(args, workload, runs, ratio)
+    result.print()
+    print(f"wrote {result.write(args.output_dir)}", file=sys.stderr)
     return 0
-
-
-def write_result(
-    args: argparse.Namespace, workload: Workload, runs: dict[str, list[Run]], ratio: float
-) -> None:
-    settings = ProducerSettings(bootstrap_servers=args.bootstrap_servers)
-    result: dict[str, Any] = {
-        "benchmark": "produce",
-        "when": datetime.now(UTC).isoformat(timespec="seconds"),
-        "chunks": len(workload.messages),
-        "low_priority_ratio": LOW_PRIORITY_RATIO,
-        "mean_value_bytes": round(workload.value_bytes / len(workload.messages), 1),
-        "partitions": args.partitions,
-        "repeats": args.repeats,
-        "producer_config": {
-            key: value
-            for key, value in settings.to_librdkafka().items()
-            if key not in ("bootstrap.servers", "sasl.password")
-        },
-        "median_chunks_per_s": {
-            side: round(median_rate(side_runs)) for side, side_runs in runs.items()
-        },
-        "ratio_streamproc_over_raw": round(ratio, 4),
-        "runs": [
-            {**asdict(run), "chunks_per_s": round(run.chunks_per_s)}
-            for side_runs in runs.values()
-            for run in side_runs
-        ],
-        "environment": {
-            "python": platform.python_version(),
-            "confluent_kafka": confluent_kafka.version()[0],
-            "librdkafka": confluent_kafka.libversion()[0],
-            "platform": platform.platform(),
-            "cpus": os.cpu_count(),
-        },
-    }
-    args.output.parent.mkdir(parents=True, exist_ok=True)
-    args.output.write_text(json.dumps(result, indent=2) + "\n", encoding="utf-8")
-    print(f"wrote {args.output}", file=sys.stderr)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,254 @@
+"""Consumer throughput with the null sink: streamproc against raw confluent-kafka and Quix Streams.
+
+Run against a broker (``scripts/kafka-local start`` prints one)::
+
+    python benchmarks/consume.py --bootstrap-servers 127.0.0.1:PORT [--count N]
+
+One topic is filled with ``--count`` Avro chunks (single-object framing, as streamproc produces
+them); then every side reads the same messages with a fresh consumer group, ``--repeats`` times,
+interleaved. Each side is timed the same way: from its first message to its Nth.
+
+* ``raw loop``: ``confluent_kafka.Consumer.consume`` batches, no decoding: the limit.
+* ``raw + fastavro``: the same loop, each value decoded with fastavro's ``schemaless_reader``.
+* ``streamproc``: ``PriorityConsumer`` (flow control on, both lanes subscribed) with the null sink:
+  decode, validate into a ``Chunk``, hand to the sink, store offsets.
+* ``Quix Streams``: a Quix Streams application (``quixstreams`` from PyPI, in its own virtualenv
+  under ``~/.cache/streamproc``) decoding with the same fastavro call in a deserializer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import fastavro
+from confluent_kafka import Consumer
+from fastavro import parse_schema, schemaless_reader
+
+from benchmarks.harness import (
+    REPO,
+    Result,
+    RunningConsumer,
+    Table,
+    Target,
+    base_parser,
+    consumer_settings,
+    fresh_lanes,
+    median,
+    parse,
+    preload,
+    quiet_logs,
+    ratio,
+    run_main,
+    say,
+    workload,
+)
+from streamproc.codec import CURRENT_SCHEMA_FILE
+from streamproc.consumer import PriorityConsumer
+from streamproc.handlers import ChunkRecord, NullSink
+
+QUIX_VERSION = "3.28.1"
+QUIX_VENV = Path(
+    os.environ.get(
+        "STREAMPROC_BENCH_QUIX_VENV", Path.home() / ".cache" / "streamproc" / "bench-quix-venv"
+    )
+)
+SCHEMA_PATH = REPO / "avro" / CURRENT_SCHEMA_FILE
+SINGLE_OBJECT_HEADER_BYTES = 10
+SIDE_TIMEOUT_S = 300.0
+
+
+def quix_python() -> Path:
+    """The Quix Streams virtualenv's interpreter, created and installed on first use."""
+    python = QUIX_VENV / "bin" / "python"
+    stamp = QUIX_VENV / f".installed-quixstreams-{QUIX_VERSION}-fastavro-{fastavro.__version__}"
+    if stamp.exists():
+        return python
+    say(f"installing quixstreams=={QUIX_VERSION} into {QUIX_VENV} (once)")
+    subprocess.run([sys.executable, "-m", "venv", "--clear", str(QUIX_VENV)], check=True)
+    subprocess.run(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "-q",
+            f"quixstreams=={QUIX_VERSION}",
+            f"fastavro=={fastavro.__version__}",
+        ],
+        check=True,
+    )
+    stamp.touch()
+    return python
+
+
+def group() -> str:
+    return f"bench-consume-{uuid.uuid4().hex[:8]}"
+
+
+def raw_loop(bootstrap: str, topic: str, count: int, decode: bool) -> float:
+    """Seconds from the first to the Nth message of a plain consume loop."""
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": group(), "auto.offset.reset": "earliest"}
+    )
+    consumer.subscribe([topic])
+    schema = parse_schema(json.loads(SCHEMA_PATH.read_text(encoding="utf-8")))
+    seen = 0
+    first = 0.0
+    deadline = time.monotonic() + SIDE_TIMEOUT_S
+    try:
+        while seen < count:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"raw loop read only {seen} of {count}")
+            for message in consumer.consume(500, 0.5):
+                if message.error() is not None:
+                    continue
+                if seen == 0:
+                    first = time.perf_counter()
+                if decode:
+                    stream = BytesIO(message.value() or b"")
+                    stream.seek(SINGLE_OBJECT_HEADER_BYTES)
+                    schemaless_reader(stream, schema, None)
+                seen += 1
+        return time.perf_counter() - first
+    finally:
+        consumer.close()
+
+
+class CountingSink(NullSink):
+    """The null sink, plus the time of the first chunk and of the Nth."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self.seen = 0
+        self.first = 0.0
+        self.last = 0.0
+        self.done = threading.Event()
+
+    def handle_batch(self, records: Sequence[ChunkRecord]) -> None:
+        if self.seen == 0:
+            self.first = time.perf_counter()
+        super().handle_batch(records)
+        self.seen += len(records)
+        if self.seen >= self.count and not self.done.is_set():
+            self.last = time.perf_counter()
+            self.done.set()
+
+
+def streamproc_side(bootstrap: str, prefix_lanes: Any, count: int) -> float:
+    sink = CountingSink(count)
+    settings = consumer_settings(bootstrap, prefix_lanes, group_id=group())
+    running = RunningConsumer(PriorityConsumer(settings, sink))
+    try:
+        if not sink.done.wait(SIDE_TIMEOUT_S):
+            raise SystemExit(f"streamproc read only {sink.seen} of {count}")
+    finally:
+        running.stop()
+    # The first batch is timed from its start: count it as count - 0 messages after "first".
+    return sink.last - sink.first
+
+
+def quix_side(bootstrap: str, topic: str, count: int) -> float:
+    completed = subprocess.run(
+        [
+            str(quix_python()),
+            str(Path(__file__).resolve().parent / "quix_app.py"),
+            "--bootstrap-servers",
+            bootstrap,
+            "--topic",
+            topic,
+            "--group",
+            group(),
+            "--count",
+            str(count),
+            "--schema",
+            str(SCHEMA_PATH),
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=SIDE_TIMEOUT_S,
+    )
+    progress = json.loads(completed.stdout.strip().splitlines()[-1])
+    if progress["count"] < count:
+        raise SystemExit(f"Quix Streams read only {progress['count']} of {count}")
+    return float(progress["last"] - progress["first"])
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = base_parser(__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--count", type=int, default=100_000, help="Messages read per run.")
+    parser.add_argument("--repeats", type=int, default=2, help="Runs per side (interleaved).")
+    parser.add_argument("--no-quix", action="store_true", help="Skip the Quix Streams side.")
+    args = parse(parser, argv)
+    quiet_logs()
+    count = args.count
+    notes: list[str] = []
+    sides: dict[str, Callable[[str, Any], float]] = {
+        "raw loop (no decode)": lambda b, lanes: raw_loop(b, lanes.top.topic, count, False),
+        "raw loop + fastavro decode": lambda b, lanes: raw_loop(b, lanes.top.topic, count, True),
+        "streamproc (null sink)": lambda b, lanes: streamproc_side(b, lanes, count),
+    }
+    if not args.no_quix:
+        try:
+            quix_python()
+            sides["Quix Streams"] = lambda b, lanes: quix_side(b, lanes.top.topic, count)
+        except (OSError, subprocess.CalledProcessError) as exc:
+            notes.append(f"Quix Streams side skipped: its virtualenv could not be built ({exc})")
+    seconds: dict[str, list[float]] = {side: [] for side in sides}
+    with fresh_lanes(args.bootstrap_servers, "consume", args.partitions) as lanes:
+        took = preload(args.bootstrap_servers, lanes.top.topic, workload(low_priority=False), count)
+        say(f"preloaded {count:,} chunks in {took:.1f}s")
+        for repeat in range(1, args.repeats + 1):
+            for side, run in sides.items():
+                elapsed = run(args.bootstrap_servers, lanes)
+                seconds[side].append(elapsed)
+                say(f"{side} run {repeat}: {count / elapsed:,.0f} msg/s")
+    rates = {side: [count / s for s in runs] for side, runs in seconds.items()}
+    medians = {side: median(values) for side, values in rates.items()}
+    raw = medians["raw loop (no decode)"]
+    streamproc = medians["streamproc (null sink)"]
+    quix = medians.get("Quix Streams", float("nan"))
+    table = Table(
+        f"Consumer throughput, {count:,} Avro chunks, {args.partitions} partitions (msg/s)",
+        [*(f"run {i + 1}" for i in range(args.repeats)), "median", "vs raw loop", "streamproc vs"],
+    )
+    table.columns.insert(0, "side")
+    for side, values in rates.items():
+        table.rows.append(
+            [
+                side,
+                *(round(v) for v in values),
+                round(medians[side]),
+                round(ratio(medians[side], raw), 3),
+                round(ratio(streamproc, medians[side]), 3),
+            ]
+        )
+    result = Result("consume")
+    result.parameters = {"count": count, "repeats": args.repeats, "partitions": args.partitions}
+    if "Quix Streams" in sides:
+        result.parameters["quixstreams"] = QUIX_VERSION
+    result.tables.append(table)
+    over_raw = ratio(streamproc, raw)
+    over_quix = ratio(streamproc, quix)
+    result.targets.append(Target("streamproc / raw loop", over_raw, ">= 0.5", over_raw >= 0.5))
+    result.targets.append(
+        Target("streamproc / Quix Streams", over_quix, ">= 1.5", over_quix >= 1.5)
+    )
+    result.notes.extend(notes)
+    result.print()
+    say(f"wrote {result.write(args.output_dir)}")
+    return 0
+
+
+if __name__ == "__main__":
+    run_main(main)
