@@ -6,13 +6,17 @@ partition there are no fetches, so its cached watermark freezes. Paused partitio
 cache is still empty) are therefore refreshed from the broker with ``ListOffsets`` on a slow timer.
 
 Group lag of the top lane sums, over every partition of the top lane, the high watermark minus the
-group's committed offset (``OffsetFetch`` through the AdminClient). It is what a member that owns
-no realtime partition must look at to yield to realtime traffic it cannot see. Committed offsets
-trail the owners' positions by up to one auto-commit interval, so ``group_lag_slack`` messages are
-forgiven before the figure reaches the flow policy.
+group's committed offset (``OffsetFetch`` by the member's own consumer). It is what a member that
+owns no realtime partition must look at to yield to realtime traffic it cannot see. Committed
+offsets trail the owners' positions by up to one auto-commit interval, so ``group_lag_slack``
+messages are forgiven before the figure reaches the flow policy.
 
-Every broker query here is asynchronous: a request is issued on one tick and harvested on a later
-one, so the poll loop never blocks on the network.
+Watermark queries are asynchronous: a request is issued on one tick and harvested on a later one.
+The group's committed offsets are the exception: they are fetched with the consumer's
+``committed()``, one bounded round trip to the group coordinator per ``group_refresh_s``. The
+AdminClient's ``list_consumer_group_offsets`` would be asynchronous, but librdkafka (up to at least
+2.16) aborts the whole process when such a coordinator request fails while the coordinator is
+moving or loading, which is exactly what a broker restart does (librdkafka issues 3663 and 4605).
 """
 
 from __future__ import annotations
@@ -40,6 +44,9 @@ from streamproc.lanes import Lanes
 TopicPartitionKey = tuple[str, int]
 
 _ADMIN_TIMEOUT_S = 10.0
+# Longest the poll loop waits for the group's committed offsets (group scope only); while the
+# coordinator is unreachable the loop slows down by at most this much per group_refresh_s.
+_GROUP_OFFSETS_TIMEOUT_S = 1.0
 _LATEST = OffsetSpec.latest()  # type: ignore[no-untyped-call]  # unannotated upstream
 # Commit metadata the consumer writes on pause and resume, read back by ``streamproc lag``.
 PAUSED_METADATA = "streamproc:paused"
@@ -332,25 +339,37 @@ class LagMonitor:
             self._group_offsets_request = self._group_watermark_request = None
         if monotonic - self._group_measured_at < self._group_refresh_s:
             return
+        if not self._positions:
+            return  # nothing assigned, nothing to hold back: no need to measure the group
         top_partitions = self._top_lane_partitions()
         if not top_partitions:
             return
-        request = ConsumerGroupTopicPartitions(
-            self._group_id, [TopicPartition(t, p) for t, p in top_partitions]
-        )
         try:
-            offset_futures = self._admin.list_consumer_group_offsets(
-                [request], request_timeout=_ADMIN_TIMEOUT_S
-            )
             watermark_futures = self._admin.list_offsets(
                 {TopicPartition(t, p): _LATEST for t, p in top_partitions},
                 request_timeout=_ADMIN_TIMEOUT_S,
             )
         except KafkaException:
             return
+        offset_futures = {self._group_id: self._fetch_group_offsets(top_partitions)}
         self._group_offsets_request = _Pending(offset_futures, monotonic)
         self._group_watermark_request = _Pending(watermark_futures, monotonic)
         self._group_measured_at = monotonic
+
+    def _fetch_group_offsets(
+        self, partitions: tuple[TopicPartitionKey, ...]
+    ) -> Future[ConsumerGroupTopicPartitions]:
+        """The group's committed offsets of ``partitions``, as an already completed future."""
+        future: Future[ConsumerGroupTopicPartitions] = Future()
+        try:
+            committed = self._consumer.committed(
+                [TopicPartition(t, p) for t, p in partitions], timeout=_GROUP_OFFSETS_TIMEOUT_S
+            )
+        except KafkaException as exc:
+            future.set_exception(exc)
+        else:
+            future.set_result(ConsumerGroupTopicPartitions(self._group_id, committed))
+        return future
 
     def _top_lane_partitions(self) -> tuple[TopicPartitionKey, ...]:
         if not self.top_partitions:
