@@ -1,0 +1,55 @@
+"""Fixtures of the fault tier: the shared broker's lane topics, and a private broker to break.
+
+Scenarios that stop, restart or cut off the broker use :class:`PrivateBroker` (its own
+``STREAMPROC_KAFKA_HOME``, started and stopped here), never the session broker other tests share.
+Tests under ``tests/fault`` are marked ``fault`` and ``integration`` (they need a real broker).
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+if str(REPO) not in sys.path:
+    # The scenarios import their helpers as tests.fault.* and tests.integration.*.
+    sys.path.insert(0, str(REPO))
+
+from tests.fault.scenario import PrivateBroker, free_port  # noqa: E402
+from tests.integration.kafka_helpers import Cluster  # noqa: E402
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/fault/" in item.path.as_posix():
+            item.add_marker(pytest.mark.fault)
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture
+def cluster(kafka_bootstrap: str, topic_prefix: str) -> Cluster:
+    """The shared session broker, with this test's own lane topics (created by the test)."""
+    return Cluster(kafka_bootstrap, topic_prefix)
+
+
+@pytest.fixture(scope="session")
+def private_broker_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBroker]:
+    home = REPO / ".streamproc" / f"kafka-fault-{tmp_path_factory.getbasetemp().name}"
+    broker = PrivateBroker(home, proxy_port=free_port())
+    broker.start()
+    try:
+        yield broker
+    finally:
+        broker.close()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture
+def private_broker(private_broker_session: PrivateBroker) -> PrivateBroker:
+    """A broker of this test session alone, running and reachable when the test starts."""
+    private_broker_session.ensure_running()
+    return private_broker_session

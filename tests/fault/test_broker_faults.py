@@ -1,0 +1,210 @@
+"""Scenarios 1, 9 and 12: the broker goes away (restart) or out of reach (network cut).
+
+Each runs on the session's private broker, never on the broker the other tests share.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from streamproc.consumer import PriorityConsumer
+from streamproc.samples import sample_chunks
+from tests.fault.checker import Fault, check
+from tests.fault.ledger import (
+    PROCESSED,
+    AckLedger,
+    LedgerFile,
+    LedgerHandler,
+    read_acked,
+    record_dead_letters,
+)
+from tests.fault.scenario import (
+    CommitSampler,
+    PacedProducer,
+    PrivateBroker,
+    committed,
+    high_watermarks,
+    lane_partitions,
+    producer_for,
+    wait_drained,
+)
+from tests.integration.kafka_helpers import Cluster, ThreadedConsumer, read_topic, wait_until
+
+pytestmark = pytest.mark.slow
+
+
+def test_01_broker_restart_mid_stream_loses_nothing(
+    private_broker: PrivateBroker, topic_prefix: str, tmp_path: Path
+) -> None:
+    cluster = Cluster(private_broker.bootstrap, topic_prefix)
+    cluster.create_topics(partitions=3)
+    group = "restart"
+    acks = AckLedger(tmp_path)
+    chunks = sample_chunks(3_000, low_priority_ratio=0.5, prefix="r1")
+    paced = PacedProducer(producer_for(cluster.bootstrap, topic_prefix, acks), acks, chunks, 300)
+    handler = LedgerHandler(tmp_path)
+    consumer = PriorityConsumer(cluster.consumer_settings(group), handler)
+    threaded = ThreadedConsumer(consumer).start()
+    sampler = CommitSampler(cluster.bootstrap, group, lane_partitions(cluster), tmp_path).start()
+    paced.start()
+    try:
+        wait_until(lambda: handler.handled >= 500, what="the consumer to be mid-stream")
+        private_broker.restart()  # same port, same data dir
+        handled_at_restart = handler.handled
+        paced.join()
+        wait_drained(tmp_path, acks)
+    finally:
+        exit_code = threaded.stop()
+    commit_violations = sampler.stop()
+    assert exit_code == 0
+    record_dead_letters(tmp_path, cluster.lanes.topics, lambda t: read_topic(cluster.bootstrap, t))
+    figures = check(
+        "01-broker-restart",
+        "Broker stopped and restarted mid-stream",
+        tmp_path,
+        produced=acks.produced,
+        committed=committed(cluster, group),
+        high_watermarks=high_watermarks(cluster),
+        duplicates="reported",
+        commit_samples=commit_violations,
+        invariants=("I1", "I2", "I3", "I5"),
+        notes={
+            "producer_failures": len(acks.failures),
+            "handled_before_restart": handled_at_restart,
+            "commit_samples": sampler.samples,
+        },
+    )
+    figures.assert_ok()
+    assert acks.failures == [], "the producer must ride out a broker restart without failures"
+    assert acks.acknowledged == acks.produced
+
+
+def test_12_routing_holds_across_a_broker_restart(
+    private_broker: PrivateBroker, topic_prefix: str, tmp_path: Path
+) -> None:
+    cluster = Cluster(private_broker.bootstrap, topic_prefix)
+    cluster.create_topics(partitions=3)
+    acks = AckLedger(tmp_path)
+    chunks = list(sample_chunks(2_000, low_priority_ratio=0.5, prefix="r12"))
+    low_priority = {chunk.key for chunk in chunks if chunk.low_priority}
+    paced = PacedProducer(producer_for(cluster.bootstrap, topic_prefix, acks), acks, chunks, 250)
+    paced.start()
+    wait_until(lambda: acks.acknowledged >= 500, what="deliveries before the restart")
+    private_broker.restart()
+    paced.join()
+
+    on_lane = {
+        lane.name: Counter(m.key().decode() for m in read_topic(cluster.bootstrap, lane.topic))
+        for lane in cluster.lanes
+    }
+    misrouted = [key for key in on_lane["bulk"] if key not in low_priority] + [
+        key for key in on_lane["realtime"] if key in low_priority
+    ]
+    twice = [key for counts in on_lane.values() for key, n in counts.items() if n > 1]
+    acked_ids = {a.id for a in read_acked(tmp_path)}
+    missing = acked_ids - set(on_lane["bulk"]) - set(on_lane["realtime"])
+    print(
+        f"[12-routing-restart] produced={acks.produced} acknowledged={len(acked_ids)} "
+        f"bulk={sum(on_lane['bulk'].values())} realtime={sum(on_lane['realtime'].values())} "
+        f"misrouted={len(misrouted)} written-twice={len(twice)} missing={len(missing)}"
+    )
+    # The ledger side of the scenario: every acked chunk is on its lane exactly once.
+    ledger = LedgerFile(tmp_path / PROCESSED)
+    ledger.append(
+        (m.key().decode(), *m_coordinates, 0)
+        for lane in cluster.lanes
+        for m in read_topic(cluster.bootstrap, lane.topic)
+        for m_coordinates in [(m.topic(), m.partition(), m.offset())]
+    )
+    ledger.close()
+    figures = check(
+        "12-routing-restart",
+        "Routing by priority while the broker restarts (read back from both lanes)",
+        tmp_path,
+        produced=acks.produced,
+        committed={},
+        high_watermarks={},
+        invariants=("I1", "I4", "I5", "routing"),
+        notes={"misrouted": len(misrouted), "written_twice": len(twice)},
+    )
+    figures.assert_ok()
+    assert acks.failures == []
+    assert misrouted == [], "every low-priority chunk only on bulk, every other only on realtime"
+    assert twice == [], "the idempotent producer writes each chunk once, restart or not"
+    assert len(acked_ids) == len(chunks)
+
+
+def test_09_network_cut_longer_than_the_session_timeout(
+    private_broker: PrivateBroker, topic_prefix: str, tmp_path: Path
+) -> None:
+    proxy = private_broker.proxy
+    assert proxy is not None
+    cluster = Cluster(private_broker.bootstrap, topic_prefix)
+    cluster.create_topics(partitions=3)
+    group = "cut"
+    session_timeout_ms = 6_000
+    acks = AckLedger(tmp_path)
+    producer = producer_for(cluster.bootstrap, topic_prefix, acks)
+    paced = PacedProducer(
+        producer, acks, sample_chunks(3_000, low_priority_ratio=0.5, prefix="r9"), 200
+    )
+    handler = LedgerHandler(tmp_path)
+    consumer = PriorityConsumer(
+        cluster.consumer_settings(
+            group,
+            bootstrap_servers=private_broker.proxied_bootstrap,
+            session_timeout_ms=session_timeout_ms,
+        ),
+        handler,
+    )
+    threaded = ThreadedConsumer(consumer).start()
+    sampler = CommitSampler(cluster.bootstrap, group, lane_partitions(cluster), tmp_path).start()
+    paced.start()
+    try:
+        wait_until(lambda: handler.handled >= 400, what="the consumer to be mid-stream")
+        wait_until(lambda: consumer.ready()[0], what="the consumer to be ready")
+        proxy.cut()
+        cut_at = time.monotonic()
+        committed_at_cut = committed(cluster, group)
+        wait_until(lambda: not consumer.ready()[0], timeout_s=30, what="not-ready while cut")
+        not_ready_seen = True
+        rebalances_before = consumer.stats.rebalances
+        # Keep the cut well past the session timeout: the group must evict the member.
+        time.sleep(max(0.0, cut_at + 2 * session_timeout_ms / 1000 - time.monotonic()))
+        proxy.restore()
+        wait_until(
+            lambda: consumer.ready()[0] and consumer.stats.rebalances > rebalances_before,
+            timeout_s=60,
+            what="the consumer to rejoin and be ready again",
+        )
+        paced.join()
+        wait_drained(tmp_path, acks)
+    finally:
+        proxy.restore()
+        exit_code = threaded.stop()
+    commit_violations = sampler.stop()
+    assert exit_code == 0
+    record_dead_letters(tmp_path, cluster.lanes.topics, lambda t: read_topic(cluster.bootstrap, t))
+    figures = check(
+        "09-network-cut",
+        f"Network cut (TCP proxy) for twice the session timeout ({session_timeout_ms // 1000} s)",
+        tmp_path,
+        produced=acks.produced,
+        committed=committed(cluster, group),
+        high_watermarks=high_watermarks(cluster),
+        duplicates="uncommitted_window",
+        faults=[Fault("network cut", committed_at_cut)],
+        commit_samples=commit_violations,
+        invariants=("I1", "I2", "I3", "I4", "I5"),
+        notes={
+            "not_ready_while_cut": not_ready_seen,
+            "rebalances": consumer.stats.rebalances,
+            "commit_samples": sampler.samples,
+        },
+    )
+    figures.assert_ok()
+    assert acks.failures == []
