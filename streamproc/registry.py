@@ -120,6 +120,8 @@ class SchemaRegistryApi(Protocol):
 
     def get_schema(self, schema_id: int) -> Any: ...
 
+    def close(self) -> None: ...
+
 
 class RegistrySchemaIds:
     """Schema ids from a live registry: the codec's :class:`~streamproc.codec.SchemaIds`.
@@ -166,6 +168,16 @@ class RegistrySchemaIds:
             [value_subject(topic) for topic in topics],
             auto_register=settings.auto_register,
         )
+
+    def close(self) -> None:
+        """Close the registry client's HTTP connections."""
+        self._client.close()
+
+    def __enter__(self) -> RegistrySchemaIds:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
 
     def id_for(self, fingerprint: int) -> int:
         """The registry id of a published schema under every subject (registered if configured).

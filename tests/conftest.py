@@ -23,6 +23,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 KAFKA_LOCAL = REPO / "scripts" / "kafka-local"
 TEST_BROKER_HOME = REPO / ".streamproc" / "kafka-test"
+REGISTRY_LOCAL = REPO / "scripts" / "registry-local"
+TEST_REGISTRY_HOME = REPO / ".streamproc" / "registry-test"
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -99,3 +101,35 @@ def kafka_bootstrap() -> Iterator[str]:
 def topic_prefix() -> str:
     """A prefix no other test uses, so every test gets its own lane topics."""
     return f"t{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def schema_registry_url() -> Iterator[str]:
+    """URL of a real Confluent-API schema registry for the session.
+
+    ``STREAMPROC_SCHEMA_REGISTRY_URL`` if set; else ``scripts/registry-local`` (Apicurio Registry
+    from its Maven Central distribution, in-memory storage), stopped afterwards if started here.
+    """
+    configured = os.environ.get("STREAMPROC_SCHEMA_REGISTRY_URL")
+    if configured:
+        yield configured
+        return
+    env = {**os.environ, "STREAMPROC_REGISTRY_HOME": str(TEST_REGISTRY_HOME)}
+
+    def registry_local(command: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, str(REGISTRY_LOCAL), command],
+            env=env,
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=600,
+        )
+
+    already_running = registry_local("status").returncode == 0
+    started = registry_local("start")
+    if started.returncode != 0:
+        raise RuntimeError(f"registry-local start failed:\n{started.stderr}")
+    yield started.stdout.strip().splitlines()[-1]
+    if not already_running:
+        registry_local("stop")
