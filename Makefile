@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv lint format test unit integration broker broker-stop demo bench helm helm-lint promtool clean
+.PHONY: help venv lint format test unit integration broker broker-stop registry registry-stop demo bench docs helm helm-lint promtool clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -50,6 +50,15 @@ demo: $(STAMP)  ## end to end on the local broker: topics, bulk backlog + realti
 bench: $(STAMP)  ## benchmarks against the local broker (not tests)
 	$(BIN)/python benchmarks/produce.py --bootstrap-servers "$$(scripts/kafka-local start)"
 
+docs: $(STAMP)  ## build the documentation site strictly into site/ (mkdocs, material theme)
+	$(BIN)/mkdocs build --strict --site-dir site
+
+registry:  ## start a local Schema Registry (Apicurio, Confluent API; Maven Central); prints its URL
+	@scripts/registry-local start
+
+registry-stop:  ## stop the local Schema Registry
+	@scripts/registry-local stop
+
 helm:  ## build the pinned helm once (go install into ~/.cache/streamproc) and print its path
 	@scripts/helm --print-path
 
@@ -65,4 +74,5 @@ helm-lint:  ## helm lint --strict the chart with every helm/streamproc/ci/*-valu
 
 clean:  ## remove the virtualenv, caches and local broker state
 	-scripts/kafka-local stop
-	rm -rf $(VENV) .streamproc .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	-scripts/registry-local stop
+	rm -rf $(VENV) site .streamproc .mypy_cache .ruff_cache .pytest_cache .hypothesis
