@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Produce pre-encoded streamproc chunks with kcat.
 #
-# kcat sends bytes; it does not speak Avro. The values come from the Go example's encode mode,
-# which writes one single-object-encoded value per file and a manifest.tsv of
+# kcat sends bytes; it does not speak Avro. The values come from the encode mode of the Go (or
+# Java) example, which writes one single-object-encoded value per file and a manifest.tsv of
 # "lane<TAB>key<TAB>file" lines:
 #
 #   (cd examples/go && go run . -encode-to /tmp/chunks -input ../chunks.jsonl)

@@ -46,7 +46,10 @@ import org.apache.kafka.common.serialization.StringSerializer;
  * <pre>
  * java -jar chunk-producer.jar --bootstrap-servers localhost:9092 --topic-prefix chunks \
  *     --input chunks.jsonl [--schema avro/chunk.avsc]
+ * java -jar chunk-producer.jar --encode-to DIR --input chunks.jsonl
  * </pre>
+ *
+ * <p>With {@code --encode-to} it only encodes, writing the files the kcat example sends.
  */
 public final class ChunkProducer {
 
@@ -60,19 +63,24 @@ public final class ChunkProducer {
 
   public static void main(String[] args) throws Exception {
     Map<String, String> options = parseOptions(args);
-    String bootstrap = options.getOrDefault("bootstrap-servers", System.getenv("KAFKA_BOOTSTRAP_SERVERS"));
+    String bootstrap =
+        options.getOrDefault("bootstrap-servers", System.getenv("KAFKA_BOOTSTRAP_SERVERS"));
     String prefix = options.getOrDefault("topic-prefix", "chunks");
     Path schemaPath =
         options.containsKey("schema") ? Path.of(options.get("schema")) : defaultSchemaPath();
     String input = options.getOrDefault("input", "-");
-    if (bootstrap == null || bootstrap.isEmpty()) {
-      fail("--bootstrap-servers (or KAFKA_BOOTSTRAP_SERVERS) is required");
-    }
-
     Schema schema = new Schema.Parser().parse(schemaPath.toFile());
     BinaryMessageEncoder<GenericRecord> encoder =
         new BinaryMessageEncoder<>(GenericData.get(), schema);
     List<GenericRecord> chunks = readChunks(schema, input);
+    if (options.containsKey("encode-to")) {
+      writeFiles(Path.of(options.get("encode-to")), encoder, chunks);
+      System.out.printf("encoded %d chunks into %s%n", chunks.size(), options.get("encode-to"));
+      return;
+    }
+    if (bootstrap == null || bootstrap.isEmpty()) {
+      fail("--bootstrap-servers (or KAFKA_BOOTSTRAP_SERVERS) is required");
+    }
 
     Properties config = new Properties();
     config.put(ProducerConfig.BOOTSTRAP_SERVERS_CONFIG, bootstrap);
@@ -89,10 +97,7 @@ public final class ChunkProducer {
       for (GenericRecord chunk : chunks) {
         boolean lowPriority = (Boolean) chunk.get("low_priority");
         String topic = prefix + (lowPriority ? ".bulk" : ".realtime");
-        ByteBuffer encoded = encoder.encode(chunk);
-        byte[] value = new byte[encoded.remaining()];
-        encoded.get(value);
-        sent.add(producer.send(new ProducerRecord<>(topic, key(chunk), value)));
+        sent.add(producer.send(new ProducerRecord<>(topic, key(chunk), encode(encoder, chunk))));
         if (lowPriority) {
           bulk++;
         } else {
@@ -107,6 +112,39 @@ public final class ChunkProducer {
       fail("delivery failed: " + e.getCause());
     }
     System.out.printf("produced %d chunks: %d realtime, %d bulk%n", chunks.size(), realtime, bulk);
+  }
+
+  /** The chunk in Avro single-object encoding, as Avro's {@link BinaryMessageEncoder} writes it. */
+  static byte[] encode(BinaryMessageEncoder<GenericRecord> encoder, GenericRecord chunk)
+      throws IOException {
+    ByteBuffer encoded = encoder.encode(chunk);
+    byte[] value = new byte[encoded.remaining()];
+    encoded.get(value);
+    return value;
+  }
+
+  /**
+   * Only encodes: one framed value per file and {@code manifest.tsv} of {@code
+   * lane<TAB>key<TAB>file} lines, for tools such as kcat that send bytes they did not encode.
+   */
+  static void writeFiles(
+      Path dir, BinaryMessageEncoder<GenericRecord> encoder, List<GenericRecord> chunks)
+      throws IOException {
+    Files.createDirectories(dir);
+    StringBuilder manifest = new StringBuilder();
+    for (int i = 0; i < chunks.size(); i++) {
+      GenericRecord chunk = chunks.get(i);
+      String key = key(chunk);
+      if (key.contains("\t") || key.contains("\n") || key.contains("\r")) {
+        throw new IllegalArgumentException(
+            "chunk " + (i + 1) + ": key cannot go into a tab-separated manifest");
+      }
+      String name = String.format("%04d.avro", i + 1);
+      Files.write(dir.resolve(name), encode(encoder, chunk));
+      String lane = (Boolean) chunk.get("low_priority") ? "bulk" : "realtime";
+      manifest.append(lane).append('\t').append(key).append('\t').append(name).append('\n');
+    }
+    Files.writeString(dir.resolve("manifest.tsv"), manifest, StandardCharsets.UTF_8);
   }
 
   /**
@@ -171,7 +209,8 @@ public final class ChunkProducer {
           String name = names.next();
           Schema.Field field = schema.getField(name);
           if (field == null) {
-            throw new IllegalArgumentException(path + name + ": not a field of " + schema.getName());
+            throw new IllegalArgumentException(
+                path + name + ": not a field of " + schema.getName());
           }
           JsonNode value = node.get(name);
           if (name.equals("metadata") && path.isEmpty()) {
@@ -198,7 +237,8 @@ public final class ChunkProducer {
         require(node.isBoolean(), path, "a boolean");
         return node.booleanValue();
       default:
-        throw new IllegalArgumentException(path + ": schema type " + schema.getType() + " is not mapped");
+        throw new IllegalArgumentException(
+            path + ": schema type " + schema.getType() + " is not mapped");
     }
   }
 
@@ -294,7 +334,9 @@ public final class ChunkProducer {
     Map<String, String> options = new HashMap<>();
     for (int i = 0; i < args.length; i++) {
       if (!args[i].startsWith("--") || i + 1 >= args.length) {
-        fail("usage: --bootstrap-servers HOST:PORT [--topic-prefix chunks] [--input FILE|-] [--schema FILE]");
+        fail(
+            "usage: (--bootstrap-servers HOST:PORT [--topic-prefix chunks] | --encode-to DIR)"
+                + " [--input FILE|-] [--schema FILE]");
       }
       options.put(args[i].substring(2), args[++i]);
     }
