@@ -230,7 +230,9 @@ def assert_consumer_handles_exactly_the_input(
     """Consume both lanes with streamproc and compare what the handler got with the input."""
     expected = expected_deliveries(cluster.prefix)
     records: list[ChunkRecord] = []
-    consumer = PriorityConsumer(cluster.consumer_settings("examples"), records.append)
+    consumer = PriorityConsumer(
+        cluster.consumer_settings(f"examples-{cluster.prefix}"), records.append
+    )
     threaded = run_consumer(consumer)
     wait_until(lambda: len(records) >= len(expected), what=f"{len(expected)} handled chunks")
     threaded.stop()
