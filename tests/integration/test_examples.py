@@ -39,6 +39,8 @@ EXAMPLES_DIR: Final = REPO / "examples"
 CHUNKS_FILE: Final = EXAMPLES_DIR / "chunks.jsonl"
 SCHEMA_FILE: Final = REPO / "avro" / "chunk.avsc"
 KCAT_SCRIPT: Final = EXAMPLES_DIR / "kcat" / "produce.sh"
+GOLDEN_DIR: Final = REPO / "tests" / "golden"
+PARTITIONS: Final = 3
 CACHE_DIR: Final = Path(
     os.environ.get("STREAMPROC_EXAMPLES_CACHE") or REPO / ".streamproc" / "examples"
 )
@@ -184,9 +186,6 @@ def murmur2_partition(key: bytes, partitions: int) -> int:
     return (state & 0x7FFFFFFF) % partitions
 
 
-PARTITIONS: Final = 3
-GOLDEN_DIR: Final = REPO / "tests" / "golden"
-
 RunConsumer = Callable[[PriorityConsumer], ThreadedConsumer]
 
 
@@ -250,6 +249,7 @@ def assert_consumer_handles_exactly_the_input(
         assert record.context.partition == murmur2_partition(record.context.key, PARTITIONS), (
             f"{record.context.key!r} is not on Kafka's murmur2 partition"
         )
+    header = SINGLE_OBJECT_MARKER + ChunkCodec().fingerprint.to_bytes(8, "little")
     for lane in ("realtime", "bulk"):
         assert consumer.stats.lanes[lane].dead_lettered == 0
         topic = f"{cluster.prefix}.{lane}"
@@ -257,7 +257,6 @@ def assert_consumer_handles_exactly_the_input(
         # Exactly the input on the topics: no duplicate or stray message was produced either.
         assert sum(cluster.high_watermarks(topic).values()) == lane_count
         assert sum(cluster.high_watermarks(f"{topic}.dlq").values()) == 0
-        header = SINGLE_OBJECT_MARKER + ChunkCodec().fingerprint.to_bytes(8, "little")
         for message in read_topic(cluster.bootstrap, topic):
             assert message.value().startswith(header), "not single-object encoded"
 
