@@ -79,10 +79,10 @@ class Figures:
         return not self.violations
 
     def assert_ok(self) -> None:
-        assert self.lost == 0, f"{self.line()}\n{self.lost} acknowledged messages lost"
         details = "\n".join(
             f"  {name}: {'; '.join(found[:5])}" for name, found in sorted(self.violations.items())
         )
+        assert self.lost == 0, f"{self.line()}\n{self.lost} acknowledged messages lost\n{details}"
         assert self.ok, f"{self.line()}\n{details}"
 
 

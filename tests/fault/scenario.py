@@ -114,8 +114,8 @@ def producer_for(
 
 def produce(producer: ChunkProducer, ledger: AckLedger, chunks: Iterable[Chunk]) -> None:
     for chunk in chunks:
+        ledger.produced += 1  # an attempt, even when refused before it reaches the broker
         producer.produce(chunk)
-        ledger.produced += 1
 
 
 class PacedProducer:
