@@ -22,6 +22,7 @@ import java.util.Properties;
 import java.util.UUID;
 import java.util.concurrent.ExecutionException;
 import java.util.concurrent.Future;
+import org.apache.avro.AvroRuntimeException;
 import org.apache.avro.Schema;
 import org.apache.avro.generic.GenericData;
 import org.apache.avro.generic.GenericRecord;
@@ -62,7 +63,14 @@ public final class ChunkProducer {
   private ChunkProducer() {}
 
   public static void main(String[] args) throws Exception {
-    Map<String, String> options = parseOptions(args);
+    try {
+      run(parseOptions(args));
+    } catch (IllegalArgumentException e) {
+      fail(e.getMessage()); // bad input: the message says where, no stack trace needed
+    }
+  }
+
+  private static void run(Map<String, String> options) throws Exception {
     String bootstrap =
         options.getOrDefault("bootstrap-servers", System.getenv("KAFKA_BOOTSTRAP_SERVERS"));
     String prefix = options.getOrDefault("topic-prefix", "chunks");
@@ -177,7 +185,7 @@ public final class ChunkProducer {
         }
         try {
           chunks.add((GenericRecord) toAvro(schema, JSON.readTree(line), ""));
-        } catch (IllegalArgumentException | IOException e) {
+        } catch (IllegalArgumentException | IOException | AvroRuntimeException e) {
           throw new IllegalArgumentException("line " + number + ": " + e.getMessage(), e);
         }
       }
