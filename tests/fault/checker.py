@@ -35,6 +35,8 @@ RESULTS_DIR = Path(
 )
 
 PartitionKey = tuple[str, int]
+# Figure lines of this test session, printed in the terminal summary (tests/fault/conftest.py).
+SESSION_FIGURES: list[str] = []
 DuplicateRule = Literal["none", "uncommitted_window", "reported"]
 
 
@@ -220,6 +222,7 @@ def check(
         notes=dict(notes or {}),
     )
     print(figures.line())
+    SESSION_FIGURES.append(figures.line())
     write_result(figures)
     return figures
 

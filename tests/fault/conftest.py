@@ -19,6 +19,7 @@ if str(REPO) not in sys.path:
     # The scenarios import their helpers as tests.fault.* and tests.integration.*.
     sys.path.insert(0, str(REPO))
 
+from tests.fault.checker import RESULTS_DIR, SESSION_FIGURES  # noqa: E402
 from tests.fault.scenario import PrivateBroker, free_port  # noqa: E402
 from tests.integration.kafka_helpers import Cluster  # noqa: E402
 
@@ -28,6 +29,16 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if "tests/fault/" in item.path.as_posix():
             item.add_marker(pytest.mark.fault)
             item.add_marker(pytest.mark.integration)
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    """One figure line per scenario run in this session (also in .streamproc/reliability/)."""
+    if not SESSION_FIGURES:
+        return
+    terminalreporter.section("reliability figures")
+    for line in SESSION_FIGURES:
+        terminalreporter.write_line(line)
+    terminalreporter.write_line(f"results in {RESULTS_DIR}; render with scripts/reliability-report")
 
 
 @pytest.fixture
