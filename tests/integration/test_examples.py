@@ -7,9 +7,9 @@ exactly those chunks: each once, in the right lane, under the documented key, on
 Kafka's murmur2 partitioner gives that key, with content equal to the input, and nothing
 dead-lettered.
 
-Builds go to ``$STREAMPROC_EXAMPLES_CACHE`` (default ``.streamproc/examples`` in the repository,
-which git ignores), one directory per example, each with a digest of the sources it was built
-from, and are redone only when those sources change. The toolchains keep their own download
+Builds go to ``$STREAMPROC_EXAMPLES_CACHE`` (default ``~/.cache/streamproc/examples``, shared by
+every checkout, as the broker's jars are), in a directory per example and digest of its sources,
+so an example is rebuilt only when its sources change. The toolchains keep their own download
 caches (``~/.m2``, the Go module and build caches, ``~/.npm``), so only a first build downloads
 anything. A missing toolchain skips the test that needs it; a failing build fails it.
 """
@@ -21,6 +21,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,13 +43,13 @@ KCAT_SCRIPT: Final = EXAMPLES_DIR / "kcat" / "produce.sh"
 GOLDEN_DIR: Final = REPO / "tests" / "golden"
 PARTITIONS: Final = 3
 CACHE_DIR: Final = Path(
-    os.environ.get("STREAMPROC_EXAMPLES_CACHE") or REPO / ".streamproc" / "examples"
+    os.environ.get("STREAMPROC_EXAMPLES_CACHE")
+    or Path.home() / ".cache" / "streamproc" / "examples"
 )
 BUILD_TIMEOUT_S: Final = 900
 RUN_TIMEOUT_S: Final = 120
 # Build output and installed dependencies, never sources.
 IGNORED_PARTS: Final = frozenset({"target", "node_modules"})
-DIGEST_FILE: Final = ".source-digest"
 
 
 def require_tools(example: str, *tools: str) -> None:
@@ -92,17 +93,26 @@ def sources_digest(source_dir: Path) -> str:
 
 
 def cached_build(name: str, source_dir: Path, build: Callable[[Path], None]) -> Path:
-    """Return the build directory of example ``name``, building it first if out of date."""
-    output = CACHE_DIR / name
-    stamp = output / DIGEST_FILE
-    digest = sources_digest(source_dir)
-    if stamp.is_file() and stamp.read_text() == digest:
+    """Return the build directory of example ``name`` for its current sources, built if missing.
+
+    Each build lives in a directory named by the digest of its sources and is built in a
+    temporary sibling, then renamed into place, so test sessions running at the same time (two
+    checkouts, or two sessions in one) never see a half-built or replaced build.
+    """
+    output = CACHE_DIR / name / sources_digest(source_dir)[:16]
+    if output.is_dir():
         return output
-    if output.exists():
-        shutil.rmtree(output)
-    output.mkdir(parents=True)
-    build(output)
-    stamp.write_text(digest)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f"{output.name}.", dir=output.parent))
+    try:
+        build(staging)
+        staging.rename(output)
+    except OSError:
+        if not output.is_dir():  # not another session's finished build: a real failure
+            raise
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
     return output
 
 
