@@ -1,0 +1,271 @@
+"""Which taken message starts next: the priority queue of concurrent handling.
+
+Pure policy: no threads, no Kafka. The consumer adds every message it takes as a
+:class:`WorkItem`; :meth:`Dispatcher.take` answers which item may start now, and
+:meth:`Dispatcher.done` releases a finished one. The rules, in order:
+
+1. At most ``concurrency`` items run at once.
+2. Lanes by rank: an item of a more urgent lane always starts before one of a less urgent lane;
+   FIFO within a lane (by the order taken, among the items allowed to start). Lanes the flow
+   policy holds paused start nothing (their items wait).
+3. While a more urgent lane has been active within ``reserve_window_s``, the less urgent lanes
+   leave ``reserved`` workers free for it, so an urgent message never waits behind a full house of
+   slow bulk work.
+4. Ordering (``key`` by default): items with the same order key never run at the same time and
+   start in the order taken. ``key`` orders by message key within a partition (where Kafka itself
+   orders them; a message without a key has no order constraint), ``partition`` runs one item per
+   partition at a time (today's sequential semantics, concurrent across partitions), ``unordered``
+   has no constraint.
+
+An item whose order key is busy waits in that key's queue, not in its lane's ready heap, so taking
+the next item costs O(log n) however many items wait behind a hot key.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections import deque
+from collections.abc import Hashable, Iterable
+from dataclasses import dataclass, field
+from typing import Generic, Literal, TypeVar
+
+Ordering = Literal["key", "partition", "unordered"]
+ORDERINGS: tuple[Ordering, ...] = ("key", "partition", "unordered")
+
+T = TypeVar("T")
+PartitionKey = tuple[str, int]
+
+
+@dataclass(eq=False, slots=True)
+class WorkItem(Generic[T]):
+    """One taken message waiting to be (or being) handled.
+
+    Attributes:
+        lane_rank: 0 for the most urgent lane.
+        topic: Kafka topic.
+        partition: Kafka partition.
+        offset: Offset in the partition.
+        key: The message key (None when the message has none).
+        payload: What the worker gets (the message).
+        taken_at: Monotonic time it was taken from Kafka (for the queue wait).
+        epoch: Assignment epoch of its partition (a finished item of an older epoch is stale).
+        order_key: Items sharing it never run at once (set by the dispatcher).
+    """
+
+    lane_rank: int
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    payload: T
+    taken_at: float = 0.0
+    epoch: int = 0
+    order_key: Hashable | None = field(default=None, init=False)
+
+    @property
+    def partition_key(self) -> PartitionKey:
+        return (self.topic, self.partition)
+
+
+def default_reserved(concurrency: int) -> int:
+    """Workers kept for the top lane by default: an eighth of them (none below 8 workers)."""
+    return concurrency // 8
+
+
+class Dispatcher(Generic[T]):
+    """The bounded-priority, order-preserving queue of taken messages.
+
+    Args:
+        lanes: How many lanes (ranks 0..lanes-1).
+        concurrency: Most items running at once.
+        ordering: ``key``, ``partition`` or ``unordered``.
+        reserved: Workers less urgent lanes leave free while a more urgent lane is active
+            (default :func:`default_reserved`); never more than ``concurrency - 1``.
+        reserve_window_s: How long a lane counts as active after its last item was taken.
+    """
+
+    def __init__(
+        self,
+        lanes: int,
+        *,
+        concurrency: int,
+        ordering: Ordering = "key",
+        reserved: int | None = None,
+        reserve_window_s: float = 1.0,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if ordering not in ORDERINGS:
+            raise ValueError(f"ordering must be one of {ORDERINGS}, not {ordering!r}")
+        self.lanes = lanes
+        self.concurrency = concurrency
+        self.ordering: Ordering = ordering
+        wanted = default_reserved(concurrency) if reserved is None else reserved
+        self.reserved = max(0, min(wanted, concurrency - 1))
+        self.reserve_window_s = reserve_window_s
+        # Per lane, the items allowed to start, as a heap by the order they were taken.
+        self._ready: list[list[tuple[int, WorkItem[T]]]] = [[] for _ in range(lanes)]
+        self._sequence = itertools.count()
+        self._seq_of: dict[WorkItem[T], int] = {}
+        # An order key is held from the moment one of its items is ready or running until the
+        # last of its items finished; the deque holds its later items, in the order taken.
+        self._held: dict[Hashable, deque[WorkItem[T]]] = {}
+        self._running: set[WorkItem[T]] = set()
+        self._running_per_lane = [0] * lanes
+        self._size_per_lane = [0] * lanes
+        self._last_taken_at: list[float | None] = [None] * lanes
+        self._held_lanes: frozenset[int] = frozenset()
+
+    # -- figures ---------------------------------------------------------------------------------
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    def running_in_lane(self, rank: int) -> int:
+        return self._running_per_lane[rank]
+
+    def size(self, rank: int) -> int:
+        """Items of a lane taken and not finished (waiting or running)."""
+        return self._size_per_lane[rank]
+
+    def __len__(self) -> int:
+        return sum(self._size_per_lane)
+
+    def running_items(self) -> frozenset[WorkItem[T]]:
+        return frozenset(self._running)
+
+    # -- policy ----------------------------------------------------------------------------------
+
+    def order_key(self, item: WorkItem[T]) -> Hashable | None:
+        if self.ordering == "partition":
+            return item.partition_key
+        if self.ordering == "key" and item.key is not None:
+            return (item.topic, item.partition, item.key)
+        return None
+
+    @property
+    def held_lanes(self) -> frozenset[int]:
+        return self._held_lanes
+
+    def hold_lanes(self, ranks: Iterable[int]) -> None:
+        """Start nothing from these lanes (the flow policy paused them) until released."""
+        self._held_lanes = frozenset(ranks)
+
+    def add(self, item: WorkItem[T]) -> None:
+        """Queue a taken item (items of one partition are added in offset order)."""
+        item.order_key = self.order_key(item)
+        rank = item.lane_rank
+        self._size_per_lane[rank] += 1
+        self._last_taken_at[rank] = item.taken_at
+        self._seq_of[item] = next(self._sequence)
+        if item.order_key is None:
+            self._make_ready(item)
+        elif item.order_key in self._held:
+            self._held[item.order_key].append(item)
+        else:
+            self._held[item.order_key] = deque()
+            self._make_ready(item)
+
+    def _make_ready(self, item: WorkItem[T]) -> None:
+        heapq.heappush(self._ready[item.lane_rank], (self._seq_of[item], item))
+
+    def take(self, now: float) -> WorkItem[T] | None:
+        """The next item to start now, marked running; None when nothing may start."""
+        running = len(self._running)
+        if running >= self.concurrency:
+            return None
+        for rank, ready in enumerate(self._ready):
+            if not ready or rank in self._held_lanes:
+                continue
+            if rank > 0 and running >= self.concurrency - self._reserve_for(rank, now):
+                return None
+            _, item = heapq.heappop(ready)
+            del self._seq_of[item]
+            self._running.add(item)
+            self._running_per_lane[rank] += 1
+            return item
+        return None
+
+    def _reserve_for(self, rank: int, now: float) -> int:
+        """Workers lane ``rank`` leaves free: ``reserved`` while a more urgent lane is active."""
+        if not self.reserved:
+            return 0
+        for higher in range(rank):
+            last = self._last_taken_at[higher]
+            if self._size_per_lane[higher] or (
+                last is not None and now - last < self.reserve_window_s
+            ):
+                return self.reserved
+        return 0
+
+    def done(self, item: WorkItem[T]) -> None:
+        """Release a finished (or abandoned) running item; its key's next item becomes ready."""
+        if item not in self._running:
+            return  # already dropped with its partition
+        self._running.discard(item)
+        self._running_per_lane[item.lane_rank] -= 1
+        self._size_per_lane[item.lane_rank] -= 1
+        self._release(item.order_key)
+
+    def _release(self, order_key: Hashable | None) -> None:
+        if order_key is None:
+            return
+        waiting = self._held.get(order_key)
+        if waiting is None:
+            return
+        if waiting:
+            self._make_ready(waiting.popleft())
+        else:
+            del self._held[order_key]
+
+    def drop_partitions(self, partitions: Iterable[PartitionKey]) -> list[WorkItem[T]]:
+        """Remove the waiting items of ``partitions`` (revoked or lost): they come back to the
+        next owner. Running items stay until :meth:`done` or :meth:`abandon`.
+
+        Returns:
+            The dropped items.
+        """
+        gone = set(partitions)
+        if not gone:
+            return []
+        dropped: list[WorkItem[T]] = []
+        for rank, ready in enumerate(self._ready):
+            kept = [entry for entry in ready if entry[1].partition_key not in gone]
+            dropped += [item for _, item in ready if item.partition_key in gone]
+            heapq.heapify(kept)
+            self._ready[rank] = kept
+        running_keys = {item.order_key for item in self._running}
+        for order_key, waiting in list(self._held.items()):
+            if not any(item.partition_key in gone for item in waiting) and not (
+                isinstance(order_key, tuple) and order_key[:2] in gone
+            ):
+                continue
+            dropped += waiting
+            if order_key in running_keys:
+                waiting.clear()
+            else:
+                del self._held[order_key]
+        for item in dropped:
+            self._size_per_lane[item.lane_rank] -= 1
+            self._seq_of.pop(item, None)
+        return dropped
+
+    def abandon(self, items: Iterable[WorkItem[T]]) -> None:
+        """Stop counting running items whose results will be ignored (partition gone)."""
+        for item in items:
+            self.done(item)
+
+    def pending_in(self, partitions: Iterable[PartitionKey]) -> int:
+        """Items of ``partitions`` taken and not finished (ready, waiting for a key, running)."""
+        gone = set(partitions)
+        ready = sum(1 for heap in self._ready for _, item in heap if item.partition_key in gone)
+        waiting = sum(
+            1 for queue in self._held.values() for item in queue if item.partition_key in gone
+        )
+        return ready + waiting + len(self.running_in(gone))
+
+    def running_in(self, partitions: Iterable[PartitionKey]) -> list[WorkItem[T]]:
+        gone = set(partitions)
+        return [item for item in self._running if item.partition_key in gone]

@@ -1,0 +1,162 @@
+"""The worker pool: real threads and a real event loop, `concurrency` at most, keys kept apart."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import pytest
+
+from streamproc.dispatch import Dispatcher, WorkItem
+from streamproc.workers import WorkerPool
+
+
+class Probe:
+    """Records how many items run at once, overall and per key."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.running = 0
+        self.most = 0
+        self.keys_running: set[bytes | None] = set()
+        self.overlaps = 0
+        self.order: list[str] = []
+
+    def enter(self, item: WorkItem[str]) -> None:
+        with self.lock:
+            self.running += 1
+            self.most = max(self.most, self.running)
+            if item.key in self.keys_running:
+                self.overlaps += 1
+            self.keys_running.add(item.key)
+            self.order.append(item.payload)
+
+    def leave(self, item: WorkItem[str]) -> None:
+        with self.lock:
+            self.running -= 1
+            self.keys_running.discard(item.key)
+
+
+def items(count: int, keys: int) -> list[WorkItem[str]]:
+    return [
+        WorkItem(1, "chunks.bulk", 0, offset, f"k{offset % keys}".encode(), f"k{offset % keys}")
+        for offset in range(count)
+    ]
+
+
+def wait_for_results(
+    pool: WorkerPool[str, str], count: int, timeout_s: float = 10.0
+) -> list[tuple[WorkItem[str], str | BaseException]]:
+    results: list[tuple[WorkItem[str], str | BaseException]] = []
+    deadline = time.monotonic() + timeout_s
+    while len(results) < count and time.monotonic() < deadline:
+        results += pool.finished()
+        time.sleep(0.005)
+    return results
+
+
+def test_sync_pool_runs_concurrently_bounded_and_keeps_keys_apart() -> None:
+    probe = Probe()
+
+    def run(item: WorkItem[str]) -> str:
+        probe.enter(item)
+        time.sleep(0.005)
+        probe.leave(item)
+        return item.payload
+
+    pool: WorkerPool[str, str] = WorkerPool(
+        Dispatcher(2, concurrency=4, ordering="key", reserved=0), run_sync=run
+    )
+    try:
+        pool.add(items(40, keys=6))
+        results = wait_for_results(pool, 40)
+    finally:
+        pool.close()
+    assert len(results) == 40
+    assert probe.most <= 4
+    assert probe.most > 1, "six keys and four workers: more than one item ran at once"
+    assert probe.overlaps == 0
+    for key in range(6):  # per key, started in the order taken
+        offsets = [item.offset for item, _ in results if item.payload == f"k{key}"]
+        assert offsets == sorted(offsets)
+
+
+def test_async_pool_runs_coroutines_on_one_loop() -> None:
+    probe = Probe()
+    threads: set[int] = set()
+
+    async def run(item: WorkItem[str]) -> str:
+        threads.add(threading.get_ident())
+        probe.enter(item)
+        await asyncio.sleep(0.005)
+        probe.leave(item)
+        return item.payload
+
+    pool: WorkerPool[str, str] = WorkerPool(
+        Dispatcher(2, concurrency=8, ordering="unordered", reserved=0), run_async=run
+    )
+    try:
+        pool.add(items(32, keys=32))
+        results = wait_for_results(pool, 32)
+    finally:
+        pool.close()
+    assert len(results) == 32
+    assert len(threads) == 1
+    assert 1 < probe.most <= 8
+
+
+def test_exceptions_come_back_as_results_and_halt_stops_new_starts() -> None:
+    release = threading.Event()
+
+    def run(item: WorkItem[str]) -> str:
+        release.wait(5)
+        if item.offset == 0:
+            raise RuntimeError("boom")
+        return item.payload
+
+    pool: WorkerPool[str, str] = WorkerPool(
+        Dispatcher(2, concurrency=2, ordering="unordered", reserved=0), run_sync=run
+    )
+    try:
+        pool.add(items(5, keys=5))
+        assert pool.running() == 2
+        pool.halt()
+        release.set()
+        assert pool.wait_idle(5)
+        results = wait_for_results(pool, 2)
+        assert pool.sizes() == [0, 3], "three never started: they wait"
+    finally:
+        pool.close()
+    outcomes = {item.offset: outcome for item, outcome in results}
+    assert isinstance(outcomes[0], RuntimeError)
+    assert outcomes[1] == "k1"
+
+
+def test_revoked_partitions_are_dropped_waited_for_and_abandoned() -> None:
+    release = threading.Event()
+
+    def run(item: WorkItem[str]) -> str:
+        release.wait(5)
+        return item.payload
+
+    pool: WorkerPool[str, str] = WorkerPool(
+        Dispatcher(2, concurrency=1, ordering="unordered", reserved=0), run_sync=run
+    )
+    partition = [("chunks.bulk", 0)]
+    try:
+        pool.add(items(3, keys=3))
+        assert len(pool.drop_partitions(partition)) == 2
+        assert not pool.wait_partitions(partition, timeout_s=0.05)
+        assert pool.abandon_partitions(partition) == 1
+        assert pool.wait_partitions(partition, timeout_s=0)
+        release.set()
+        assert len(wait_for_results(pool, 1)) == 1, "the abandoned item still reports"
+    finally:
+        pool.close()
+
+
+def test_exactly_one_runner() -> None:
+    dispatcher: Dispatcher[str] = Dispatcher(2, concurrency=1)
+    with pytest.raises(ValueError, match="exactly one"):
+        WorkerPool(dispatcher)
