@@ -450,6 +450,40 @@ def consume(
     max_retries: Annotated[
         int | None, _option("Retries of a retriable handler error.", "MAX_RETRIES")
     ] = None,
+    concurrency: Annotated[
+        int | None,
+        _option(
+            "Chunks handled at once (threads for sync handlers, one event loop for async def"
+            " ones); realtime first. 1 (default) handles them one by one on the poll thread.",
+            "CONCURRENCY",
+            min=1,
+        ),
+    ] = None,
+    ordering: Annotated[
+        str | None,
+        _option(
+            "With concurrency > 1: key (default; same message key never twice in flight),"
+            " partition (one chunk in flight per partition) or unordered.",
+            "ORDERING",
+        ),
+    ] = None,
+    max_in_flight: Annotated[
+        int | None,
+        _option(
+            "Chunks taken but unfinished per lane (concurrency > 1); fetching pauses at twice"
+            " this (default 4 x concurrency, at least 16).",
+            "MAX_IN_FLIGHT",
+            min=1,
+        ),
+    ] = None,
+    reserved_workers: Annotated[
+        int | None,
+        _option(
+            "Workers bulk leaves free while realtime is active (default: concurrency / 8).",
+            "RESERVED_WORKERS",
+            min=0,
+        ),
+    ] = None,
     on_error: Annotated[
         list[str] | None,
         _option(
@@ -488,6 +522,10 @@ def consume(
         "max_batch_messages": max_batch_messages,
         "poll_timeout_s": poll_timeout_s,
         "max_retries": max_retries,
+        "concurrency": concurrency,
+        "ordering": ordering,
+        "max_in_flight": max_in_flight,
+        "reserved_workers": reserved_workers,
     }
     try:
         settings = ConsumerSettings(

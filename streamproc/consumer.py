@@ -24,10 +24,36 @@ Rebalances (cooperative-sticky by default; eager assignors supported):
 
 Shutdown on SIGTERM/SIGINT: stop polling, finish the batch in hand, flush dead letters, commit
 synchronously, close the consumer (leaving the group), return 0. A second signal exits at once.
+
+Concurrent handling (``concurrency`` > 1, or an ``async def`` handler). The poll thread only
+polls, decides and stores; handlers run on a thread pool (sync) or one event loop (async), so a
+handler slower than ``max.poll.interval.ms`` never costs the group membership. Every tick:
+
+1. Collect finished chunks: mark them in the per-partition
+   :class:`~streamproc.offsets.OffsetTracker` and store the end of each partition's contiguous
+   finished run (never the maximum).
+2. Backpressure: the loop takes only what fits in each lane's buffer (``in_flight_limit`` chunks
+   taken and unfinished); when full it waits for a worker to finish, then still polls one message
+   (the poll keeps the membership and runs rebalance callbacks). A lane at twice the bound (a
+   stalled handler) has its partitions paused until it is back at the bound. This pause is
+   bookkeeping of its own: the partitions actually paused are the priority-paused ones united
+   with the backpressure-paused ones, applied as a diff, so neither pause undoes the other.
+3. ``consume()`` at most as many messages as the lanes have room for; each becomes a work item of
+   the :class:`~streamproc.dispatch.Dispatcher` (realtime first, FIFO per lane, per-key order).
+   Items of a lane the flow policy pauses wait; workers start the next item as they finish one.
+4. Flow control as above.
+
+Revoke: finish the revoked partitions' taken chunks (waiting and running, so the finished run
+stays contiguous) for up to ``revoke_timeout_s``, drop what is left, store what finished, commit
+synchronously, unassign; results arriving later are ignored (their partition's epoch moved on).
+Lost: drop and ignore, commit nothing. Shutdown: take nothing more, finish every taken chunk for
+up to ``drain_timeout_s``, store, then flush, commit and close as above. A stop by the error
+policy starts nothing more, waits for the running chunks, stores what is contiguous, stops.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import signal
@@ -37,13 +63,14 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from types import FrameType
-from typing import Any
+from typing import Any, Literal
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from streamproc.codec import ChunkCodec
 from streamproc.deadletter import DeadLetterQueue, error_reason
+from streamproc.dispatch import Dispatcher, WorkItem
 from streamproc.errors import (
     ChunkValidationError,
     DecodeError,
@@ -52,7 +79,15 @@ from streamproc.errors import (
     StreamprocError,
 )
 from streamproc.flow import FlowController, FlowDecision
-from streamproc.handlers import AnyHandler, BatchHandler, ChunkRecord, MessageContext, as_single
+from streamproc.handlers import (
+    AnyHandler,
+    BatchHandler,
+    ChunkRecord,
+    MessageContext,
+    as_async_single,
+    as_single,
+    is_async,
+)
 from streamproc.lag import (
     PAUSED_METADATA,
     RUNNING_METADATA,
@@ -63,7 +98,9 @@ from streamproc.lag import (
 from streamproc.lanes import Lane
 from streamproc.messages import coordinates, headers, timestamp_ms
 from streamproc.metrics import ConsumerMetrics
+from streamproc.offsets import OffsetTracker
 from streamproc.settings import ConsumerSettings
+from streamproc.workers import WorkerPool
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +121,16 @@ class LaneStats:
     dead_lettered: int = 0
     retried: int = 0
     latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+
+
+@dataclass(frozen=True, slots=True)
+class WorkOutcome:
+    """How one chunk ended on a worker: handled, dead-lettered, or the policy says stop."""
+
+    kind: Literal["ok", "dead_lettered", "stop"]
+    attempts: int = 1
+    reason: str = ""
+    detail: str = ""
 
 
 @dataclass(slots=True)
@@ -122,11 +169,16 @@ class PriorityConsumer:
         # is called chunk by chunk, so a failure never re-runs chunks that already succeeded.
         self._handle_batch = handler.handle_batch if isinstance(handler, BatchHandler) else None
         self._handle_one = as_single(handler)
+        self._async = is_async(handler)
+        self._handle_one_async = as_async_single(handler) if self._async else None
         self._lane_of_topic: dict[str, Lane] = {lane.topic: lane for lane in self.lanes}
         self._flow = FlowController([lane.name for lane in self.lanes], settings.flow_settings())
         self._stop = threading.Event()
         self._signals = 0
+        # Partitions actually paused = priority-paused | backpressure-paused (two bookkeepings).
         self._paused: set[TopicPartitionKey] = set()
+        self._priority_paused: set[TopicPartitionKey] = set()
+        self._backpressure_lanes: set[str] = set()
         self._paused_lanes: frozenset[str] = frozenset()
         self._last_tick = time.monotonic()
         self._last_flow_tick = time.monotonic()
@@ -134,6 +186,24 @@ class PriorityConsumer:
         self._last_broker_probe = 0.0
         self._closed = False
         self._parked_in_batch = 0
+        self._offsets: OffsetTracker[TopicPartitionKey] = OffsetTracker()
+        self._epochs: dict[TopicPartitionKey, int] = {}
+        self._stop_reason: str | None = None
+        self._dlq_lock = threading.Lock()
+        self._pool: WorkerPool[Message, WorkOutcome] | None = None
+        if settings.concurrency > 1 or self._async:
+            dispatcher: Dispatcher[Message] = Dispatcher(
+                len(self.lanes.all),
+                concurrency=settings.concurrency,
+                ordering=settings.ordering,
+                reserved=settings.reserved_workers,
+            )
+            self._pool = WorkerPool(
+                dispatcher,
+                run_sync=None if self._async else self._work,
+                run_async=self._work_async if self._async else None,
+                on_start=self._on_work_start,
+            )
 
         self._consumer = Consumer(settings.to_librdkafka(self._on_error, self._on_commit))
         self._admin = AdminClient(settings.admin_config())
@@ -161,7 +231,18 @@ class PriorityConsumer:
 
     @property
     def paused_partitions(self) -> frozenset[TopicPartitionKey]:
-        return frozenset(self._paused)
+        """Partitions the flow policy holds paused (backpressure pauses are not counted)."""
+        return frozenset(self._priority_paused)
+
+    @property
+    def backpressure_lanes(self) -> frozenset[str]:
+        """Lanes whose fetching is paused because their in-flight buffer is full."""
+        return frozenset(self._backpressure_lanes)
+
+    @property
+    def concurrent(self) -> bool:
+        """Handlers run off the poll thread (concurrency > 1 or an async handler)."""
+        return self._pool is not None
 
     @property
     def assignment(self) -> tuple[TopicPartitionKey, ...]:
@@ -216,6 +297,9 @@ class PriorityConsumer:
 
     def tick(self) -> None:
         """One turn of the loop: poll a batch, handle it by lane priority, apply flow control."""
+        if self._pool is not None:
+            self._tick_concurrent(self._pool)
+            return
         # consume(n, timeout) waits for n messages or the timeout: at a trickle that would add up
         # to a whole timeout of latency. Wait for the first message only, then take what is ready.
         messages = self._consumer.consume(1, self.settings.poll_timeout_s)
@@ -253,6 +337,8 @@ class PriorityConsumer:
             return
         self._closed = True
         try:
+            if self._pool is not None:
+                self._drain(self._pool)
             self._dlq.close()
             if commit:
                 self._commit_sync()
@@ -476,6 +562,295 @@ class PriorityConsumer:
                 offsets=[TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
             )
 
+    # -- concurrent handling (concurrency > 1 or an async handler) ------------------------------
+
+    def _tick_concurrent(self, pool: WorkerPool[Message, WorkOutcome]) -> None:
+        """One turn of the concurrent loop: collect, backpressure, poll, enqueue, flow control."""
+        self._collect(pool)
+        if self._stop_reason is not None:
+            self._stop_on_policy(pool)
+        self._apply_backpressure(pool)
+        timeout = self.settings.poll_timeout_s
+        room = self._room(pool)
+        if room == 0:
+            # Full: wait for a worker to finish instead of spinning, then poll without waiting.
+            pool.wait_finished(timeout)
+            self._collect(pool)
+            room, timeout = self._room(pool), 0.0
+        # Even when full, poll for one message: the poll keeps the group membership alive
+        # (max.poll.interval.ms) and runs the rebalance callbacks.
+        messages = self._consumer.consume(1, timeout)
+        if messages and room > 1:
+            messages += self._consumer.consume(room - 1, 0)
+        self._last_tick = time.monotonic()
+        self.metrics.last_poll.set_to_current_time()
+        if messages:
+            self._broker_down_since = None
+            self._enqueue(pool, messages)
+        self._apply_flow()
+        self._collect(pool)
+        self._probe_broker()
+        self.metrics.ready.set(1 if self.ready()[0] else 0)
+
+    def _room(self, pool: WorkerPool[Message, WorkOutcome]) -> int:
+        """How many messages to take (may be 0): what fits in the fullest lane still fetching.
+
+        A poll returns messages of any fetching lane, so the smallest free room is the most that
+        fits whatever arrives.
+        """
+        limit = self.settings.in_flight_limit
+        sizes = pool.sizes()
+        free = [
+            max(0, limit - sizes[lane.rank])
+            for lane in self.lanes
+            if lane.name not in self._backpressure_lanes and lane.name not in self._paused_lanes
+        ]
+        return min([*free, self.settings.max_batch_messages])
+
+    def _apply_backpressure(self, pool: WorkerPool[Message, WorkOutcome]) -> None:
+        """Pause a lane's fetching at twice its buffer bound; resume once back at the bound.
+
+        Below the bound the loop takes only what fits; a full lane still gets one message per
+        poll (the poll itself must go on), so only a stalled handler reaches twice the bound.
+        Pausing is kept for that case because librdkafka drops a paused partition's prefetched
+        messages and takes a while to fetch again after a resume.
+        """
+        limit = self.settings.in_flight_limit
+        sizes = pool.sizes()
+        lanes = set(self._backpressure_lanes)
+        for lane in self.lanes:
+            size = sizes[lane.rank]
+            self.metrics.lanes[lane.name].in_flight.set(size)
+            if size >= 2 * limit:
+                lanes.add(lane.name)
+            elif size <= limit:
+                lanes.discard(lane.name)
+        if lanes != self._backpressure_lanes:
+            for name in lanes - self._backpressure_lanes:
+                log.info("lane %s: %d chunks in flight, fetching paused", name, 2 * limit)
+            for name in self._backpressure_lanes - lanes:
+                log.info("lane %s: in-flight chunks drained, fetching resumed", name)
+            self._backpressure_lanes = lanes
+            self._sync_paused()
+
+    def _enqueue(self, pool: WorkerPool[Message, WorkOutcome], messages: list[Message]) -> None:
+        now = time.monotonic()
+        items: list[WorkItem[Message]] = []
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                self._on_consume_error(error)
+                continue
+            topic, partition, offset = coordinates(message)
+            lane = self._lane_of_topic.get(topic)
+            if lane is None:
+                continue
+            key = message.key()
+            self._offsets.taken((topic, partition), offset)
+            items.append(
+                WorkItem(
+                    lane.rank,
+                    topic,
+                    partition,
+                    offset,
+                    key.encode() if isinstance(key, str) else key,
+                    message,
+                    taken_at=now,
+                    epoch=self._epochs.get((topic, partition), 0),
+                )
+            )
+        pool.add(items)
+        for lane, size in zip(self.lanes, pool.sizes(), strict=True):
+            self.metrics.lanes[lane.name].in_flight.set(size)
+
+    def _on_work_start(self, item: WorkItem[Message], now: float) -> None:
+        self.metrics.lanes[self.lanes.all[item.lane_rank].name].queue_wait.observe(
+            now - item.taken_at
+        )
+
+    def _collect(self, pool: WorkerPool[Message, WorkOutcome]) -> None:
+        """Take finished work: count it, advance the offset trackers, store what is contiguous.
+
+        Runs on the poll thread (also inside rebalance callbacks); never raises: a stop outcome
+        is remembered and acted on by the next tick.
+        """
+        finished = pool.finished()
+        if not finished:
+            return
+        now = time.time()
+        last_timestamp: dict[TopicPartitionKey, int] = {}
+        for item, result in finished:
+            key = item.partition_key
+            if self._epochs.get(key, 0) != item.epoch:
+                continue  # the partition was revoked or lost meanwhile: someone else redoes it
+            outcome = (
+                result
+                if isinstance(result, WorkOutcome)
+                else WorkOutcome("stop", detail=f"worker failed: {result!r}")
+            )
+            if outcome.kind == "stop":
+                # Not finished: the stored offset of its partition never passes it.
+                if self._stop_reason is None:
+                    self._stop_reason = outcome.detail
+                    pool.halt()
+                continue
+            lane = self.lanes.all[item.lane_rank]
+            lane_metrics = self.metrics.lanes[lane.name]
+            stats = self.stats.lanes[lane.name]
+            produced_ms = timestamp_ms(item.payload)
+            latency = max(0.0, now - produced_ms / 1000.0)
+            lane_metrics.latency.observe(latency)
+            stats.latencies_s.append(latency)
+            stats.handled += 1
+            if outcome.kind == "dead_lettered":
+                self.metrics.dead_letters.labels(lane=lane.name, reason=outcome.reason).inc()
+                lane_metrics.handled_dead_lettered.inc()
+                stats.dead_lettered += 1
+            else:
+                lane_metrics.handled_ok.inc()
+                if outcome.attempts > 1:
+                    stats.retried += 1
+                    lane_metrics.handled_retried.inc()
+            self._offsets.finished(key, item.offset)
+            last_timestamp[key] = produced_ms
+        to_store = self._offsets.to_store()
+        if not to_store:
+            return
+        self._consumer.store_offsets(
+            offsets=[TopicPartition(t, p, offset) for (t, p), offset in to_store.items()]
+        )
+        for (topic, partition), offset in to_store.items():
+            produced_ms = last_timestamp.get((topic, partition), 0)
+            self._lag.handled(topic, partition, offset - 1, produced_ms)
+
+    def _stop_on_policy(self, pool: WorkerPool[Message, WorkOutcome]) -> None:
+        """The error policy said stop: let running work finish, store what is contiguous, stop."""
+        pool.halt()
+        pool.wait_idle(self.settings.drain_timeout_s)
+        self._collect(pool)
+        raise StopConsumer(self._stop_reason or "stopped")
+
+    def _drain(self, pool: WorkerPool[Message, WorkOutcome]) -> None:
+        """Shutdown: finish every taken chunk (bounded by ``drain_timeout_s``), store them.
+
+        Finishing the waiting chunks too, not only the running ones, keeps each partition's
+        finished run contiguous, so a clean stop leaves nothing to redeliver twice. Chunks still
+        unfinished at the deadline are not stored: they come back to the next owner.
+        """
+        if not pool.drain(None, self.settings.drain_timeout_s):
+            log.warning(
+                "chunks still in flight after %.0fs; not committed, they will be redelivered",
+                self.settings.drain_timeout_s,
+            )
+        pool.halt()
+        self._collect(pool)
+        pool.close()
+
+    def _settle_revoked(
+        self, pool: WorkerPool[Message, WorkOutcome], partitions: list[TopicPartition]
+    ) -> None:
+        """Revoke, in order: finish the revoked partitions' taken chunks (bounded by
+        ``revoke_timeout_s``), drop what is left for the next owner, store what finished."""
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        if not pool.drain(keys, self.settings.revoke_timeout_s):
+            dropped = pool.drop_partitions(keys)
+            abandoned = pool.abandon_partitions(keys)
+            log.warning(
+                "revoke: %d chunks still running and %d waiting after %.0fs: not committed",
+                abandoned,
+                len(dropped),
+                self.settings.revoke_timeout_s,
+            )
+        self._collect(pool)
+
+    def _work(self, item: WorkItem[Message]) -> WorkOutcome:
+        """Handle one message on a pool thread: decode, call the handler with retries, or park."""
+        message = item.payload
+        lane = self.lanes.all[item.lane_rank]
+        try:
+            record = self._decode(lane, message)
+        except (DecodeError, ChunkValidationError) as exc:
+            return self._settle_failure(message, exc, exc, lane, attempts=1)
+        started = time.perf_counter()
+        try:
+            attempts = self._with_retries(self._handle_one, record)
+        except Exception as exc:  # noqa: BLE001  # handler code is the user's: anything goes
+            return self._handler_failed(message, exc, lane)
+        finally:
+            self.metrics.lanes[lane.name].handler_duration.observe(time.perf_counter() - started)
+        return WorkOutcome("ok", attempts)
+
+    async def _work_async(self, item: WorkItem[Message]) -> WorkOutcome:
+        """Handle one message on the event loop; parking runs on a thread (it blocks)."""
+        message = item.payload
+        lane = self.lanes.all[item.lane_rank]
+        loop = asyncio.get_running_loop()
+        try:
+            record = self._decode(lane, message)
+        except (DecodeError, ChunkValidationError) as exc:
+            bad: Exception = exc
+            return await loop.run_in_executor(
+                None, lambda: self._settle_failure(message, bad, bad, lane, attempts=1)
+            )
+        started = time.perf_counter()
+        try:
+            attempts = await self._with_retries_async(record)
+        except Exception as exc:  # noqa: BLE001  # handler code is the user's: anything goes
+            failure: Exception = exc
+            return await loop.run_in_executor(
+                None, lambda: self._handler_failed(message, failure, lane)
+            )
+        finally:
+            self.metrics.lanes[lane.name].handler_duration.observe(time.perf_counter() - started)
+        return WorkOutcome("ok", attempts)
+
+    async def _with_retries_async(self, record: ChunkRecord) -> int:
+        """:meth:`_with_retries` for an async handler (the backoff does not block the loop)."""
+        assert self._handle_one_async is not None  # noqa: S101  # set whenever async
+        backoff = self.settings.retry_backoff_s
+        for attempt in range(1, self.settings.max_retries + 2):
+            try:
+                await self._handle_one_async(record)
+            except StreamprocError as exc:
+                if not exc.retriable or attempt > self.settings.max_retries or self._stop.is_set():
+                    raise
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, self.settings.retry_backoff_max_s)
+                continue
+            return attempt
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _handler_failed(self, message: Message, exc: Exception, lane: Lane) -> WorkOutcome:
+        error = exc if isinstance(exc, StreamprocError) else _wrap_handler_error(exc)
+        attempts = self.settings.max_retries + 1 if error.retriable else 1
+        return self._settle_failure(message, exc, error, lane, attempts=attempts)
+
+    def _settle_failure(
+        self,
+        message: Message,
+        exc: BaseException,
+        error: BaseException,
+        lane: Lane,
+        *,
+        attempts: int,
+    ) -> WorkOutcome:
+        """Park ``message`` (waiting for the ack), or say stop if the policy or the DLQ says so."""
+        topic, partition, offset = coordinates(message)
+        if self.settings.action_for(error) == "stop":
+            reason = getattr(error, "reason", "handler_error")
+            return WorkOutcome("stop", detail=f"{reason} at {topic}[{partition}]@{offset}: {exc}")
+        reason = error_reason(exc)
+        log.warning("dead-lettering %s[%d]@%d (%s): %s", topic, partition, offset, reason, exc)
+        try:
+            # One park at a time: each waits for its own acknowledgement with a flush.
+            with self._dlq_lock:
+                self._dlq.park(message, exc, lane=lane.name, attempts=attempts)
+        except ProduceError as produce_error:
+            return WorkOutcome(
+                "stop", detail=f"dead letter of {topic}[{partition}]@{offset}: {produce_error}"
+            )
+        return WorkOutcome("dead_lettered", attempts, reason=reason)
+
     # -- flow control ---------------------------------------------------------------------------
 
     def _apply_flow(self) -> None:
@@ -509,19 +884,33 @@ class PriorityConsumer:
             self._sync_paused()
 
     def _sync_paused(self) -> None:
-        """Make the paused partitions match the desired set: paused lanes x assignment."""
-        desired = {
-            key for key in self._lag.assignment if self._lane_name(key[0]) in self._paused_lanes
+        """Make the paused partitions match the desired set, applied as a diff.
+
+        Desired = (priority-paused lanes x assignment) | (backpressure-paused lanes x
+        assignment). The pause state published to the group is the priority one only.
+        """
+        assignment = self._lag.assignment
+        priority = {key for key in assignment if self._lane_name(key[0]) in self._paused_lanes}
+        backpressure = {
+            key for key in assignment if self._lane_name(key[0]) in self._backpressure_lanes
         }
+        desired = priority | backpressure
         to_pause = desired - self._paused
         to_resume = self._paused - desired
         if to_pause:
             self._consumer.pause([TopicPartition(t, p) for t, p in to_pause])
-            self._publish_pause_state(to_pause, paused=True)
         if to_resume:
             self._consumer.resume([TopicPartition(t, p) for t, p in to_resume])
-            self._publish_pause_state(to_resume, paused=False)
+        if newly_paused := priority - self._priority_paused:
+            self._publish_pause_state(newly_paused, paused=True)
+        if newly_running := self._priority_paused - priority:
+            self._publish_pause_state(newly_running, paused=False)
         self._paused = desired
+        self._priority_paused = priority
+        if self._pool is not None:
+            self._pool.hold_lanes(
+                lane.rank for lane in self.lanes if lane.name in self._paused_lanes
+            )
 
     def _publish_pause_state(self, keys: set[TopicPartitionKey], *, paused: bool) -> None:
         """Commit the handled position with metadata saying paused or running.
@@ -556,6 +945,7 @@ class PriorityConsumer:
         else:
             consumer.assign(partitions)
             self._paused.clear()  # an eager assign replaces the whole assignment
+            self._priority_paused.clear()
         self._lag.assigned(partitions)
         self._sync_paused()  # after the assignment: pause() on unassigned partitions is a no-op
         self._update_assigned_gauges()
@@ -564,6 +954,8 @@ class PriorityConsumer:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalances.labels(kind="revoke").inc()
         self.stats.rebalances += 1
+        if self._pool is not None:
+            self._settle_revoked(self._pool, partitions)
         self._commit_sync()
         if self.settings.assignor == "cooperative-sticky":
             consumer.incremental_unassign(partitions)
@@ -575,6 +967,10 @@ class PriorityConsumer:
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalances.labels(kind="lost").inc()
         self.stats.rebalances += 1
+        if self._pool is not None:
+            keys = [(tp.topic, tp.partition) for tp in partitions]
+            self._pool.drop_partitions(keys)
+            self._pool.abandon_partitions(keys)
         if self.settings.assignor == "cooperative-sticky":
             consumer.incremental_unassign(partitions)
         else:
@@ -583,8 +979,13 @@ class PriorityConsumer:
         log.warning("lost %s (not committed)", _describe(partitions))
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
-        for tp in partitions:
-            self._paused.discard((tp.topic, tp.partition))
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        for key in keys:
+            self._paused.discard(key)
+            self._priority_paused.discard(key)
+            # Results of this partition's work still running belong to the old epoch: ignored.
+            self._epochs[key] = self._epochs.get(key, 0) + 1
+        self._offsets.forget(keys)
         self._lag.revoked(partitions)
         self._update_assigned_gauges()
 

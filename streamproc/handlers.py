@@ -4,7 +4,13 @@ A handler receives decoded chunks with their context, never librdkafka objects. 
 
 * a callable ``handler(record: ChunkRecord) -> None`` that takes one chunk at a time, or
 * an object with ``handle_batch(records: Sequence[ChunkRecord]) -> None`` (a :class:`BatchHandler`)
-  that takes every chunk of one lane from one poll at once.
+  that takes every chunk of one lane from one poll at once (one chunk at a time when the consumer
+  runs with ``concurrency`` > 1).
+
+Either may be ``async def``: async handlers run on one event loop thread (many chunks in flight at
+once up to ``concurrency``), sync ones on a thread pool when ``concurrency`` > 1. With
+``concurrency`` > 1 a handler is called from several threads at once: the built-in sinks serialise
+their writes themselves.
 
 A handler signals failure by raising: :class:`~streamproc.errors.RetriableHandlerError` is retried
 with backoff, anything else is a permanent failure (dead-lettered, or stops the consumer, by
@@ -18,13 +24,15 @@ Built-in sinks, chosen with a URI: ``sqlite:PATH`` (the default), ``jsonl:PATH``
 from __future__ import annotations
 
 import importlib
+import inspect
 import json
 import sqlite3
 import sys
-from collections.abc import Callable, Sequence
+import threading
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol, runtime_checkable
+from typing import IO, Protocol, cast, runtime_checkable
 
 from streamproc.chunk import Chunk
 from streamproc.errors import ConfigError
@@ -64,6 +72,7 @@ class ChunkRecord:
 
 
 Handler = Callable[[ChunkRecord], None]
+AsyncHandler = Callable[[ChunkRecord], Awaitable[None]]
 
 
 @runtime_checkable
@@ -78,17 +87,39 @@ class Closeable(Protocol):
     def close(self) -> None: ...
 
 
-AnyHandler = Handler | BatchHandler
+AnyHandler = Handler | BatchHandler | AsyncHandler
+
+
+def is_async(handler: AnyHandler) -> bool:
+    """True for an ``async def`` handler (a coroutine function, or an object whose
+    ``handle_batch`` or ``__call__`` is one)."""
+    target: object = handler.handle_batch if isinstance(handler, BatchHandler) else handler
+    return inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
+        getattr(target, "__call__", None)  # noqa: B004  # an instance's async __call__
+    )
+
+
+def as_async_single(handler: AnyHandler) -> AsyncHandler:
+    """An awaitable callable taking one record, from an ``async def`` handler of either shape."""
+    if isinstance(handler, BatchHandler):
+        batch = cast(Callable[[Sequence[ChunkRecord]], Awaitable[None]], handler.handle_batch)
+
+        async def handle_one(record: ChunkRecord) -> None:
+            await batch((record,))
+
+        return handle_one
+    return cast(AsyncHandler, handler)
 
 
 def as_batch(handler: AnyHandler) -> Callable[[Sequence[ChunkRecord]], None]:
     """A callable taking a batch, whatever the shape of ``handler``."""
     if isinstance(handler, BatchHandler):
         return handler.handle_batch
+    single = cast(Handler, handler)
 
     def handle_each(records: Sequence[ChunkRecord]) -> None:
         for record in records:
-            handler(record)
+            single(record)
 
     return handle_each
 
@@ -98,7 +129,7 @@ def as_single(handler: AnyHandler) -> Handler:
     if isinstance(handler, BatchHandler):
         batch = handler.handle_batch
         return lambda record: batch((record,))
-    return handler
+    return cast(Handler, handler)
 
 
 def load_handler(spec: str) -> AnyHandler:
@@ -152,6 +183,7 @@ class JsonlSink:
 
     def __init__(self, path: str) -> None:
         self._owned = path != "-"
+        self._lock = threading.Lock()  # concurrent workers: one write at a time, whole lines
         self._stream: IO[str] = (
             Path(path).open("a", encoding="utf-8") if self._owned else sys.stdout  # noqa: SIM115
         )
@@ -174,8 +206,9 @@ class JsonlSink:
                     ensure_ascii=False,
                 )
             )
-        self._stream.write("\n".join(lines) + "\n")
-        self._stream.flush()
+        with self._lock:
+            self._stream.write("\n".join(lines) + "\n")
+            self._stream.flush()
 
     def close(self) -> None:
         if self._owned:
@@ -225,8 +258,10 @@ class SqliteSink:
 
     def __init__(self, path: str) -> None:
         self.path = path
-        # The consumer may hand batches over from a worker thread; one writer at a time is ours.
+        # The consumer may hand batches over from worker threads (several at once with
+        # concurrency > 1): one connection, one transaction at a time.
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
         self._db.execute(self.SCHEMA)
@@ -247,12 +282,13 @@ class SqliteSink:
             for record in records
         ]
         # One transaction per batch: durable before the consumer stores the offsets.
-        with self._db:
+        with self._lock, self._db:
             self._db.execute("BEGIN")
             self._db.executemany(self.UPSERT, rows)
 
     def close(self) -> None:
-        self._db.close()
+        with self._lock:
+            self._db.close()
 
 
 def open_sink(uri: str) -> AnyHandler:

@@ -65,6 +65,7 @@ class LaneMetrics:
         self.paused_seconds = metrics.paused_seconds.labels(lane=lane)
         self.assigned = metrics.assigned_partitions.labels(lane=lane)
         self.in_flight = metrics.in_flight.labels(lane=lane)
+        self.queue_wait = metrics.queue_wait.labels(lane=lane)
 
 
 class ConsumerMetrics:
@@ -160,8 +161,15 @@ class ConsumerMetrics:
         )
         self.in_flight = Gauge(
             "streamproc_in_flight_messages",
-            "Messages taken but not finished.",
+            "Messages taken but not finished (waiting for a worker or being handled), per lane.",
             ["lane"],
+            registry=r,
+        )
+        self.queue_wait = Histogram(
+            "streamproc_queue_wait_seconds",
+            "From taken off Kafka to handed to a worker (concurrency > 1 or async handlers).",
+            ["lane"],
+            buckets=HANDLER_BUCKETS,
             registry=r,
         )
         self.ready = Gauge(

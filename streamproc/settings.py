@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streamproc.dispatch import Ordering
 from streamproc.errors import ConfigError
 from streamproc.flow import FlowSettings
 from streamproc.lanes import BULK, DEFAULT_PREFIX, REALTIME, Lanes
@@ -222,6 +223,52 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
     dlq_flush_timeout_s: float = Field(
         30.0, gt=0, description="How long a dead-letter write may take to be acknowledged."
     )
+    concurrency: int = Field(
+        1,
+        ge=1,
+        description=(
+            "Chunks handled at once. 1 handles them one by one on the poll thread (batch handlers"
+            " get whole batches); more runs sync handlers on a thread pool and async handlers on"
+            " an event loop, realtime first."
+        ),
+    )
+    ordering: Ordering = Field(
+        "key",
+        description=(
+            "With concurrency > 1: key (same message key never in flight twice, per partition),"
+            " partition (one chunk in flight per partition) or unordered."
+        ),
+    )
+    max_in_flight: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Chunks taken and not finished per lane (concurrency > 1): the loop takes no more"
+            " while a lane is full, and pauses its fetching at twice this (backpressure);"
+            " default 4 x concurrency, at least 16."
+        ),
+    )
+    reserved_workers: int | None = Field(
+        None,
+        ge=0,
+        description=(
+            "Workers lower lanes leave free while the realtime lane is active (default:"
+            " concurrency / 8)."
+        ),
+    )
+    revoke_timeout_s: float = Field(
+        10.0,
+        ge=0,
+        description="On revoke, how long to wait for in-flight chunks of the revoked partitions.",
+    )
+    drain_timeout_s: float = Field(
+        30.0, ge=0, description="On shutdown, how long to wait for in-flight chunks to finish."
+    )
+
+    @property
+    def in_flight_limit(self) -> int:
+        """Backpressure bound per lane: :attr:`max_in_flight` or its default."""
+        return self.max_in_flight or max(4 * self.concurrency, 16)
 
     def action_for(self, error: BaseException) -> ErrorAction:
         """What to do with a message that failed with ``error``.

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 import tempfile
 import uuid
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -23,8 +25,10 @@ from streamproc.handlers import (
     MessageContext,
     NullSink,
     SqliteSink,
+    as_async_single,
     as_batch,
     as_single,
+    is_async,
     load_handler,
     open_sink,
 )
@@ -375,3 +379,35 @@ def test_open_sink_uris(tmp_path: Path) -> None:
 def test_open_sink_bad_uris(uri: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         open_sink(uri)
+
+
+def test_async_handlers_are_recognised_in_either_shape() -> None:
+    seen: list[str] = []
+
+    async def one(item: ChunkRecord) -> None:
+        seen.append(item.chunk.chunk_html or "")
+
+    class Batch:
+        async def handle_batch(self, records: Sequence[ChunkRecord]) -> None:
+            seen.extend(r.chunk.chunk_html or "" for r in records)
+
+    class Callable_:
+        async def __call__(self, item: ChunkRecord) -> None:
+            seen.append("call")
+
+    def sync(item: ChunkRecord) -> None:
+        return None
+
+    assert is_async(one) and is_async(Batch()) and is_async(Callable_())
+    assert not is_async(sync) and not is_async(SqliteSink(":memory:"))
+    asyncio.run(as_async_single(one)(record(1, "realtime")))
+    asyncio.run(as_async_single(Batch())(record(2, "bulk")))
+    asyncio.run(as_async_single(Callable_())(record(3, "bulk")))
+    assert seen == ["v1-realtime", "v2-bulk", "call"]
+
+
+def test_sqlite_sink_takes_writes_from_many_threads(sink: SqliteSink, sqlite_path: Path) -> None:
+    records = [record(1, "bulk", tracking_id=f"doc-{n}", offset=n) for n in range(200)]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(lambda r: sink.handle_batch([r]), records))
+    assert len(stored(sqlite_path)) == 200

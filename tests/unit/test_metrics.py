@@ -197,3 +197,15 @@ def test_plot_run_writes_a_png(tmp_path: Path) -> None:
 def test_plot_run_refuses_no_samples(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="no samples"):
         plot_run([], tmp_path / "run.png")
+
+
+def test_in_flight_and_queue_wait_are_per_lane() -> None:
+    metrics = ConsumerMetrics(["realtime", "bulk"])
+    metrics.lanes["realtime"].in_flight.set(3)
+    metrics.lanes["bulk"].queue_wait.observe(0.2)
+    registry = metrics.registry
+    assert registry.get_sample_value("streamproc_in_flight_messages", {"lane": "realtime"}) == 3
+    assert registry.get_sample_value("streamproc_in_flight_messages", {"lane": "bulk"}) == 0
+    count = "streamproc_queue_wait_seconds_count"
+    assert registry.get_sample_value(count, {"lane": "bulk"}) == 1
+    assert registry.get_sample_value(count, {"lane": "realtime"}) == 0

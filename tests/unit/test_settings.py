@@ -235,3 +235,19 @@ def test_parse_bootstrap(value: str, expected: str) -> None:
 def test_parse_bootstrap_rejects(value: str) -> None:
     with pytest.raises(ConfigError):
         parse_bootstrap(value)
+
+
+def test_concurrency_settings_defaults_and_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
+    defaults = ConsumerSettings()
+    assert (defaults.concurrency, defaults.ordering, defaults.max_in_flight) == (1, "key", None)
+    assert defaults.in_flight_limit == 16
+    assert ConsumerSettings(concurrency=32).in_flight_limit == 128
+    assert ConsumerSettings(concurrency=32, max_in_flight=10).in_flight_limit == 10
+    monkeypatch.setenv("STREAMPROC_CONCURRENCY", "8")
+    monkeypatch.setenv("STREAMPROC_ORDERING", "partition")
+    from_env = ConsumerSettings()
+    assert (from_env.concurrency, from_env.ordering) == (8, "partition")
+    with pytest.raises(ValueError, match="concurrency"):
+        ConsumerSettings(concurrency=0)
+    with pytest.raises(ValueError, match="ordering"):
+        ConsumerSettings(ordering="random")  # type: ignore[arg-type]  # rejected on purpose
