@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 
 from streamproc.chunk import Chunk, ChunkLimits, FullTextBoost, GeoInfo, SemanticBoost, parse_chunk
 from streamproc.codec import (
+    FAST_ENCODER_FINGERPRINT,
     REGISTRY_MAGIC_BYTE,
     SINGLE_OBJECT_MARKER,
     ChunkCodec,
@@ -25,6 +26,7 @@ from streamproc.codec import (
     StaticSchemaIds,
     bundled_schema_dir,
     chunk_to_record,
+    encode_chunk_body,
     schema_fingerprint,
 )
 from streamproc.errors import (
@@ -600,3 +602,64 @@ def test_group_ids_decode_as_uuids(codec: ChunkCodec) -> None:
     decoded = codec.decode(codec.encode(Chunk(group_ids=[group_id])))
 
     assert decoded.group_ids == [group_id]
+
+
+# -- the hand-written encoder -------------------------------------------------------------------
+
+
+def fastavro_body(chunk: Chunk) -> bytes:
+    buffer = BytesIO()
+    schemaless_writer(buffer, parse_schema(copy.deepcopy(CURRENT_SCHEMA)), chunk_to_record(chunk))
+    return buffer.getvalue()
+
+
+def test_fast_encoder_writes_the_bundled_schema() -> None:
+    assert ChunkCodec().fingerprint == FAST_ENCODER_FINGERPRINT
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(chunk=chunks)
+def test_fast_encoder_writes_what_fastavro_writes(chunk: Chunk) -> None:
+    assert encode_chunk_body(chunk) == fastavro_body(chunk)
+
+
+@pytest.mark.parametrize(
+    "chunk",
+    [
+        Chunk(),
+        Chunk(chunk_html="x" * 100_000, tag_set=[], group_ids=[], image_urls=["é" * 9000]),
+        Chunk(num_value=-1e300, weight=0.0, split_avg=False, convert_html_to_text=True),
+        Chunk(tag_set=[str(i) for i in range(1000)], upsert_by_tracking_id=False),
+        Chunk(
+            location=GeoInfo(lat=-90, lon=180),
+            fulltext_boost=FullTextBoost(phrase="", boost_factor=2),
+            semantic_boost=SemanticBoost(phrase="😀", distance_factor=-0.5),
+            low_priority=True,
+            metadata={"b": [1, 2.5, None, True], "a": "ü"},
+        ),
+    ],
+    ids=["empty", "long-lengths", "numbers", "many-items", "nested"],
+)
+def test_fast_encoder_edge_cases(chunk: Chunk) -> None:
+    assert encode_chunk_body(chunk) == fastavro_body(chunk)
+
+
+def test_another_current_schema_encodes_through_fastavro(tmp_path: Path) -> None:
+    schema = copy.deepcopy(CURRENT_SCHEMA)
+    schema["fields"].append({"name": "extra", "type": ["null", "string"], "default": None})
+    (tmp_path / "chunk.avsc").write_text(json.dumps(schema), encoding="utf-8")
+    codec = ChunkCodec(tmp_path)
+    chunk = Chunk(chunk_html="<p>x</p>", tracking_id="doc-1")
+
+    value = codec.encode(chunk)
+
+    assert value[len(SINGLE_OBJECT_MARKER) + 8 :] == encode_chunk_body(chunk) + b"\x00"  # extra
+    assert codec.fingerprint != FAST_ENCODER_FINGERPRINT
+
+
+def test_metadata_with_a_lone_surrogate_escape_still_decodes(codec: ChunkCodec) -> None:
+    record = {**chunk_to_record(Chunk()), "metadata": '{"a":"\\ud800"}'}
+
+    decoded = codec.decode(single_object_value(CURRENT_SCHEMA, record))
+
+    assert decoded.metadata == {"a": "\ud800"}
