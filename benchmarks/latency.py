@@ -147,6 +147,10 @@ def run_variant(
     latencies = [
         latency for handled, latency in handler.latencies if handled - latency >= measured_from
     ]
+    # Chunks never handled count with the smallest latency they can have had: the time from the
+    # end of the stream to the end of the run (a lower bound, so percentiles stay honest).
+    unhandled = report["sent"] - len(handler.latencies)
+    latencies += [args.tail] * max(0, unhandled)
     during = end - measured_from
     return Outcome(
         variant=variant,
@@ -211,7 +215,7 @@ def latency_table(title: str, outcomes: Sequence[Outcome]) -> Table:
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--burn-us", type=float, default=100.0, help="Handler CPU cost per chunk (microseconds)."
+        "--burn-us", type=float, default=500.0, help="Handler CPU cost per chunk (microseconds)."
     )
     parser.add_argument("--bulk-count", type=int, default=200_000, help="Preloaded bulk chunks.")
     parser.add_argument(
@@ -220,15 +224,20 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tail", type=float, default=5.0, help="Seconds measured after it.")
     parser.add_argument("--warm-up", type=float, default=2.0, help="Seconds not measured.")
     parser.add_argument(
-        "--calibration-count", type=int, default=30_000, help="Chunks drained to calibrate."
+        "--calibration-count", type=int, default=10_000, help="Chunks drained to calibrate."
     )
     parser.add_argument(
         "--capacity", type=float, default=None, help="Skip calibration: chunks/s to assume."
     )
 
 
+# Flow control tuned for a steady realtime stream: pause bulk as soon as a few realtime chunks
+# wait, and take small batches so the policy runs often (it can only act between batches).
+LATENCY_TUNED = (("pause_lag", 5), ("max_batch_messages", 20))
+
 VARIANTS = (
     Variant("a", "(a) flow control", bulk=True, flow=True),
+    Variant("a'", "(a') flow control, tuned", bulk=True, flow=True, overrides=LATENCY_TUNED),
     Variant("b", "(b) flow control off", bulk=True, flow=False),
     Variant(
         "b'",
@@ -244,9 +253,6 @@ VARIANTS = (
 def main(argv: Sequence[str] | None = None) -> int:
     parser = base_parser(__doc__.split("\n\n")[0] if __doc__ else None)
     add_common_arguments(parser)
-    parser.add_argument(
-        "--pause-lag", type=int, default=None, help="pause_lag of variant (a) (product default)."
-    )
     args = parse(parser, argv)
     quiet_logs()
     capacity = args.capacity or calibrate(args)
@@ -255,10 +261,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     segments = [Segment(args.seconds, rate)]
     outcomes: list[Outcome] = []
     for variant in VARIANTS:
-        if variant.key == "a" and args.pause_lag is not None:
-            variant = Variant(
-                variant.key, variant.label, True, True, (("pause_lag", args.pause_lag),)
-            )
         outcome = run_variant(args, variant, segments)
         say(
             f"{variant.label}: p99 {outcome.quantile_ms(0.99):.1f} ms, "
@@ -276,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "warm_up_s": args.warm_up,
         "tail_s": args.tail,
         "partitions": args.partitions,
-        "pause_lag_a": args.pause_lag,
+        "tuned_a'": dict(LATENCY_TUNED),
     }
     result.tables.append(
         latency_table(
@@ -291,6 +293,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         ["ratio", "value"],
         [
             ["(a) / (c)", round(ratio(p99["a"], p99["c"]), 2)],
+            ["(a') / (c)", round(ratio(p99["a'"], p99["c"]), 2)],
             ["(b) / (a)", round(ratio(p99["b"], p99["a"]), 2)],
             ["(b') / (a)", round(ratio(p99["b'"], p99["a"]), 2)],
         ],
@@ -323,7 +326,8 @@ def explain(by_key: dict[str, Outcome], args: argparse.Namespace) -> list[str]:
         if outcome.handled_realtime < outcome.sent:
             notes.append(
                 f"{outcome.variant.label}: {outcome.sent - outcome.handled_realtime} realtime "
-                f"chunks were still unhandled {args.tail:g}s after the stream stopped."
+                f"chunks were still unhandled {args.tail:g}s after the stream stopped; they count "
+                f"as {args.tail:g}s in the percentiles, so the figures are lower bounds."
             )
     return notes
 
