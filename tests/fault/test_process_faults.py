@@ -27,28 +27,34 @@ from tests.integration.kafka_helpers import Cluster, read_topic, wait_until
 GRACE_PERIOD_S = 30
 
 
-def test_02_sigkill_mid_batch_then_restart(cluster: Cluster, tmp_path: Path) -> None:
+@pytest.mark.parametrize("concurrency", [1, 8], ids=["concurrency-1", "concurrency-8"])
+def test_02_sigkill_mid_batch_then_restart(
+    cluster: Cluster, tmp_path: Path, concurrency: int
+) -> None:
     cluster.create_topics(partitions=3)
-    group = "kill"
+    group = f"kill-{concurrency}"
+    env = {"STREAMPROC_CONCURRENCY": str(concurrency)}
     acks = AckLedger(tmp_path)
     producer = producer_for(cluster.bootstrap, cluster.prefix, acks)
     produce(producer, acks, sample_chunks(3_000, low_priority_ratio=0.5, prefix="k2"))
     producer.flush()
     # Each batch sleeps after it is recorded: a kill lands between "handled" and "stored".
-    first = spawn_consumer(cluster.bootstrap, cluster.prefix, group, tmp_path, sleep_s=0.05)
+    first = spawn_consumer(
+        cluster.bootstrap, cluster.prefix, group, tmp_path, sleep_s=0.05, extra_env=env
+    )
     wait_until(lambda: len(read_processed(tmp_path)) >= 800, what="the first consumer to progress")
     first.kill()
     first.wait(10)
     committed_at_kill = committed(cluster, group)
     handled_by_first = len(read_processed(tmp_path))
 
-    second = spawn_consumer(cluster.bootstrap, cluster.prefix, group, tmp_path)
+    second = spawn_consumer(cluster.bootstrap, cluster.prefix, group, tmp_path, extra_env=env)
     wait_drained(tmp_path, acks)
     assert signal_and_wait(second) == 0
     record_dead_letters(tmp_path, cluster.lanes.topics, lambda t: read_topic(cluster.bootstrap, t))
     figures = check(
-        "02-consumer-sigkill",
-        "Consumer SIGKILLed mid-batch, then restarted",
+        "02-consumer-sigkill" + ("" if concurrency == 1 else f"-concurrency-{concurrency}"),
+        f"Consumer SIGKILLed mid-batch, then restarted (concurrency {concurrency})",
         tmp_path,
         produced=acks.produced,
         committed=committed(cluster, group),
@@ -63,31 +69,38 @@ def test_02_sigkill_mid_batch_then_restart(cluster: Cluster, tmp_path: Path) -> 
     assert redone_by == {second.pid}
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+@pytest.mark.parametrize(
+    ("sig", "concurrency"),
+    [(signal.SIGTERM, 1), (signal.SIGINT, 1), (signal.SIGTERM, 8)],
+    ids=["SIGTERM", "SIGINT", "SIGTERM-concurrency-8"],
+)
 def test_08_signal_while_both_lanes_flow_then_restart(
-    cluster: Cluster, tmp_path: Path, sig: int
+    cluster: Cluster, tmp_path: Path, sig: int, concurrency: int
 ) -> None:
     cluster.create_topics(partitions=3)
     name = signal.Signals(sig).name
-    group = f"signal-{name}"
+    group = f"signal-{name}-{concurrency}"
+    env = {"STREAMPROC_CONCURRENCY": str(concurrency)}
     acks = AckLedger(tmp_path)
     chunks = sample_chunks(3_000, low_priority_ratio=0.5, prefix=f"s8{name}")
     paced = PacedProducer(producer_for(cluster.bootstrap, cluster.prefix, acks), acks, chunks, 400)
-    first = spawn_consumer(cluster.bootstrap, cluster.prefix, group, tmp_path, sleep_s=0.02)
+    first = spawn_consumer(
+        cluster.bootstrap, cluster.prefix, group, tmp_path, sleep_s=0.02, extra_env=env
+    )
     paced.start()
     wait_until(lambda: len(read_processed(tmp_path)) >= 600, what="the first consumer to progress")
     lanes_seen = {e.topic for e in read_processed(tmp_path)}
     assert lanes_seen == set(cluster.lanes.topics), "both lanes must be flowing at the signal"
     assert signal_and_wait(first, sig, timeout_s=GRACE_PERIOD_S) == 0
 
-    second = spawn_consumer(cluster.bootstrap, cluster.prefix, group, tmp_path)
+    second = spawn_consumer(cluster.bootstrap, cluster.prefix, group, tmp_path, extra_env=env)
     paced.join()
     wait_drained(tmp_path, acks)
     assert signal_and_wait(second, sig, timeout_s=GRACE_PERIOD_S) == 0
     record_dead_letters(tmp_path, cluster.lanes.topics, lambda t: read_topic(cluster.bootstrap, t))
     figures = check(
-        f"08-{name.lower()}",
-        f"{name} while both lanes flow, then restart",
+        f"08-{name.lower()}" + ("" if concurrency == 1 else f"-concurrency-{concurrency}"),
+        f"{name} while both lanes flow, then restart (concurrency {concurrency})",
         tmp_path,
         produced=acks.produced,
         committed=committed(cluster, group),
