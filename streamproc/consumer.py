@@ -32,15 +32,16 @@ handler slower than ``max.poll.interval.ms`` never costs the group membership. E
 1. Collect finished chunks: mark them in the per-partition
    :class:`~streamproc.offsets.OffsetTracker` and store the end of each partition's contiguous
    finished run (never the maximum).
-2. Backpressure: the loop takes only what fits in each lane's buffer (``in_flight_limit`` chunks
-   taken and unfinished); when full it waits for a worker to finish, then still polls one message
-   (the poll keeps the membership and runs rebalance callbacks). A lane at twice the bound (a
-   stalled handler) has its partitions paused until it is back at the bound. This pause is
-   bookkeeping of its own: the partitions actually paused are the priority-paused ones united
-   with the backpressure-paused ones, applied as a diff, so neither pause undoes the other.
-3. ``consume()`` at most as many messages as the lanes have room for; each becomes a work item of
-   the :class:`~streamproc.dispatch.Dispatcher` (realtime first, FIFO per lane, per-key order).
-   Items of a lane the flow policy pauses wait; workers start the next item as they finish one.
+2. Backpressure: a lane holding ``in_flight_limit`` chunks taken and unfinished has its
+   partitions paused until it is back at half. This pause is bookkeeping of its own: the
+   partitions actually paused are the priority-paused ones united with the backpressure-paused
+   ones, applied as a diff, so neither pause undoes the other.
+3. ``consume()`` whatever librdkafka has ready (its prefetch queue is one FIFO for all
+   partitions: a realtime message gets its priority only once taken); each message becomes a
+   work item of the :class:`~streamproc.dispatch.Dispatcher` (realtime first, FIFO per lane,
+   per-key order). Items of a lane the flow policy pauses wait; workers start the next item as
+   they finish one. The poll goes on whatever the workers do, so a handler slower than
+   ``max.poll.interval.ms`` costs no rebalance.
 4. Flow control as above.
 
 Revoke: finish the revoked partitions' taken chunks (waiting and running, so the finished run
@@ -105,6 +106,8 @@ from streamproc.workers import WorkerPool
 log = logging.getLogger(__name__)
 
 LATENCY_WINDOW = 4096
+# Poll wait while a lane is paused for backpressure, so the resume follows the drain closely.
+BACKPRESSURE_TICK_S = 0.01
 
 
 class StopConsumer(StreamprocError):
@@ -570,18 +573,14 @@ class PriorityConsumer:
         if self._stop_reason is not None:
             self._stop_on_policy(pool)
         self._apply_backpressure(pool)
-        timeout = self.settings.poll_timeout_s
-        room = self._room(pool)
-        if room == 0:
-            # Full: wait for a worker to finish instead of spinning, then poll without waiting.
-            pool.wait_finished(timeout)
-            self._collect(pool)
-            room, timeout = self._room(pool), 0.0
-        # Even when full, poll for one message: the poll keeps the group membership alive
-        # (max.poll.interval.ms) and runs the rebalance callbacks.
-        messages = self._consumer.consume(1, timeout)
-        if messages and room > 1:
-            messages += self._consumer.consume(room - 1, 0)
+        # Take whatever librdkafka has ready: its prefetch queue is one FIFO for every
+        # partition, so a realtime message behind bulk ones only reaches the dispatcher (and its
+        # priority) once the bulk ones ahead of it are taken. Memory stays bounded by pausing a
+        # full lane's partitions (backpressure) — and the poll goes on even then: it keeps the
+        # group membership alive (max.poll.interval.ms) and runs the rebalance callbacks.
+        messages = self._consumer.consume(1, self._poll_wait(pool))
+        if messages and self.settings.max_batch_messages > 1:
+            messages += self._consumer.consume(self.settings.max_batch_messages - 1, 0)
         self._last_tick = time.monotonic()
         self.metrics.last_poll.set_to_current_time()
         if messages:
@@ -592,28 +591,16 @@ class PriorityConsumer:
         self._probe_broker()
         self.metrics.ready.set(1 if self.ready()[0] else 0)
 
-    def _room(self, pool: WorkerPool[Message, WorkOutcome]) -> int:
-        """How many messages to take (may be 0): what fits in the fullest lane still fetching.
-
-        A poll returns messages of any fetching lane, so the smallest free room is the most that
-        fits whatever arrives.
-        """
-        limit = self.settings.in_flight_limit
-        sizes = pool.sizes()
-        free = [
-            max(0, limit - sizes[lane.rank])
-            for lane in self.lanes
-            if lane.name not in self._backpressure_lanes and lane.name not in self._paused_lanes
-        ]
-        return min([*free, self.settings.max_batch_messages])
+    def _poll_wait(self, pool: WorkerPool[Message, WorkOutcome]) -> float:
+        """How long the poll may wait: short while a backpressure pause waits to be lifted."""
+        if self._backpressure_lanes:
+            return min(self.settings.poll_timeout_s, BACKPRESSURE_TICK_S)
+        return self.settings.poll_timeout_s
 
     def _apply_backpressure(self, pool: WorkerPool[Message, WorkOutcome]) -> None:
-        """Pause a lane's fetching at twice its buffer bound; resume once back at the bound.
+        """Pause a lane's fetching once it holds ``in_flight_limit`` chunks; resume at half.
 
-        Below the bound the loop takes only what fits; a full lane still gets one message per
-        poll (the poll itself must go on), so only a stalled handler reaches twice the bound.
-        Pausing is kept for that case because librdkafka drops a paused partition's prefetched
-        messages and takes a while to fetch again after a resume.
+        The pause is bookkeeping of its own (see :meth:`_sync_paused`).
         """
         limit = self.settings.in_flight_limit
         sizes = pool.sizes()
@@ -621,15 +608,15 @@ class PriorityConsumer:
         for lane in self.lanes:
             size = sizes[lane.rank]
             self.metrics.lanes[lane.name].in_flight.set(size)
-            if size >= 2 * limit:
+            if size >= limit:
                 lanes.add(lane.name)
-            elif size <= limit:
+            elif size <= limit // 2:
                 lanes.discard(lane.name)
         if lanes != self._backpressure_lanes:
             for name in lanes - self._backpressure_lanes:
-                log.info("lane %s: %d chunks in flight, fetching paused", name, 2 * limit)
+                log.debug("lane %s: %d chunks in flight, fetching paused", name, limit)
             for name in self._backpressure_lanes - lanes:
-                log.info("lane %s: in-flight chunks drained, fetching resumed", name)
+                log.debug("lane %s: in-flight chunks at half the bound, fetching resumed", name)
             self._backpressure_lanes = lanes
             self._sync_paused()
 

@@ -305,6 +305,10 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
             # librdkafka postpones a partition's next fetch by this much once the queue bound is
             # reached (default 1 s): with a small bound that would starve the consumer.
             "fetch.queue.backoff.ms": 10,
+            # A fetch waits this long for data when there is none. Fetches are serial per broker,
+            # so a partition resumed meanwhile (flow control, backpressure) only fetches after the
+            # pending one returns: librdkafka's default 500 ms stalls a resumed partition.
+            "fetch.wait.max.ms": 50,
             **self.librdkafka_extra,
             **self.connection(),
             "group.id": self.group_id,
