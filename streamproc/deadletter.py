@@ -8,6 +8,7 @@ message is never both un-handled and committed.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,6 +31,8 @@ HEADER_LANE = "streamproc.lane"
 HEADER_ATTEMPTS = "streamproc.attempts"
 
 _MAX_MESSAGE_CHARS = 1000
+# Longest single wait for delivery reports inside park().
+_POLL_SLICE_S = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +68,8 @@ class DeadLetterQueue:
         self, message: Message, error: BaseException, *, lane: str, attempts: int = 1
     ) -> ParkedMessage:
         """Write ``message`` to its dead-letter topic and wait for the acknowledgement.
+
+        Not thread-safe: callers serialize parks (one dead letter in flight at a time).
 
         Args:
             message: The original message; key, value and headers are copied untouched.
@@ -107,8 +112,17 @@ class DeadLetterQueue:
             )
         except (BufferError, Exception) as exc:  # any refusal means "not parked"
             raise ProduceError(f"could not dead-letter to {target}: {exc}") from exc
-        remaining = self._producer.flush(self._flush_timeout_s)
-        if remaining or not outcome:
+        # Wait for this message's own report, not for the whole queue (flush): a dead letter that
+        # can never be delivered (its topic is gone) must not make later ones, delivered in
+        # time, look unacknowledged; they would be parked again after a restart.
+        deadline = time.monotonic() + self._flush_timeout_s
+        while not outcome and (remaining := deadline - time.monotonic()) > 0:
+            self._producer.poll(min(remaining, _POLL_SLICE_S))
+        if not outcome:
+            # Given up: drop it so it does not hold the queue; its offset is not stored, so the
+            # original message comes back and is parked again (at least once).
+            self._producer.purge()
+            self._producer.poll(0)
             raise ProduceError(
                 f"dead letter to {target} not acknowledged in {self._flush_timeout_s}s"
             )
