@@ -71,11 +71,12 @@ def interleave(
     raw.flush(30)
 
 
+@pytest.mark.parametrize("concurrency", [1, 8], ids=["concurrency-1", "concurrency-8"])
 def test_04_poison_pills_are_parked_only_after_the_dead_letter_is_acknowledged(
-    cluster: Cluster, tmp_path: Path
+    cluster: Cluster, tmp_path: Path, concurrency: int
 ) -> None:
     cluster.create_topics(partitions=3)
-    group = "poison"
+    group = f"poison-{concurrency}"
     codec = ChunkCodec()
     template = codec.encode(Chunk(chunk_html="<p>x</p>", tracking_id="template"))
     pills = [(f"garbage-{i}", bytes(random.Random(i).randbytes(40))) for i in range(10)]
@@ -93,8 +94,9 @@ def test_04_poison_pills_are_parked_only_after_the_dead_letter_is_acknowledged(
         what="the dead-letter topic to be gone",
     )
     handler = LedgerHandler(tmp_path)
-    settings = cluster.consumer_settings(group, dlq_flush_timeout_s=2.0)
-    first = ThreadedConsumer(PriorityConsumer(settings, handler)).start()
+    settings = cluster.consumer_settings(group, dlq_flush_timeout_s=2.0, concurrency=concurrency)
+    stopped = PriorityConsumer(settings, handler)
+    first = ThreadedConsumer(stopped).start()
     wait_until(lambda: not first.alive, timeout_s=60, what="the consumer to stop on the failure")
     assert first.exit_code == 1, "an unacknowledged dead letter must stop the consumer"
     committed_at_stop = committed(cluster, group)
@@ -108,7 +110,9 @@ def test_04_poison_pills_are_parked_only_after_the_dead_letter_is_acknowledged(
 
     # Phase 2: the dead-letter topic is back; a restarted consumer parks every pill and goes on.
     cluster.create_topics(partitions=3)
-    consumer = PriorityConsumer(cluster.consumer_settings(group), LedgerHandler(tmp_path))
+    consumer = PriorityConsumer(
+        cluster.consumer_settings(group, concurrency=concurrency), LedgerHandler(tmp_path)
+    )
     second = ThreadedConsumer(consumer).start()
     try:
         wait_until(lambda: drained(cluster, group), timeout_s=90, what="the commit to the end")
@@ -118,20 +122,23 @@ def test_04_poison_pills_are_parked_only_after_the_dead_letter_is_acknowledged(
         tmp_path, cluster.lanes.topics, lambda t: read_topic(cluster.bootstrap, t)
     )
     figures = check(
-        "04-poison-pill",
-        "Poison pills (garbage bytes, truncated Avro) on both lanes; DLQ down, then back",
+        "04-poison-pill" + ("" if concurrency == 1 else f"-concurrency-{concurrency}"),
+        "Poison pills (garbage bytes, truncated Avro) on both lanes; DLQ down, then back"
+        f" (concurrency {concurrency})",
         tmp_path,
         produced=acks.produced,
         committed=committed(cluster, group),
         high_watermarks=high_watermarks(cluster),
         duplicates="uncommitted_window",
         faults=[Fault("dead letter not acknowledged", committed_at_stop)],
-        notes={"dead_letter_counter": total_dead_letters(consumer)},
+        notes={"dead_letter_counter": total_dead_letters(stopped) + total_dead_letters(consumer)},
     )
     figures.assert_ok()
     assert sorted(p.id for p in parked) == sorted(key for key, _ in pills), "each pill parked once"
     assert {p.reason for p in parked} <= {"undecodable", "unknown_framing", "unknown_schema"}
-    assert total_dead_letters(consumer) == len(pills), "the dead-letter counter: +1 per pill"
+    # +1 per pill exactly, over both runs: a pill parked before the stop is not parked again.
+    counted = total_dead_letters(stopped) + total_dead_letters(consumer)
+    assert counted == len(pills), "the dead-letter counter: +1 per pill"
     for topic in cluster.lanes.topics:
         for message in read_topic(cluster.bootstrap, dead_letter_topic(topic)):
             found = dict(headers(message))

@@ -138,14 +138,15 @@ def test_12_routing_holds_across_a_broker_restart(
     assert len(acked_ids) == len(chunks)
 
 
+@pytest.mark.parametrize("concurrency", [1, 8], ids=["concurrency-1", "concurrency-8"])
 def test_09_network_cut_longer_than_the_session_timeout(
-    private_broker: PrivateBroker, topic_prefix: str, tmp_path: Path
+    private_broker: PrivateBroker, topic_prefix: str, tmp_path: Path, concurrency: int
 ) -> None:
     proxy = private_broker.proxy
     assert proxy is not None
     cluster = Cluster(private_broker.bootstrap, topic_prefix)
     cluster.create_topics(partitions=3)
-    group = "cut"
+    group = f"cut-{concurrency}"
     session_timeout_ms = 6_000
     acks = AckLedger(tmp_path)
     producer = producer_for(cluster.bootstrap, topic_prefix, acks)
@@ -158,6 +159,7 @@ def test_09_network_cut_longer_than_the_session_timeout(
             group,
             bootstrap_servers=private_broker.proxied_bootstrap,
             session_timeout_ms=session_timeout_ms,
+            concurrency=concurrency,
         ),
         handler,
     )
@@ -190,8 +192,9 @@ def test_09_network_cut_longer_than_the_session_timeout(
     assert exit_code == 0
     record_dead_letters(tmp_path, cluster.lanes.topics, lambda t: read_topic(cluster.bootstrap, t))
     figures = check(
-        "09-network-cut",
-        f"Network cut (TCP proxy) for twice the session timeout ({session_timeout_ms // 1000} s)",
+        "09-network-cut" + ("" if concurrency == 1 else f"-concurrency-{concurrency}"),
+        f"Network cut (TCP proxy) for twice the session timeout ({session_timeout_ms // 1000} s),"
+        f" concurrency {concurrency}",
         tmp_path,
         produced=acks.produced,
         committed=committed(cluster, group),
