@@ -52,6 +52,7 @@ from benchmarks.harness import (
     workload,
 )
 from streamproc.consumer import PriorityConsumer
+from streamproc.flow import FlowSettings
 
 LIBRDKAFKA_DEFAULT_PREFETCH = {"prefetch_kbytes": 65536, "fetch_partition_kbytes": 1024}
 
@@ -322,6 +323,24 @@ def main(argv: Sequence[str] | None = None) -> int:
 def explain(by_key: dict[str, Outcome], args: argparse.Namespace) -> list[str]:
     """Notes that say why a figure is what it is."""
     notes: list[str] = []
+    pause_lag = FlowSettings().pause_lag
+    rate = by_key["a"].sent / args.seconds if args.seconds else 0.0
+    if rate:
+        notes.append(
+            f"(a) runs the product defaults: the bulk lane is paused once realtime lag exceeds "
+            f"pause_lag = {pause_lag} messages, which at {rate:,.0f} realtime chunks/s is "
+            f"{pause_lag / rate:.1f} s of backlog. Below that, a realtime chunk waits behind the "
+            "bulk chunks already fetched into librdkafka's local queue (one queue for every "
+            "partition, served in arrival order), so (a)'s percentiles are set by pause_lag and "
+            "the prefetch bound, not by the handler."
+        )
+    tuned = by_key.get("a'")
+    if tuned is not None:
+        settings = ", ".join(f"{key} {value}" for key, value in LATENCY_TUNED)
+        notes.append(
+            f"(a') is the same consumer with {settings}: it paused the bulk lane "
+            f"{tuned.pauses} times and resumed it {tuned.resumes} times during the run."
+        )
     for outcome in by_key.values():
         if outcome.handled_realtime < outcome.sent:
             notes.append(
