@@ -29,10 +29,10 @@ import json
 import sqlite3
 import sys
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Protocol, cast, runtime_checkable
+from typing import IO, Any, Protocol, cast, runtime_checkable
 
 from streamproc.chunk import Chunk
 from streamproc.errors import ConfigError
@@ -72,7 +72,7 @@ class ChunkRecord:
 
 
 Handler = Callable[[ChunkRecord], None]
-AsyncHandler = Callable[[ChunkRecord], Awaitable[None]]
+AsyncHandler = Callable[[ChunkRecord], Coroutine[Any, Any, None]]
 
 
 @runtime_checkable
@@ -87,13 +87,19 @@ class Closeable(Protocol):
     def close(self) -> None: ...
 
 
-AnyHandler = Handler | BatchHandler | AsyncHandler
+class AsyncBatchHandler(Protocol):
+    """Takes a batch of chunks in an ``async def handle_batch``."""
+
+    async def handle_batch(self, records: Sequence[ChunkRecord]) -> None: ...
+
+
+AnyHandler = Handler | BatchHandler | AsyncHandler | AsyncBatchHandler
 
 
 def is_async(handler: AnyHandler) -> bool:
     """True for an ``async def`` handler (a coroutine function, or an object whose
     ``handle_batch`` or ``__call__`` is one)."""
-    target: object = handler.handle_batch if isinstance(handler, BatchHandler) else handler
+    target: object = getattr(handler, "handle_batch", handler)
     return inspect.iscoroutinefunction(target) or inspect.iscoroutinefunction(
         getattr(target, "__call__", None)  # noqa: B004  # an instance's async __call__
     )
@@ -102,7 +108,7 @@ def is_async(handler: AnyHandler) -> bool:
 def as_async_single(handler: AnyHandler) -> AsyncHandler:
     """An awaitable callable taking one record, from an ``async def`` handler of either shape."""
     if isinstance(handler, BatchHandler):
-        batch = cast(Callable[[Sequence[ChunkRecord]], Awaitable[None]], handler.handle_batch)
+        batch = cast(AsyncBatchHandler, handler).handle_batch
 
         async def handle_one(record: ChunkRecord) -> None:
             await batch((record,))

@@ -193,12 +193,19 @@ class WorkerPool(Generic[T, R]):
             if self._on_start is not None:
                 self._on_start(item, now)
             future: Future[R]
-            if self._executor is not None and self._run_sync is not None:
-                future = self._executor.submit(self._run_sync, item)
-            elif self._loop is not None and self._run_async is not None:
-                future = asyncio.run_coroutine_threadsafe(_call(self._run_async, item), self._loop)
-            else:  # pragma: no cover - the constructor guarantees one of the two
-                raise AssertionError("no runner")
+            try:
+                if self._executor is not None and self._run_sync is not None:
+                    future = self._executor.submit(self._run_sync, item)
+                elif self._loop is not None and self._run_async is not None:
+                    coroutine = _call(self._run_async, item)
+                    future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
+                else:  # pragma: no cover - the constructor guarantees one of the two
+                    raise AssertionError("no runner")
+            except RuntimeError:
+                # The pool or the interpreter is shutting down: the item never runs (its offset
+                # is never stored, so it comes back), and nothing else starts.
+                self._halted = True
+                return
             future.add_done_callback(functools.partial(self._finish, item))
 
     def _finish(self, item: WorkItem[T], future: Future[R]) -> None:

@@ -250,4 +250,4 @@ def test_concurrency_settings_defaults_and_bounds(monkeypatch: pytest.MonkeyPatc
     with pytest.raises(ValueError, match="concurrency"):
         ConsumerSettings(concurrency=0)
     with pytest.raises(ValueError, match="ordering"):
-        ConsumerSettings(ordering="random")  # type: ignore[arg-type]  # rejected on purpose
+        ConsumerSettings(ordering="random")
