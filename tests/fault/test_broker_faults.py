@@ -37,17 +37,18 @@ from tests.integration.kafka_helpers import Cluster, ThreadedConsumer, read_topi
 pytestmark = pytest.mark.slow
 
 
+@pytest.mark.parametrize("concurrency", [1, 8], ids=["concurrency-1", "concurrency-8"])
 def test_01_broker_restart_mid_stream_loses_nothing(
-    private_broker: PrivateBroker, topic_prefix: str, tmp_path: Path
+    private_broker: PrivateBroker, topic_prefix: str, tmp_path: Path, concurrency: int
 ) -> None:
     cluster = Cluster(private_broker.bootstrap, topic_prefix)
     cluster.create_topics(partitions=3)
-    group = "restart"
+    group = f"restart-{concurrency}"
     acks = AckLedger(tmp_path)
     chunks = sample_chunks(3_000, low_priority_ratio=0.5, prefix="r1")
     paced = PacedProducer(producer_for(cluster.bootstrap, topic_prefix, acks), acks, chunks, 300)
     handler = LedgerHandler(tmp_path)
-    consumer = PriorityConsumer(cluster.consumer_settings(group), handler)
+    consumer = PriorityConsumer(cluster.consumer_settings(group, concurrency=concurrency), handler)
     threaded = ThreadedConsumer(consumer).start()
     sampler = CommitSampler(cluster.bootstrap, group, lane_partitions(cluster), tmp_path).start()
     paced.start()
@@ -63,8 +64,8 @@ def test_01_broker_restart_mid_stream_loses_nothing(
     assert exit_code == 0
     record_dead_letters(tmp_path, cluster.lanes.topics, lambda t: read_topic(cluster.bootstrap, t))
     figures = check(
-        "01-broker-restart",
-        "Broker stopped and restarted mid-stream",
+        "01-broker-restart" + ("" if concurrency == 1 else f"-concurrency-{concurrency}"),
+        f"Broker stopped and restarted mid-stream (concurrency {concurrency})",
         tmp_path,
         produced=acks.produced,
         committed=committed(cluster, group),
