@@ -7,6 +7,7 @@ Tests under ``tests/fault`` are marked ``fault`` and ``integration`` (they need 
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 from collections.abc import Iterator
@@ -47,9 +48,32 @@ def cluster(kafka_bootstrap: str, topic_prefix: str) -> Cluster:
     return Cluster(kafka_bootstrap, topic_prefix)
 
 
+PRIVATE_HOME_PREFIX = "kafka-fault-session-"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _stop_orphaned_brokers() -> None:
+    """Stop private brokers left by test sessions that died without teardown (a crash, a kill)."""
+    for home in (REPO / ".streamproc").glob(f"{PRIVATE_HOME_PREFIX}*"):
+        owner = home.name.removeprefix(PRIVATE_HOME_PREFIX)
+        if owner.isdigit() and not _pid_alive(int(owner)):
+            PrivateBroker(home, proxy_port=0).run("stop")
+            shutil.rmtree(home, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
-def private_broker_session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrivateBroker]:
-    home = REPO / ".streamproc" / f"kafka-fault-{tmp_path_factory.getbasetemp().name}"
+def private_broker_session() -> Iterator[PrivateBroker]:
+    _stop_orphaned_brokers()
+    home = REPO / ".streamproc" / f"{PRIVATE_HOME_PREFIX}{os.getpid()}"
     broker = PrivateBroker(home, proxy_port=free_port())
     broker.start()
     try:
