@@ -703,9 +703,14 @@ class PriorityConsumer:
         to_store = self._offsets.to_store()
         if not to_store:
             return
-        self._consumer.store_offsets(
-            offsets=[TopicPartition(t, p, offset) for (t, p), offset in to_store.items()]
-        )
+        try:
+            self._consumer.store_offsets(
+                offsets=[TopicPartition(t, p, offset) for (t, p), offset in to_store.items()]
+            )
+        except KafkaException as exc:
+            # A partition gone in the same tick (lost): nothing to store for it any more.
+            log.warning("could not store offsets %s: %s", to_store, exc)
+            return
         for (topic, partition), offset in to_store.items():
             produced_ms = last_timestamp.get((topic, partition), 0)
             self._lag.handled(topic, partition, offset - 1, produced_ms)

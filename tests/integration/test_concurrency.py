@@ -312,3 +312,47 @@ def test_stop_policy_with_concurrency_commits_nothing_past_the_failure(
     assert threaded.exit_code == 1
     committed = cluster.committed("cstop", cluster.lanes.top.topic)
     assert committed[0] <= 40, f"committed {committed[0]} past the failed offset 40"
+
+
+class LaneProbe:
+    """Counts bulk chunks started while the flow policy holds bulk paused."""
+
+    def __init__(self, sleep_s: float) -> None:
+        self.sleep_s = sleep_s
+        self.consumer: PriorityConsumer | None = None
+        self.handled = Counter[str]()
+        self.bulk_while_paused = 0
+        self._lock = threading.Lock()
+
+    def __call__(self, record: ChunkRecord) -> None:
+        assert self.consumer is not None
+        lane = record.context.lane
+        paused = lane == "bulk" and "bulk" in self.consumer.paused_lanes
+        time.sleep(self.sleep_s)
+        with self._lock:
+            self.handled[lane] += 1
+            self.bulk_while_paused += paused
+
+
+def test_paused_bulk_waits_in_the_buffer_while_realtime_runs(
+    cluster: Cluster, run_consumer: RunConsumer
+) -> None:
+    cluster.create_topics(partitions=3)
+    bulk_count, burst = 6_000, 3_000
+    cluster.produce(sample_chunks(bulk_count, low_priority_ratio=1.0, prefix="bulk"))
+    probe = LaneProbe(sleep_s=0.002)
+    settings = cluster.consumer_settings("cflow", pause_lag=300, concurrency=8)
+    consumer = PriorityConsumer(settings, probe)
+    probe.consumer = consumer
+    threaded = run_consumer(consumer)
+    wait_until(lambda: probe.handled["bulk"] > 500, what="bulk to start")
+    cluster.produce(sample_chunks(burst, prefix="live", seed=3))
+    wait_until(lambda: probe.handled["realtime"] == burst, what="the realtime burst")
+    wait_until(lambda: probe.handled["bulk"] == bulk_count, what="bulk to drain")
+    assert threaded.stop() == 0
+    pauses = consumer.metrics.lanes["bulk"].pauses._value.get()
+    assert pauses >= 1, "the burst over pause_lag must pause bulk"
+    # Taken bulk chunks wait while bulk is paused; only those already started when a pause
+    # took effect (at most one per worker) can be seen running under it.
+    assert probe.bulk_while_paused <= settings.concurrency * pauses
+    check_committed_at_high_watermarks(cluster, "cflow")
