@@ -205,13 +205,16 @@ def test_10_handler_slower_than_max_poll_interval(
 
 
 @pytest.mark.slow
-def test_11_bulk_flood_with_a_realtime_trickle(cluster: Cluster, tmp_path: Path) -> None:
+@pytest.mark.parametrize("concurrency", [1, 8], ids=["concurrency-1", "concurrency-8"])
+def test_11_bulk_flood_with_a_realtime_trickle(
+    cluster: Cluster, tmp_path: Path, concurrency: int
+) -> None:
     cluster.create_topics(partitions=3)
-    group = "flood"
+    group = f"flood-{concurrency}"
     trickle, per_s = 200, 25.0
     acks = AckLedger(tmp_path)
     probe = PriorityProbe(pause_lag=1_000)
-    consumer, handler = member(cluster, tmp_path, group, "flood", probe)
+    consumer, handler = member(cluster, tmp_path, group, "flood", probe, concurrency=concurrency)
     threaded = ThreadedConsumer(consumer).start()
     # Both lanes flow at once for the same time: bulk at 100 times the realtime rate.
     flood = PacedProducer(
@@ -242,8 +245,9 @@ def test_11_bulk_flood_with_a_realtime_trickle(cluster: Cluster, tmp_path: Path)
     pauses = consumer.metrics.lanes["bulk"].pauses._value.get()
     resumes = consumer.metrics.lanes["bulk"].resumes._value.get()
     figures = check(
-        "11-flood",
-        f"Bulk flood ({100 * trickle} chunks) with a realtime trickle ({per_s:.0f}/s)",
+        "11-flood" + ("" if concurrency == 1 else f"-concurrency-{concurrency}"),
+        f"Bulk flood ({100 * trickle} chunks) with a realtime trickle ({per_s:.0f}/s),"
+        f" concurrency {concurrency}",
         tmp_path,
         produced=acks.produced,
         committed=committed(cluster, group),
