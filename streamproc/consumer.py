@@ -192,6 +192,7 @@ class PriorityConsumer:
         self._offsets: OffsetTracker[TopicPartitionKey] = OffsetTracker()
         self._epochs: dict[TopicPartitionKey, int] = {}
         self._stop_reason: str | None = None
+        self._last_finish = time.monotonic()
         self._dlq_lock = threading.Lock()
         self._pool: WorkerPool[Message, WorkOutcome] | None = None
         if settings.concurrency > 1 or self._async:
@@ -256,11 +257,19 @@ class PriorityConsumer:
         self._stop.set()
 
     def healthy(self) -> tuple[bool, str]:
-        """The poll loop ticked recently (within a few poll intervals plus handling time)."""
-        age = time.monotonic() - self._last_tick
+        """The poll loop ticked recently (within a few poll intervals plus handling time) and,
+        with concurrent handling, workers with chunks in hand finished one recently."""
+        now = time.monotonic()
+        age = now - self._last_tick
         limit = self.settings.health_max_tick_age_s
         if age > limit:
             return False, f"poll loop stalled for {age:.1f}s (limit {limit:.0f}s)"
+        if self._pool is not None and (running := self._pool.running()):
+            idle = now - self._last_finish
+            if idle > limit:
+                return False, (
+                    f"{running} chunks running, none finished for {idle:.1f}s (limit {limit:.0f}s)"
+                )
         return True, f"last tick {age:.2f}s ago"
 
     def ready(self) -> tuple[bool, str]:
@@ -646,6 +655,8 @@ class PriorityConsumer:
                     epoch=self._epochs.get((topic, partition), 0),
                 )
             )
+        if not pool.running():
+            self._last_finish = now  # idle until now: the health clock starts with this work
         pool.add(items)
         for lane, size in zip(self.lanes, pool.sizes(), strict=True):
             self.metrics.lanes[lane.name].in_flight.set(size)
@@ -664,6 +675,7 @@ class PriorityConsumer:
         finished = pool.finished()
         if not finished:
             return
+        self._last_finish = time.monotonic()
         now = time.time()
         last_timestamp: dict[TopicPartitionKey, int] = {}
         for item, result in finished:

@@ -235,11 +235,20 @@ def test_handler_slower_than_max_poll_interval_causes_no_rebalance(
     cluster.produce(sample_chunks(200, prefix="slow"))
     handler = SlowFirst(sleep_s=9.0)
     settings = cluster.consumer_settings(
-        "slow", concurrency=2, max_poll_interval_ms=6_000, session_timeout_ms=6_000
+        "slow",
+        concurrency=2,
+        max_poll_interval_ms=6_000,
+        session_timeout_ms=6_000,
+        health_max_tick_age_s=3.0,
     )
     consumer = PriorityConsumer(settings, handler)
     threaded = run_consumer(consumer)
-    wait_until(lambda: handler.handled == 200, timeout_s=30, what="every chunk, the slow one too")
+    wait_until(lambda: handler.handled == 199, what="every chunk but the slow one")
+    assert consumer.healthy()[0], "the poll loop ticks and chunks finish"
+    # Only the slow chunk left: nothing finishes for longer than the health limit.
+    wait_until(lambda: not consumer.healthy()[0], timeout_s=8, what="/healthz to report it")
+    wait_until(lambda: handler.handled == 200, timeout_s=30, what="the slow chunk")
+    wait_until(lambda: consumer.healthy()[0], timeout_s=5, what="/healthz to recover")
     assert threaded.stop() == 0
     rebalances = consumer.metrics.rebalances
     assert rebalances.labels(kind="lost")._value.get() == 0
