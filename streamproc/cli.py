@@ -470,8 +470,8 @@ def consume(
     max_in_flight: Annotated[
         int | None,
         _option(
-            "Chunks taken but unfinished per lane (concurrency > 1); fetching pauses at twice"
-            " this (default 4 x concurrency, at least 16).",
+            "Chunks taken but unfinished per lane (concurrency > 1); a full lane's fetching"
+            " pauses until it is back at half (default 4 x concurrency, at least 16).",
             "MAX_IN_FLIGHT",
             min=1,
         ),

@@ -243,9 +243,9 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
         None,
         ge=1,
         description=(
-            "Chunks taken and not finished per lane (concurrency > 1): the loop takes no more"
-            " while a lane is full, and pauses its fetching at twice this (backpressure);"
-            " default 4 x concurrency, at least 16."
+            "Chunks taken and not finished per lane (concurrency > 1): a lane holding this many"
+            " has its fetching paused until it is back at half (backpressure); default"
+            " 4 x concurrency, at least 16."
         ),
     )
     reserved_workers: int | None = Field(
@@ -259,10 +259,10 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
     revoke_timeout_s: float = Field(
         10.0,
         ge=0,
-        description="On revoke, how long to wait for in-flight chunks of the revoked partitions.",
+        description="On revoke, how long to finish taken chunks of the revoked partitions.",
     )
     drain_timeout_s: float = Field(
-        30.0, ge=0, description="On shutdown, how long to wait for in-flight chunks to finish."
+        30.0, ge=0, description="On shutdown, how long to finish the chunks already taken."
     )
 
     @property
