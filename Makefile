@@ -48,7 +48,8 @@ demo: $(STAMP)  ## end to end on the local broker: topics, bulk backlog + realti
 	$(BIN)/streamproc demo --bootstrap-servers "$$(scripts/kafka-local start)"
 
 bench: $(STAMP)  ## benchmarks against the local broker (not tests)
-	$(BIN)/python benchmarks/produce.py --bootstrap-servers "$$(scripts/kafka-local start)"
+	$(BIN)/python -m benchmarks.run_all --bootstrap-servers "$$(scripts/kafka-local start)"
+	$(BIN)/python -m benchmarks.report
 
 docs: $(STAMP)  ## build the documentation site strictly into site/ (mkdocs, material theme)
 	$(BIN)/mkdocs build --strict --site-dir site

@@ -153,6 +153,7 @@ data). Unset optional values (null) are left out so streamproc's own defaults ap
   "STREAMPROC_SINK" $c.sink
   "STREAMPROC_SCOPE" $c.scope
   "STREAMPROC_ASSIGNOR" $c.assignor
+  "STREAMPROC_ORDERING" $c.ordering
   "STREAMPROC_AUTO_OFFSET_RESET" $c.autoOffsetReset
   "STREAMPROC_LOG_LEVEL" $c.logLevel
 }}
@@ -166,6 +167,7 @@ data). Unset optional values (null) are left out so streamproc's own defaults ap
   "STREAMPROC_FETCH_PARTITION_KBYTES" $c.fetchPartitionKbytes
   "STREAMPROC_GROUP_LAG_SLACK" $c.groupLagSlack
   "STREAMPROC_MAX_RETRIES" $c.maxRetries
+  "STREAMPROC_CONCURRENCY" $c.concurrency
   "STREAMPROC_METRICS_PORT" .Values.metrics.port
   "STREAMPROC_PAUSE_LAG" $f.pauseLag
   "STREAMPROC_RESUME_LAG" $f.resumeLag
@@ -178,6 +180,8 @@ data). Unset optional values (null) are left out so streamproc's own defaults ap
   "STREAMPROC_RETRY_BACKOFF_MAX_S" $c.retryBackoffMaxS
   "STREAMPROC_HEALTH_MAX_TICK_AGE_S" $c.healthMaxTickAgeS
   "STREAMPROC_DLQ_FLUSH_TIMEOUT_S" $c.dlqFlushTimeoutS
+  "STREAMPROC_REVOKE_TIMEOUT_S" $c.revokeTimeoutS
+  "STREAMPROC_DRAIN_TIMEOUT_S" $c.drainTimeoutS
   "STREAMPROC_PAUSE_DELAY_S" $f.pauseDelayS
   "STREAMPROC_MAX_PAUSE_S" $f.maxPauseS
   "STREAMPROC_STARVATION_SLICE_S" $f.starvationSliceS
@@ -185,6 +189,8 @@ data). Unset optional values (null) are left out so streamproc's own defaults ap
   "STREAMPROC_MIN_BULK_SHARE_WINDOW_S" $f.minBulkShareWindowS
 }}
 {{- with $c.handler }}{{ $_ := set $strings "STREAMPROC_HANDLER" . }}{{ end }}
+{{- with $c.maxInFlight }}{{ $_ := set $strings "STREAMPROC_MAX_IN_FLIGHT" (toString .) }}{{ end }}
+{{- if not (kindIs "invalid" $c.reservedWorkers) }}{{ $_ := set $strings "STREAMPROC_RESERVED_WORKERS" (toString $c.reservedWorkers) }}{{ end }}
 {{- if $c.onError }}
 {{- $actions := list }}
 {{- range $reason, $action := $c.onError }}{{ $actions = append $actions (printf "%s=%s" $reason $action) }}{{ end }}
