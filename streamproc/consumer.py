@@ -312,19 +312,25 @@ class PriorityConsumer:
         if self._pool is not None:
             self._tick_concurrent(self._pool)
             return
+        messages = self._poll(self.settings.poll_timeout_s)
+        if messages:
+            self._handle(messages)
+        self._apply_flow()
+        self._probe_broker()
+        self.metrics.ready.set(1 if self.ready()[0] else 0)
+
+    def _poll(self, timeout_s: float) -> list[Message]:
+        """Take up to ``max_batch_messages``, waiting up to ``timeout_s`` for the first one."""
         # consume(n, timeout) waits for n messages or the timeout: at a trickle that would add up
         # to a whole timeout of latency. Wait for the first message only, then take what is ready.
-        messages = self._consumer.consume(1, self.settings.poll_timeout_s)
+        messages = self._consumer.consume(1, timeout_s)
         if messages and self.settings.max_batch_messages > 1:
             messages += self._consumer.consume(self.settings.max_batch_messages - 1, 0)
         self._last_tick = time.monotonic()
         self.metrics.last_poll.set_to_current_time()
         if messages:
             self._broker_down_since = None
-            self._handle(messages)
-        self._apply_flow()
-        self._probe_broker()
-        self.metrics.ready.set(1 if self.ready()[0] else 0)
+        return messages
 
     def _probe_broker(self) -> None:
         """While the broker is believed down, ask it for metadata, at most once a second.
@@ -587,13 +593,8 @@ class PriorityConsumer:
         # priority) once the bulk ones ahead of it are taken. Memory stays bounded by pausing a
         # full lane's partitions (backpressure) — and the poll goes on even then: it keeps the
         # group membership alive (max.poll.interval.ms) and runs the rebalance callbacks.
-        messages = self._consumer.consume(1, self._poll_wait(pool))
-        if messages and self.settings.max_batch_messages > 1:
-            messages += self._consumer.consume(self.settings.max_batch_messages - 1, 0)
-        self._last_tick = time.monotonic()
-        self.metrics.last_poll.set_to_current_time()
+        messages = self._poll(self._poll_wait(pool))
         if messages:
-            self._broker_down_since = None
             self._enqueue(pool, messages)
         self._apply_flow()
         self._collect(pool)
