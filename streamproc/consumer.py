@@ -593,15 +593,14 @@ class PriorityConsumer:
         # priority) once the bulk ones ahead of it are taken. Memory stays bounded by pausing a
         # full lane's partitions (backpressure) — and the poll goes on even then: it keeps the
         # group membership alive (max.poll.interval.ms) and runs the rebalance callbacks.
-        messages = self._poll(self._poll_wait(pool))
+        messages = self._poll(self._poll_wait())
         if messages:
             self._enqueue(pool, messages)
         self._apply_flow()
-        self._collect(pool)
         self._probe_broker()
         self.metrics.ready.set(1 if self.ready()[0] else 0)
 
-    def _poll_wait(self, pool: WorkerPool[Message, WorkOutcome]) -> float:
+    def _poll_wait(self) -> float:
         """How long the poll may wait: short while a backpressure pause waits to be lifted."""
         if self._backpressure_lanes:
             return min(self.settings.poll_timeout_s, BACKPRESSURE_TICK_S)
@@ -659,8 +658,6 @@ class PriorityConsumer:
         if not pool.running():
             self._last_finish = now  # idle until now: the health clock starts with this work
         pool.add(items)
-        for lane, size in zip(self.lanes, pool.sizes(), strict=True):
-            self.metrics.lanes[lane.name].in_flight.set(size)
 
     def _on_work_start(self, item: WorkItem[Message], now: float) -> None:
         self.metrics.lanes[self.lanes.all[item.lane_rank].name].queue_wait.observe(
