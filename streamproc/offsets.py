@@ -81,7 +81,10 @@ class OffsetTracker(Generic[K]):
         self._moved: set[K] = set()
 
     def taken(self, partition: K, offset: int) -> None:
-        self._partitions.setdefault(partition, PartitionOffsets()).taken(offset)
+        offsets = self._partitions.get(partition)
+        if offsets is None:  # not setdefault: that would build a PartitionOffsets per message
+            offsets = self._partitions[partition] = PartitionOffsets()
+        offsets.taken(offset)
 
     def finished(self, partition: K, offset: int) -> None:
         offsets = self._partitions.get(partition)
