@@ -112,7 +112,6 @@ class Dispatcher(Generic[T]):
         # last of its items finished; the deque holds its later items, in the order taken.
         self._held: dict[Hashable, deque[WorkItem[T]]] = {}
         self._running: set[WorkItem[T]] = set()
-        self._running_per_lane = [0] * lanes
         self._size_per_lane = [0] * lanes
         self._last_taken_at: list[float | None] = [None] * lanes
         self._held_lanes: frozenset[int] = frozenset()
@@ -123,18 +122,12 @@ class Dispatcher(Generic[T]):
     def running(self) -> int:
         return len(self._running)
 
-    def running_in_lane(self, rank: int) -> int:
-        return self._running_per_lane[rank]
-
     def size(self, rank: int) -> int:
         """Items of a lane taken and not finished (waiting or running)."""
         return self._size_per_lane[rank]
 
     def __len__(self) -> int:
         return sum(self._size_per_lane)
-
-    def running_items(self) -> frozenset[WorkItem[T]]:
-        return frozenset(self._running)
 
     # -- policy ----------------------------------------------------------------------------------
 
@@ -184,7 +177,6 @@ class Dispatcher(Generic[T]):
             _, item = heapq.heappop(ready)
             del self._seq_of[item]
             self._running.add(item)
-            self._running_per_lane[rank] += 1
             return item
         return None
 
@@ -205,7 +197,6 @@ class Dispatcher(Generic[T]):
         if item not in self._running:
             return  # already dropped with its partition
         self._running.discard(item)
-        self._running_per_lane[item.lane_rank] -= 1
         self._size_per_lane[item.lane_rank] -= 1
         self._release(item.order_key)
 
