@@ -309,10 +309,8 @@ def _write_optional_string(out: bytearray, text: str | None) -> None:
     if text is None:
         out += _NULL
     else:
-        data = text.encode("utf-8")
         out += _SOME
-        out += _long(len(data))
-        out += data
+        _write_string(out, text)
 
 
 def _write_optional_strings(out: bytearray, items: list[str] | None) -> None:
@@ -323,9 +321,7 @@ def _write_optional_strings(out: bytearray, items: list[str] | None) -> None:
     if items:
         out += _long(len(items))
         for item in items:
-            data = item.encode("utf-8")
-            out += _long(len(data))
-            out += data
+            _write_string(out, item)
     out += _NULL
 
 
@@ -365,10 +361,7 @@ def encode_chunk_body(chunk: Chunk) -> bytes:
     _write_optional_strings(out, chunk.tag_set)
     _write_optional_double(out, chunk.num_value)
     metadata = chunk.metadata
-    if metadata is None:
-        out += _NULL
-    else:
-        _write_optional_string(out, metadata_text(metadata))
+    _write_optional_string(out, None if metadata is None else metadata_text(metadata))
     _write_optional_string(out, chunk.tracking_id)
     _write_optional_boolean(out, chunk.upsert_by_tracking_id)
     group_ids = chunk.group_ids
