@@ -109,14 +109,8 @@ class WorkerPool(Generic[T, R]):
     def wait_partitions(self, partitions: Iterable[PartitionKey], timeout_s: float) -> bool:
         """Wait until no item of ``partitions`` runs; True if so within ``timeout_s``."""
         keys = set(partitions)
-        deadline = time.monotonic() + timeout_s
         with self._lock:
-            while self._dispatcher.running_in(keys):
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._lock.wait(min(remaining, 0.1))
-        return True
+            return self._wait_for(lambda: not self._dispatcher.running_in(keys), timeout_s)
 
     def drain(self, partitions: Iterable[PartitionKey] | None, timeout_s: float) -> bool:
         """Run every taken item of ``partitions`` (all when None) to the end, waiting up to
@@ -125,18 +119,12 @@ class WorkerPool(Generic[T, R]):
         left to wait for.
         """
         keys = None if partitions is None else set(partitions)
-        deadline = time.monotonic() + timeout_s
         with self._lock:
             held = self._dispatcher.held_lanes
             self._dispatcher.hold_lanes(())
             self._launch()
             try:
-                while self._left_to_drain(keys):
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        return False
-                    self._lock.wait(min(remaining, 0.1))
-                return True
+                return self._wait_for(lambda: not self._left_to_drain(keys), timeout_s)
             finally:
                 self._dispatcher.hold_lanes(held)
 
@@ -161,14 +149,8 @@ class WorkerPool(Generic[T, R]):
 
     def wait_idle(self, timeout_s: float) -> bool:
         """Wait until nothing runs; True if so within ``timeout_s``."""
-        deadline = time.monotonic() + timeout_s
         with self._lock:
-            while self._dispatcher.running:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._lock.wait(min(remaining, 0.1))
-        return True
+            return self._wait_for(lambda: not self._dispatcher.running, timeout_s)
 
     def close(self) -> None:
         """Release the threads (running work is not waited for: call :meth:`wait_idle` first)."""
@@ -183,6 +165,17 @@ class WorkerPool(Generic[T, R]):
                 loop.close()
 
     # -- any thread, under the lock --------------------------------------------------------------
+
+    def _wait_for(self, done: Callable[[], bool], timeout_s: float) -> bool:
+        """Wait (releasing the lock) until ``done()``, checked at each finish and at least every
+        0.1 s; True if so within ``timeout_s``."""
+        deadline = time.monotonic() + timeout_s
+        while not done():
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            self._lock.wait(min(remaining, 0.1))
+        return True
 
     def _launch(self) -> None:
         """Start every item the dispatcher allows now."""
