@@ -86,12 +86,6 @@ class WorkerPool(Generic[T, R]):
             results, self._results = self._results, []
         return results
 
-    def wait_finished(self, timeout_s: float) -> None:
-        """Return when a result is waiting for :meth:`finished`, or after ``timeout_s``."""
-        with self._lock:
-            if not self._results:
-                self._lock.wait(timeout_s)
-
     def sizes(self) -> list[int]:
         """Items taken and not finished, per lane rank."""
         with self._lock:
