@@ -56,6 +56,17 @@ def wait_for_results(
     return results
 
 
+def run_all(
+    pool: WorkerPool[str, str], batch: list[WorkItem[str]]
+) -> list[tuple[WorkItem[str], str | BaseException]]:
+    """Add ``batch``, collect its results, close the pool."""
+    try:
+        pool.add(batch)
+        return wait_for_results(pool, len(batch))
+    finally:
+        pool.close()
+
+
 def test_sync_pool_runs_concurrently_bounded_and_keeps_keys_apart() -> None:
     probe = Probe()
 
@@ -68,11 +79,7 @@ def test_sync_pool_runs_concurrently_bounded_and_keeps_keys_apart() -> None:
     pool: WorkerPool[str, str] = WorkerPool(
         Dispatcher(2, concurrency=4, ordering="key", reserved=0), run_sync=run
     )
-    try:
-        pool.add(items(40, keys=6))
-        results = wait_for_results(pool, 40)
-    finally:
-        pool.close()
+    results = run_all(pool, items(40, keys=6))
     assert len(results) == 40
     assert probe.most <= 4
     assert probe.most > 1, "six keys and four workers: more than one item ran at once"
@@ -96,11 +103,7 @@ def test_async_pool_runs_coroutines_on_one_loop() -> None:
     pool: WorkerPool[str, str] = WorkerPool(
         Dispatcher(2, concurrency=8, ordering="unordered", reserved=0), run_async=run
     )
-    try:
-        pool.add(items(32, keys=32))
-        results = wait_for_results(pool, 32)
-    finally:
-        pool.close()
+    results = run_all(pool, items(32, keys=32))
     assert len(results) == 32
     assert len(threads) == 1
     assert 1 < probe.most <= 8
