@@ -229,9 +229,8 @@ class Dispatcher(Generic[T]):
             self._ready[rank] = kept
         running_keys = {item.order_key for item in self._running}
         for order_key, waiting in list(self._held.items()):
-            if not any(item.partition_key in gone for item in waiting) and not (
-                isinstance(order_key, tuple) and order_key[:2] in gone
-            ):
+            # Every order key starts with its partition: (topic, partition[, message key]).
+            if not (isinstance(order_key, tuple) and order_key[:2] in gone):
                 continue
             dropped += waiting
             if order_key in running_keys:
