@@ -239,11 +239,6 @@ class PriorityConsumer:
         return frozenset(self._priority_paused)
 
     @property
-    def backpressure_lanes(self) -> frozenset[str]:
-        """Lanes whose fetching is paused because their in-flight buffer is full."""
-        return frozenset(self._backpressure_lanes)
-
-    @property
     def concurrent(self) -> bool:
         """Handlers run off the poll thread (concurrency > 1 or an async handler)."""
         return self._pool is not None
