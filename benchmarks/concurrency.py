@@ -49,7 +49,6 @@ from benchmarks.harness import (
     say,
     workload,
 )
-from streamproc.consumer import PriorityConsumer
 from streamproc.handlers import ChunkRecord
 
 HANDLER_S = 0.020
@@ -109,16 +108,13 @@ def throughput(args: Any, concurrency: int, *, use_async: bool) -> float:
         recorder = Recorder()
         handler = AsyncSleepHandler(recorder) if use_async else SleepHandler(recorder)
         settings = consumer_settings(args.bootstrap_servers, lanes, concurrency=concurrency)
-        running = RunningConsumer(PriorityConsumer(settings, handler))
-        try:
+        with RunningConsumer(settings, handler) as running:
             running.wait_ready()
             while not recorder.count(0, float("inf")):
                 time.sleep(0.01)
             start = time.time() + WARM_UP_S
             time.sleep(WARM_UP_S + args.window)
             rate = recorder.count(start, start + args.window) / float(args.window)
-        finally:
-            running.stop()
     kind = "async" if use_async else "sync"
     say(f"throughput, concurrency {concurrency} ({kind}): {rate:.0f} chunks/s")
     return rate
@@ -141,8 +137,7 @@ def realtime_latency(args: Any, *, flood: bool) -> tuple[list[float], int, float
             preload(args.bootstrap_servers, lanes.bottom.topic, workload(low_priority=True), bulk)
         recorder = Recorder()
         settings = consumer_settings(args.bootstrap_servers, lanes, concurrency=32)
-        running = RunningConsumer(PriorityConsumer(settings, SleepHandler(recorder)))
-        try:
+        with RunningConsumer(settings, SleepHandler(recorder)) as running:
             running.wait_ready()
             paced = PacedProducer(
                 args.bootstrap_servers,
@@ -156,8 +151,6 @@ def realtime_latency(args: Any, *, flood: bool) -> tuple[list[float], int, float
                 time.sleep(0.05)
             bulk_handled = len(recorder.handled_at) - len(recorder.latencies)
             waited = queue_wait_share(running, "realtime", QUICK_START_S)
-        finally:
-            running.stop()
     label = "under a bulk flood" if flood else "alone"
     say(
         f"realtime {label}: {len(recorder.latencies)}/{sent} handled, p99"

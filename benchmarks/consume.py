@@ -53,7 +53,6 @@ from benchmarks.harness import (
     workload,
 )
 from streamproc.codec import CURRENT_SCHEMA_FILE, ChunkCodec
-from streamproc.consumer import PriorityConsumer
 from streamproc.handlers import ChunkRecord, NullSink
 
 QUIX_VERSION = "3.28.1"
@@ -147,12 +146,9 @@ class CountingSink(NullSink):
 def streamproc_side(bootstrap: str, prefix_lanes: Any, count: int) -> float:
     sink = CountingSink(count)
     settings = consumer_settings(bootstrap, prefix_lanes, group_id=group())
-    running = RunningConsumer(PriorityConsumer(settings, sink))
-    try:
+    with RunningConsumer(settings, sink):
         if not sink.done.wait(SIDE_TIMEOUT_S):
             raise SystemExit(f"streamproc read only {sink.seen} of {count}")
-    finally:
-        running.stop()
     # The first batch is timed from its start: count it as count - 0 messages after "first".
     return sink.last - sink.first
 

@@ -39,7 +39,7 @@ from confluent_kafka.admin import AdminClient
 
 from streamproc.codec import ChunkCodec
 from streamproc.consumer import PriorityConsumer
-from streamproc.handlers import ChunkRecord
+from streamproc.handlers import AnyHandler, ChunkRecord
 from streamproc.lanes import Lanes
 from streamproc.samples import sample_chunks
 from streamproc.settings import ConsumerSettings, ProducerSettings, parse_bootstrap
@@ -452,10 +452,10 @@ def consumer_settings(
 
 
 class RunningConsumer:
-    """A :class:`PriorityConsumer` running its loop in a thread."""
+    """A :class:`PriorityConsumer` running its loop in a thread; leaving ``with`` stops it."""
 
-    def __init__(self, consumer: PriorityConsumer) -> None:
-        self.consumer = consumer
+    def __init__(self, settings: ConsumerSettings, handler: AnyHandler) -> None:
+        self.consumer = PriorityConsumer(settings, handler)
         self.exit_code: int | None = None
         self._thread = threading.Thread(target=self._run, name="bench-consumer", daemon=True)
         self._thread.start()
@@ -473,6 +473,12 @@ class RunningConsumer:
     def stop(self) -> None:
         self.consumer.stop()
         self._thread.join(60)
+
+    def __enter__(self) -> RunningConsumer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
     def sample(self, name: str, labels: dict[str, str]) -> float:
         value = self.consumer.metrics.registry.get_sample_value(name, labels)

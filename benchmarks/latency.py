@@ -51,7 +51,6 @@ from benchmarks.harness import (
     say,
     workload,
 )
-from streamproc.consumer import PriorityConsumer
 from streamproc.flow import FlowSettings
 
 LIBRDKAFKA_DEFAULT_PREFETCH = {"prefetch_kbytes": 65536, "fetch_partition_kbytes": 1024}
@@ -94,11 +93,8 @@ def calibrate(args: argparse.Namespace) -> float:
     with fresh_lanes(args.bootstrap_servers, "latency", args.partitions) as lanes:
         preload(args.bootstrap_servers, lanes.top.topic, workload(low_priority=False), count)
         handler = RecordingHandler(args.burn_us / 1e6, stop_after=count)
-        running = RunningConsumer(
-            PriorityConsumer(consumer_settings(args.bootstrap_servers, lanes), handler)
-        )
-        handler.done.wait(120)
-        running.stop()
+        with RunningConsumer(consumer_settings(args.bootstrap_servers, lanes), handler):
+            handler.done.wait(120)
     times = handler.handled_at.get("realtime", [])
     if len(times) < 2:
         raise SystemExit("calibration handled nothing")
@@ -127,22 +123,18 @@ def run_variant(
         settings = consumer_settings(
             args.bootstrap_servers, lanes, flow=variant.flow, **dict(variant.overrides)
         )
-        with FlowEvents().attached() as events:
-            running = RunningConsumer(PriorityConsumer(settings, handler))
-            try:
-                running.wait_ready()
-                producer = PacedProducer(
-                    args.bootstrap_servers,
-                    lanes.top.topic,
-                    workload(low_priority=False),
-                    segments,
-                    linger_ms=linger_ms,
-                )
-                report = producer.result(timeout_s=producer.seconds + 60)
-                end = producer.start_at + producer.seconds
-                time.sleep(max(0.0, end + args.tail - time.time()))
-            finally:
-                running.stop()
+        with FlowEvents().attached() as events, RunningConsumer(settings, handler) as running:
+            running.wait_ready()
+            producer = PacedProducer(
+                args.bootstrap_servers,
+                lanes.top.topic,
+                workload(low_priority=False),
+                segments,
+                linger_ms=linger_ms,
+            )
+            report = producer.result(timeout_s=producer.seconds + 60)
+            end = producer.start_at + producer.seconds
+            time.sleep(max(0.0, end + args.tail - time.time()))
     start = producer.start_at
     measured_from = start + args.warm_up
     latencies = [

@@ -35,7 +35,6 @@ from benchmarks.harness import (
     say,
     workload,
 )
-from streamproc.consumer import PriorityConsumer
 from streamproc.lanes import Lanes
 
 SIDES = {"(a) flow control": True, "(b) flow control off": False}
@@ -50,12 +49,9 @@ def drain(bootstrap: str, lanes: Lanes, count: int, burn_us: float, *, flow: boo
         flow=flow,
         group_id=f"{lanes.prefix}-{uuid.uuid4().hex[:8]}",
     )
-    running = RunningConsumer(PriorityConsumer(settings, handler))
-    try:
+    with RunningConsumer(settings, handler):
         if not handler.done.wait(300):
             raise SystemExit(f"drain handled only {handler.total} of {count}")
-    finally:
-        running.stop()
     times = handler.handled_at["bulk"][:count]
     return (len(times) - 1) / (times[-1] - times[0])
 
