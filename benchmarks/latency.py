@@ -299,12 +299,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         Target("realtime p99 (b) / (a) (expected)", b_over_a, ">= 20", b_over_a >= 20)
     )
     result.series = {
-        "latency": {
-            outcome.variant.label: outcome.latency_series[
-                :: max(1, len(outcome.latency_series) // 4000)
-            ]
-            for outcome in outcomes
-        }
+        "latency": {outcome.variant.label: thin(outcome.latency_series) for outcome in outcomes}
     }
     result.notes.extend(explain(by_key, args))
     result.print()
