@@ -34,6 +34,7 @@ from benchmarks.harness import (
 )
 from benchmarks.latency import Outcome, Variant, run_variant
 from streamproc.flow import FlowSettings
+from streamproc.settings import ConsumerSettings
 
 BURST_RATE = 50_000.0  # faster than the paced producer can go: "as fast as it can"
 
@@ -74,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse(parser, argv)
     quiet_logs()
     pause_lag = FlowSettings().pause_lag
-    poll_interval_s = 0.1  # ConsumerSettings().poll_timeout_s, the flow policy's tick
+    poll_interval_s = ConsumerSettings.model_fields["poll_timeout_s"].default  # the policy's tick
     burst = pause_lag + args.overshoot
     segments: list[Segment] = []
     for _ in range(args.trials):
