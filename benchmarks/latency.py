@@ -75,13 +75,19 @@ class Outcome:
     handled_realtime: int
     bulk_during_per_s: float
     bulk_after_per_s: float
-    pauses: int
-    resumes: int
     latency_series: list[tuple[float, float]]  # (seconds since start, latency s)
     start: float  # wall clock of the first realtime send
     pause_times: list[float]  # wall clock of every pause of the bulk lane
     resume_times: list[float]
     acked: list[float]  # wall clock of every realtime acknowledgement, in order
+
+    @property
+    def pauses(self) -> int:
+        return len(self.pause_times)
+
+    @property
+    def resumes(self) -> int:
+        return len(self.resume_times)
 
     def quantile_ms(self, fraction: float) -> float:
         return float(percentile(self.latencies_s, fraction) * 1000)
@@ -152,8 +158,6 @@ def run_variant(
         handled_realtime=len(handler.latencies),
         bulk_during_per_s=handler.count("bulk", measured_from, end) / during,
         bulk_after_per_s=handler.count("bulk", end, end + args.tail) / args.tail,
-        pauses=len(events.pauses),
-        resumes=len(events.resumes),
         latency_series=[
             (round(handled - latency - start, 4), round(latency, 5))
             for handled, latency in handler.latencies
