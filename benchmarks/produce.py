@@ -25,7 +25,6 @@ of raw produce throughput that streamproc keeps. Results go to ``benchmarks/resu
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
@@ -33,13 +32,12 @@ import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from io import BytesIO
-from pathlib import Path
 
 from confluent_kafka import KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient
 from fastavro import parse_schema, schemaless_writer
 
-from benchmarks.harness import RESULTS_DIR, Result, Table, Target
+from benchmarks.harness import QUEUE_FULL_POLL_S, Result, Table, Target, base_parser, parse
 from streamproc.chunk import Chunk
 from streamproc.codec import (
     CURRENT_SCHEMA_FILE,
@@ -51,12 +49,10 @@ from streamproc.codec import (
 from streamproc.lanes import Lanes
 from streamproc.producer import ChunkProducer
 from streamproc.samples import sample_chunks
-from streamproc.settings import ProducerSettings, parse_bootstrap
+from streamproc.settings import ProducerSettings
 from streamproc.topics import TopicAdmin
 
 LOW_PRIORITY_RATIO = 0.3
-# How long produce() waits for room when librdkafka's queue is full (same as ChunkProducer).
-QUEUE_FULL_POLL_S = 0.05
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,29 +258,16 @@ def build_result(
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument(
-        "--bootstrap-servers",
-        "-b",
-        default=os.environ.get("STREAMPROC_BOOTSTRAP_SERVERS"),
-        help="Kafka bootstrap servers (default: $STREAMPROC_BOOTSTRAP_SERVERS).",
-    )
+    parser = base_parser(__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--count", type=int, default=100_000, help="Chunks per run.")
     parser.add_argument("--repeats", type=int, default=3, help="Runs per side (interleaved).")
-    parser.add_argument("--partitions", type=int, default=3, help="Partitions per lane topic.")
     parser.add_argument("--seed", type=int, default=7, help="Seed of the sample chunks.")
-    parser.add_argument(
-        "--output-dir", type=Path, default=RESULTS_DIR, help="Where the JSON result goes."
-    )
     parser.add_argument(
         "--keep-topics", action="store_true", help="Do not delete the benchmark topics."
     )
-    args = parser.parse_args(argv)
-    if not args.bootstrap_servers:
-        parser.error("--bootstrap-servers is required (or set STREAMPROC_BOOTSTRAP_SERVERS)")
+    args = parse(parser, argv)
     if args.count < 1 or args.repeats < 1 or args.partitions < 1:
         parser.error("--count, --repeats and --partitions must be positive")
-    args.bootstrap_servers = parse_bootstrap(args.bootstrap_servers)
     return args
 
 
