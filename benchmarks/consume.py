@@ -52,7 +52,12 @@ from benchmarks.harness import (
     say,
     workload,
 )
-from streamproc.codec import CURRENT_SCHEMA_FILE, ChunkCodec
+from streamproc.codec import (
+    CURRENT_SCHEMA_FILE,
+    SINGLE_OBJECT_HEADER_BYTES,
+    ChunkCodec,
+    load_schema_file,
+)
 from streamproc.handlers import ChunkRecord, NullSink
 
 QUIX_VERSION = "3.28.1"
@@ -62,7 +67,6 @@ QUIX_VENV = Path(
     )
 )
 SCHEMA_PATH = REPO / "avro" / CURRENT_SCHEMA_FILE
-SINGLE_OBJECT_HEADER_BYTES = 10
 SIDE_TIMEOUT_S = 300.0
 
 
@@ -100,7 +104,7 @@ def raw_loop(bootstrap: str, topic: str, count: int, decode: bool) -> float:
         {"bootstrap.servers": bootstrap, "group.id": group(), "auto.offset.reset": "earliest"}
     )
     consumer.subscribe([topic])
-    schema = parse_schema(json.loads(SCHEMA_PATH.read_text(encoding="utf-8")))
+    schema = parse_schema(load_schema_file(SCHEMA_PATH))
     seen = 0
     first = 0.0
     deadline = time.monotonic() + SIDE_TIMEOUT_S
@@ -183,7 +187,7 @@ def quix_side(bootstrap: str, topic: str, count: int) -> float:
 def decode_costs_us(values: Sequence[bytes]) -> tuple[float, float]:
     """Microseconds per value: fastavro's read alone, and the product's decode (read + validate)."""
     codec = ChunkCodec()
-    schema = parse_schema(json.loads(SCHEMA_PATH.read_text(encoding="utf-8")))
+    schema = parse_schema(load_schema_file(SCHEMA_PATH))
 
     def read_all() -> None:
         for value in values:
@@ -243,9 +247,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     quix = medians.get("Quix Streams", float("nan"))
     table = Table(
         f"Consumer throughput, {count:,} Avro chunks, {args.partitions} partitions (msg/s)",
-        [*(f"run {i + 1}" for i in range(args.repeats)), "median", "vs raw loop", "streamproc vs"],
+        [
+            "side",
+            *(f"run {i + 1}" for i in range(args.repeats)),
+            "median",
+            "vs raw loop",
+            "streamproc vs",
+        ],
     )
-    table.columns.insert(0, "side")
     for side, values in rates.items():
         table.rows.append(
             [
