@@ -1,7 +1,7 @@
 """Schema Registry resolver: settings, error translation, and a registry that does not answer.
 
 The registry's own behaviour (register, look up, fetch by id) is tested against a real registry in
-tests/integration/test_registry.py; here the client talks to a port where nothing listens.
+tests/integration/test_registry_framing.py; here the client talks to a port where nothing listens.
 """
 
 from __future__ import annotations
