@@ -115,11 +115,10 @@ def plot_latency(result: dict[str, Any], image: Path) -> None:
     if not series:
         return
     figure, axes = plt.subplots(
-        len(series), 1, figsize=(9, 1.9 * len(series)), sharex=True, sharey=True
+        len(series), 1, figsize=(9, 1.9 * len(series)), sharex=True, sharey=True, squeeze=False
     )
-    for axis, (label, points) in zip(
-        axes if len(series) > 1 else [axes], series.items(), strict=True
-    ):
+    panels = axes[:, 0]
+    for axis, (label, points) in zip(panels, series.items(), strict=True):
         if points:
             xs, ys = zip(*points, strict=True)
             axis.scatter(xs, [y * 1000 for y in ys], s=2)
@@ -130,8 +129,7 @@ def plot_latency(result: dict[str, Any], image: Path) -> None:
         for kind, colour in (("pauses", "tab:red"), ("resumes", "tab:green")):
             for moment in result["series"].get(kind, {}).get(label, []):
                 axis.axvline(moment, color=colour, alpha=0.25, linewidth=0.8)
-    axes_list = list(axes) if len(series) > 1 else [axes]
-    axes_list[-1].set_xlabel("seconds since the realtime stream started (sent time)")
+    panels[-1].set_xlabel("seconds since the realtime stream started (sent time)")
     figure.suptitle(
         "Realtime end-to-end latency per chunk"
         + (" (red: bulk paused, green: resumed)" if "pauses" in result["series"] else "")
