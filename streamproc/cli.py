@@ -189,26 +189,32 @@ class InputRecord:
 
 
 def read_records(stream: TextIO) -> Iterator[InputRecord | tuple[int, str, str]]:
-    """Yield chunk payloads from JSON lines or one JSON array (Trieve batch).
+    """Yield chunk payloads from JSON lines, one JSON array (Trieve batch) or one JSON object.
 
-    A whole input that parses as one JSON array is a batch; its items are numbered from 1.
+    A whole input that parses as one JSON array is a batch; its items are numbered from 1. A whole
+    input that parses as one object (a pretty-printed Trieve ``ChunkReqPayload``) is one chunk.
     Otherwise each line holds one object or an array of objects, numbered by line. Unparseable
     lines are yielded as ``(line, text, reason)`` so the caller reports them and sends nothing
     for them.
     """
     text = stream.read()
-    if text.lstrip().startswith("["):
+    stripped = text.lstrip()
+    if stripped.startswith(("[", "{")):
         try:
-            items = json.loads(text)
+            document = json.loads(text)
         except json.JSONDecodeError as exc:
-            if not _parses(text.lstrip().split("\n", 1)[0]):
+            if stripped.startswith("[") and not _parses(stripped.split("\n", 1)[0]):
                 # A broken array document: one rejection that says where, not one per line.
                 yield (exc.lineno, text, f"malformed JSON: {exc.msg} (column {exc.colno})")
                 return
-            items = None  # JSON lines whose first line holds an array
-        if isinstance(items, list):
-            for index, item in enumerate(items, start=1):
+            document = None  # JSON lines
+        if isinstance(document, list):
+            for index, item in enumerate(document, start=1):
                 yield InputRecord(index, json.dumps(item), item)
+            return
+        if isinstance(document, dict):
+            first_line = text[: len(text) - len(stripped)].count("\n") + 1
+            yield InputRecord(first_line, stripped.strip(), document)
             return
     for number, raw in enumerate(text.splitlines(), start=1):
         line = raw.strip()

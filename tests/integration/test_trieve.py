@@ -187,11 +187,6 @@ def test_request_bodies_as_json_lines_with_dataset_from_the_cli(
     assert set(read["bulk"]) == {"legacy-faq-1", "legacy-faq-2"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="streamproc produce reads a multi-line JSON object as JSON lines; needs read_records "
-    "to take a whole input that parses as one object as one chunk",
-)
 def test_single_pretty_printed_object_with_every_field(kafka_bootstrap: str, lanes: Lanes) -> None:
     source = TRIEVE_DIR / "single.json"
 

@@ -117,3 +117,12 @@ def test_first_line_may_hold_an_array() -> None:
         (1, {"b": 2}),
         (2, {"c": 3}),
     ]
+
+
+def test_pretty_printed_single_object_is_one_chunk_numbered_by_its_first_line() -> None:
+    text = '\n\n{\n  "chunk_html": "a",\n  "tag_set": ["x", "y"]\n}\n'
+    assert records(text) == [(3, text.strip(), {"chunk_html": "a", "tag_set": ["x", "y"]})]
+
+
+def test_one_object_per_line_is_still_json_lines() -> None:
+    assert [line for line, _, _ in records('{"a": 1}\n\n{"b": 2}\n')] == [1, 3]
