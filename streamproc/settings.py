@@ -120,8 +120,13 @@ class ProducerSettings(KafkaSettings):
     )
 
     def to_librdkafka(self) -> dict[str, Any]:
-        """The producer configuration. Idempotence and acks=all cannot be overridden."""
+        """The producer configuration. Idempotence and acks=all cannot be overridden.
+
+        Keys are partitioned with murmur2, like Java's default partitioner and the other clients
+        of the wire contract, so one key lands on one partition whichever client wrote it.
+        """
         return {
+            "partitioner": "murmur2_random",
             "linger.ms": self.linger_ms,
             "batch.size": self.batch_size,
             "compression.type": self.compression_type,

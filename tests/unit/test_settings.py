@@ -52,6 +52,7 @@ def test_producer_safety_keys_win_over_extras() -> None:
 
 def test_producer_defaults_are_tuned_for_bulk() -> None:
     conf = ProducerSettings().to_librdkafka()
+    assert conf["partitioner"] == "murmur2_random", "keys partition as Java's client does"
     assert conf["compression.type"] == "lz4"
     assert conf["linger.ms"] == 5.0
     assert conf["enable.idempotence"] is True
