@@ -54,6 +54,14 @@ PrefixOption = Annotated[
         help="Lane topics are <prefix>.realtime and <prefix>.bulk.",
     ),
 ]
+RegistryOption = Annotated[
+    str | None,
+    typer.Option(
+        "--schema-registry-url",
+        envvar="STREAMPROC_SCHEMA_REGISTRY_URL",
+        help="Confluent-API Schema Registry (http://user:pass@host:port) for registry framing.",
+    ),
+]
 DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 DEFAULT_PREFIX = "chunks"
 
@@ -261,6 +269,15 @@ def produce(
     framing: Annotated[
         str, typer.Option(help="Wire framing: single-object or schema-registry.")
     ] = "single-object",
+    schema_registry_url: RegistryOption = None,
+    auto_register_schema: Annotated[
+        bool,
+        typer.Option(
+            "--auto-register-schema",
+            envvar="STREAMPROC_SCHEMA_REGISTRY_AUTO_REGISTER",
+            help="Register the chunk schema under each lane subject (schema-registry framing).",
+        ),
+    ] = False,
     progress: Annotated[
         bool, typer.Option(help="Show a progress bar (off when stderr is not a terminal).")
     ] = True,
@@ -286,12 +303,16 @@ def produce(
 
     try:
         settings = ProducerSettings(
-            bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix, framing=framing
+            bootstrap_servers=bootstrap_servers,
+            topic_prefix=topic_prefix,
+            framing=framing,
+            schema_registry_url=schema_registry_url,
+            schema_registry_auto_register=auto_register_schema,
         )
-    except ValueError as exc:
+        metrics = ProducerMetrics(lanes=[lane.name for lane in settings.topology])
+        producer = ChunkProducer(settings, on_delivery=lambda d: metrics.delivered(d.lane, ok=d.ok))
+    except (ValueError, StreamprocError) as exc:  # pydantic's ValidationError is a ValueError
         raise fail(str(exc), 2) from exc
-    metrics = ProducerMetrics(lanes=[lane.name for lane in settings.topology])
-    producer = ChunkProducer(settings, on_delivery=lambda d: metrics.delivered(d.lane, ok=d.ok))
     server = MetricsServer(metrics.registry, port=metrics_port).start() if metrics_port else None
     bottom = producer.lanes.bottom
     rejected = 0
@@ -340,7 +361,7 @@ def produce(
                 bar.advance(task)
                 speed = bar.tasks[0].speed
                 bar.update(task, rate=f"{speed:,.0f}" if speed else "")
-            producer.flush()
+            producer.close()
     except StreamprocError as exc:
         raise fail(str(exc)) from exc
     finally:
@@ -490,6 +511,7 @@ def consume(
             min=0,
         ),
     ] = None,
+    schema_registry_url: RegistryOption = None,
     on_error: Annotated[
         list[str] | None,
         _option(
@@ -532,6 +554,7 @@ def consume(
         "ordering": ordering,
         "max_in_flight": max_in_flight,
         "reserved_workers": reserved_workers,
+        "schema_registry_url": schema_registry_url,
     }
     try:
         settings = ConsumerSettings(

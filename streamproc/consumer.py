@@ -77,6 +77,7 @@ from streamproc.errors import (
     DecodeError,
     HandlerError,
     ProduceError,
+    SchemaRegistryUnavailableError,
     StreamprocError,
 )
 from streamproc.flow import FlowController, FlowDecision
@@ -100,6 +101,7 @@ from streamproc.lanes import Lane
 from streamproc.messages import coordinates, headers, timestamp_ms
 from streamproc.metrics import ConsumerMetrics
 from streamproc.offsets import OffsetTracker
+from streamproc.registry import RegistrySchemaIds, registry_codec
 from streamproc.settings import ConsumerSettings
 from streamproc.workers import WorkerPool
 
@@ -164,7 +166,10 @@ class PriorityConsumer:
     ) -> None:
         self.settings = settings
         self.lanes = settings.topology
-        self.codec = codec or ChunkCodec()
+        self._schema_ids: RegistrySchemaIds | None = None
+        if codec is None:
+            codec, self._schema_ids = registry_codec(settings.schema_registry(), self.lanes.topics)
+        self.codec = codec
         self.metrics = metrics or ConsumerMetrics(lane.name for lane in self.lanes)
         self.metrics.describe(consumer_group=settings.group_id, topic_prefix=settings.topic_prefix)
         self.stats = ConsumerStats({lane.name: LaneStats() for lane in self.lanes})
@@ -298,6 +303,10 @@ class PriorityConsumer:
         except StopConsumer as exc:
             log.error("stopping on error policy: %s", exc)
             exit_code = 1
+        except SchemaRegistryUnavailableError as exc:
+            # Nothing is wrong with the message: stop without storing it, to be restarted.
+            log.error("stopping, schema registry unavailable: %s", exc)
+            exit_code = 1
         finally:
             self.close(commit=True)
         return exit_code
@@ -357,6 +366,8 @@ class PriorityConsumer:
                 self._commit_sync()
         finally:
             self._consumer.close()
+            if self._schema_ids is not None:
+                self._schema_ids.close()
 
     # -- handling -----------------------------------------------------------------------------
 

@@ -17,9 +17,10 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from streamproc.chunk import Chunk, ChunkLimits
 from streamproc.codec import ChunkCodec, Framing
-from streamproc.errors import OversizeError, ProduceError
+from streamproc.errors import ConfigError, OversizeError, ProduceError
 from streamproc.lanes import Lane, Lanes
 from streamproc.messages import coordinates
+from streamproc.registry import RegistrySchemaIds, registry_codec
 from streamproc.settings import ProducerSettings
 
 DeliveryCallback = Callable[["Delivery"], None]
@@ -91,10 +92,17 @@ class ChunkProducer:
     ) -> None:
         self.settings = settings or ProducerSettings()
         self.lanes: Lanes = self.settings.topology
-        self.codec = codec or ChunkCodec(
-            limits=ChunkLimits(max_encoded_bytes=self.settings.max_chunk_bytes)
-        )
         self.framing = Framing(self.settings.framing)
+        self._schema_ids: RegistrySchemaIds | None = None
+        if codec is None:
+            registry = self.settings.schema_registry(
+                auto_register=self.settings.schema_registry_auto_register
+            )
+            if self.framing is Framing.SCHEMA_REGISTRY and registry is None:
+                raise ConfigError("schema-registry framing needs schema_registry_url")
+            limits = ChunkLimits(max_encoded_bytes=self.settings.max_chunk_bytes)
+            codec, self._schema_ids = registry_codec(registry, self.lanes.topics, limits)
+        self.codec = codec
         self.stats = ProducerStats({lane.name: LaneCounts() for lane in self.lanes})
         self._on_delivery = on_delivery
         self._lane_of_topic = {lane.topic: lane.name for lane in self.lanes}
@@ -179,8 +187,12 @@ class ChunkProducer:
             raise ProduceError(f"{remaining} messages still undelivered after {timeout_s:.0f}s")
 
     def close(self, timeout_s: float = 60.0) -> None:
-        """Flush; the underlying client is released when the object is collected."""
-        self.flush(timeout_s)
+        """Flush and close the registry client; librdkafka's is released when collected."""
+        try:
+            self.flush(timeout_s)
+        finally:
+            if self._schema_ids is not None:
+                self._schema_ids.close()
 
     def __enter__(self) -> Self:
         return self
@@ -191,7 +203,7 @@ class ChunkProducer:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self.flush()
+        self.close()
 
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:
         topic, partition, offset = coordinates(msg)

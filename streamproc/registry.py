@@ -31,8 +31,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr
 
+from streamproc.chunk import DEFAULT_LIMITS, ChunkLimits
 from streamproc.codec import (
     CURRENT_SCHEMA_FILE,
+    ChunkCodec,
     bundled_schema_dir,
     history_files,
     load_schema_file,
@@ -48,6 +50,7 @@ __all__ = [
     "RegistrySchemaIds",
     "SchemaRegistryApi",
     "SchemaRegistrySettings",
+    "registry_codec",
     "value_subject",
 ]
 
@@ -237,3 +240,16 @@ class RegistrySchemaIds:
             message = getattr(exc, "error_message", None) or str(exc)
             return LookupError(f"{what} not found in the schema registry: {message}")
         return SchemaRegistryUnavailableError(f"schema registry failed on {what}: {exc}")
+
+
+def registry_codec(
+    registry: SchemaRegistrySettings | None,
+    topics: Iterable[str],
+    limits: ChunkLimits = DEFAULT_LIMITS,
+) -> tuple[ChunkCodec, RegistrySchemaIds | None]:
+    """A codec that resolves registry ids through ``registry`` (if any), and its resolver.
+
+    The caller closes the resolver when it is done with the codec.
+    """
+    resolver = RegistrySchemaIds.from_settings(registry, topics) if registry else None
+    return ChunkCodec(schema_ids=resolver, limits=limits), resolver

@@ -18,6 +18,7 @@ from streamproc.dispatch import Ordering
 from streamproc.errors import ConfigError
 from streamproc.flow import FlowSettings
 from streamproc.lanes import BULK, DEFAULT_PREFIX, REALTIME, Lanes
+from streamproc.registry import SchemaRegistrySettings
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
@@ -55,6 +56,13 @@ class KafkaSettings(BaseSettings):
         default_factory=dict,
         description="Extra librdkafka properties (JSON in the environment); ours win on conflict.",
     )
+    schema_registry_url: str | None = Field(
+        None,
+        description=(
+            "Confluent-API Schema Registry URL (credentials as http://user:pass@host); needed to "
+            "produce with schema-registry framing and to read registry-framed values."
+        ),
+    )
 
     @model_validator(mode="after")
     def _check_sasl(self) -> KafkaSettings:
@@ -67,6 +75,16 @@ class KafkaSettings(BaseSettings):
                 f"sasl_username and sasl_password are required with {self.sasl_mechanism}"
             )
         return self
+
+    def schema_registry(self, *, auto_register: bool = False) -> SchemaRegistrySettings | None:
+        """The registry settings, or None when no registry URL is configured."""
+        if self.schema_registry_url is None:
+            return None
+        return SchemaRegistrySettings(
+            url=self.schema_registry_url,
+            ssl_ca_location=self.ssl_ca_location,
+            auto_register=auto_register,
+        )
 
     @property
     def topology(self) -> Lanes:
@@ -117,6 +135,10 @@ class ProducerSettings(KafkaSettings):
     )
     max_chunk_bytes: int = Field(
         900_000, gt=0, description="Largest encoded chunk accepted (bytes); larger is rejected."
+    )
+    schema_registry_auto_register: bool = Field(
+        False,
+        description="Register the chunk schema under each lane subject on first use (registry).",
     )
 
     def to_librdkafka(self) -> dict[str, Any]:

@@ -6,14 +6,17 @@ import json
 import uuid
 from collections.abc import Callable, Iterator
 from io import BytesIO
+from pathlib import Path
 
 import pytest
 from confluent_kafka import Producer
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from fastavro import parse_schema, schemaless_writer
 from kafka_helpers import Cluster, ThreadedConsumer, read_topic, wait_until
+from typer.testing import CliRunner
 
 from streamproc.chunk import Chunk
+from streamproc.cli import app
 from streamproc.codec import (
     REGISTRY_MAGIC_BYTE,
     ChunkCodec,
@@ -52,10 +55,15 @@ def registry_codec(url: str, cluster: Cluster, *, auto_register: bool) -> ChunkC
 
 
 def registry_producer(url: str, cluster: Cluster, *, auto_register: bool) -> ChunkProducer:
+    """A producer configured the way users do: settings only, the codec is built from them."""
     settings = ProducerSettings(
-        bootstrap_servers=cluster.bootstrap, topic_prefix=cluster.prefix, framing="schema-registry"
+        bootstrap_servers=cluster.bootstrap,
+        topic_prefix=cluster.prefix,
+        framing="schema-registry",
+        schema_registry_url=url,
+        schema_registry_auto_register=auto_register,
     )
-    return ChunkProducer(settings, codec=registry_codec(url, cluster, auto_register=auto_register))
+    return ChunkProducer(settings)
 
 
 def test_registry_framed_chunks_are_routed_handled_and_equal(
@@ -63,9 +71,8 @@ def test_registry_framed_chunks_are_routed_handled_and_equal(
 ) -> None:
     cluster.create_topics(partitions=2)
     chunks = list(sample_chunks(300, low_priority_ratio=0.3, prefix="sr"))
-    producer = registry_producer(schema_registry_url, cluster, auto_register=True)
-    producer.produce_many(chunks)
-    producer.flush()
+    with registry_producer(schema_registry_url, cluster, auto_register=True) as producer:
+        producer.produce_many(chunks)
     assert producer.stats.failed == 0
 
     current = Schema(ChunkCodec().schema_json, schema_type="AVRO")
@@ -87,9 +94,7 @@ def test_registry_framed_chunks_are_routed_handled_and_equal(
         handled[str(item.chunk.tracking_id)] = (item.context.lane, item.chunk)
 
     consumer = PriorityConsumer(
-        cluster.consumer_settings("registry"),
-        record,
-        codec=registry_codec(schema_registry_url, cluster, auto_register=False),
+        cluster.consumer_settings("registry", schema_registry_url=schema_registry_url), record
     )
     threaded = run_consumer(consumer)
     wait_until(lambda: len(handled) == len(chunks), what="every registry-framed chunk")
@@ -105,10 +110,19 @@ def test_producer_without_auto_register_needs_the_schema_registered(
     cluster: Cluster, schema_registry_url: str
 ) -> None:
     cluster.create_topics(partitions=1)
-    producer = registry_producer(schema_registry_url, cluster, auto_register=False)
-    with pytest.raises(ConfigError, match="not found in the schema registry"):
+    with (
+        registry_producer(schema_registry_url, cluster, auto_register=False) as producer,
+        pytest.raises(ConfigError, match="not found in the schema registry"),
+    ):
         producer.produce(Chunk(chunk_html="<p>x</p>", tracking_id="unregistered"))
-    producer.flush()
+
+
+def test_schema_registry_framing_without_a_registry_is_a_config_error(cluster: Cluster) -> None:
+    settings = ProducerSettings(
+        bootstrap_servers=cluster.bootstrap, topic_prefix=cluster.prefix, framing="schema-registry"
+    )
+    with pytest.raises(ConfigError, match="schema_registry_url"):
+        ChunkProducer(settings)
 
 
 def test_newer_writer_schema_and_unknown_id_through_the_registry(
@@ -168,3 +182,49 @@ def test_schema_registry_framing_is_what_a_registry_client_expects(
         fetched = client.get_schema(schema_id)
     assert fetched.schema_str is not None
     assert schema_fingerprint(fetched.schema_str) == ChunkCodec().fingerprint
+
+
+def test_cli_produces_registry_framing_that_the_cli_settings_consumer_reads(
+    cluster: Cluster, run_consumer: RunConsumer, schema_registry_url: str, tmp_path: Path
+) -> None:
+    """`streamproc produce --framing schema-registry` end to end, as a user runs it."""
+    cluster.create_topics(partitions=1)
+    chunks = list(sample_chunks(20, low_priority_ratio=0.5, prefix="cli"))
+    source = tmp_path / "chunks.jsonl"
+    source.write_text("".join(c.model_dump_json() + "\n" for c in chunks), encoding="utf-8")
+    result = CliRunner().invoke(
+        app,
+        [
+            "produce",
+            str(source),
+            "--bootstrap-servers",
+            cluster.bootstrap,
+            "--topic-prefix",
+            cluster.prefix,
+            "--framing",
+            "schema-registry",
+            "--schema-registry-url",
+            schema_registry_url,
+            "--auto-register-schema",
+            "--no-progress",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    values = [
+        m.value() for topic in cluster.lanes.topics for m in read_topic(cluster.bootstrap, topic)
+    ]
+    assert len(values) == len(chunks)
+    assert all(value[:1] == REGISTRY_MAGIC_BYTE for value in values)
+
+    seen: dict[str, Chunk] = {}
+
+    def record(item: ChunkRecord) -> None:
+        seen[str(item.chunk.tracking_id)] = item.chunk
+
+    consumer = PriorityConsumer(
+        cluster.consumer_settings("registry-cli", schema_registry_url=schema_registry_url), record
+    )
+    threaded = run_consumer(consumer)
+    wait_until(lambda: len(seen) == len(chunks), what="every chunk produced by the CLI")
+    threaded.stop()
+    assert seen == {str(c.tracking_id): c for c in chunks}

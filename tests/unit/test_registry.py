@@ -12,7 +12,8 @@ import pytest
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from pydantic import ValidationError
 
-from streamproc.codec import REGISTRY_MAGIC_BYTE, ChunkCodec
+from streamproc.chunk import Chunk
+from streamproc.codec import REGISTRY_MAGIC_BYTE, ChunkCodec, Framing
 from streamproc.errors import ConfigError, SchemaRegistryUnavailableError, UnknownSchemaError
 from streamproc.registry import RegistrySchemaIds, SchemaRegistrySettings, value_subject
 
@@ -101,10 +102,10 @@ def test_unreachable_registry_is_unavailable_not_unknown_when_decoding() -> None
 
 
 def test_unreachable_registry_is_unavailable_when_encoding() -> None:
-    resolver = unreachable_resolver()
-    codec = ChunkCodec(schema_ids=resolver)
+    codec = ChunkCodec(schema_ids=unreachable_resolver())
+    chunk = Chunk(chunk_html="<p>hi</p>", tracking_id="doc")
     with pytest.raises(SchemaRegistryUnavailableError, match=r"chunks\.realtime-value"):
-        resolver.id_for(codec.fingerprint)
+        codec.encode(chunk, Framing.SCHEMA_REGISTRY)
 
 
 def test_no_registry_configured_is_still_unknown_schema() -> None:

@@ -130,6 +130,7 @@ Inline PEM lands in the chart's Secret under fixed keys; an existing Secret uses
   "STREAMPROC_SECURITY_PROTOCOL" $kafka.securityProtocol
 }}
 {{- with $kafka.clientId }}{{ $_ := set $env "STREAMPROC_CLIENT_ID" . }}{{ end }}
+{{- with $kafka.schemaRegistryUrl }}{{ $_ := set $env "STREAMPROC_SCHEMA_REGISTRY_URL" . }}{{ end }}
 {{- with $kafka.sasl.mechanism }}{{ $_ := set $env "STREAMPROC_SASL_MECHANISM" . }}{{ end }}
 {{- $files := include "streamproc.tlsFiles" . | fromYaml }}
 {{- $dir := include "streamproc.tlsDir" . }}
