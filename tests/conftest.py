@@ -25,6 +25,7 @@ KAFKA_LOCAL = REPO / "scripts" / "kafka-local"
 TEST_BROKER_HOME = REPO / ".streamproc" / "kafka-test"
 REGISTRY_LOCAL = REPO / "scripts" / "registry-local"
 TEST_REGISTRY_HOME = REPO / ".streamproc" / "registry-test"
+_HOME_VARIABLE = {KAFKA_LOCAL: "STREAMPROC_KAFKA_HOME", REGISTRY_LOCAL: "STREAMPROC_REGISTRY_HOME"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -52,21 +53,45 @@ def _docker_engine_answers() -> bool:
     return True
 
 
-def kafka_local(command: str, home: Path = TEST_BROKER_HOME, *extra: str) -> str:
-    """Run ``scripts/kafka-local COMMAND`` for a broker kept in ``home``; return its last line."""
-    env = {**os.environ, "STREAMPROC_KAFKA_HOME": str(home)}
-    result = subprocess.run(
-        [sys.executable, str(KAFKA_LOCAL), command, *extra],
-        env=env,
+def run_local(script: Path, home: Path, command: str, *extra: str) -> str:
+    """Run ``scripts/<script> COMMAND`` for the service kept in ``home``; return its last line.
+
+    ``script`` is ``KAFKA_LOCAL`` or ``REGISTRY_LOCAL``; raises if the command fails.
+    """
+    result = _run_local(script, home, command, *extra)
+    if result.returncode != 0:
+        raise RuntimeError(f"{script.name} {command} failed:\n{result.stderr}")
+    lines = result.stdout.strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+def _run_local(
+    script: Path, home: Path, command: str, *extra: str
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(script), command, *extra],
+        env={**os.environ, _HOME_VARIABLE[script]: str(home)},
         capture_output=True,
         text=True,
         check=False,
         timeout=600,
     )
-    if result.returncode != 0:
-        raise RuntimeError(f"kafka-local {command} failed:\n{result.stderr}")
-    lines = result.stdout.strip().splitlines()
-    return lines[-1] if lines else ""
+
+
+def kafka_local(command: str, home: Path = TEST_BROKER_HOME, *extra: str) -> str:
+    """Run ``scripts/kafka-local COMMAND`` for a broker kept in ``home``; return its last line."""
+    return run_local(KAFKA_LOCAL, home, command, *extra)
+
+
+def _session_service(script: Path, home: Path) -> Iterator[str]:
+    """Start the service of ``home`` (or find it running); stop it at the end if started here.
+
+    Another test session (or `make demo`) may share it: stop it only if this session started it.
+    """
+    already_running = _run_local(script, home, "status").returncode == 0
+    yield run_local(script, home, "start")
+    if not already_running:
+        run_local(script, home, "stop")
 
 
 @pytest.fixture(scope="session")
@@ -82,19 +107,7 @@ def kafka_bootstrap() -> Iterator[str]:
         with KafkaContainer("confluentinc/cp-kafka:7.9.0").with_kraft() as container:
             yield container.get_bootstrap_server()
         return
-    # Another test session (or `make demo`) may share this broker: stop it only if we started it.
-    already_running = (
-        subprocess.run(
-            [sys.executable, str(KAFKA_LOCAL), "status"],
-            env={**os.environ, "STREAMPROC_KAFKA_HOME": str(TEST_BROKER_HOME)},
-            capture_output=True,
-            check=False,
-        ).returncode
-        == 0
-    )
-    yield kafka_local("start")
-    if not already_running:
-        kafka_local("stop")
+    yield from _session_service(KAFKA_LOCAL, TEST_BROKER_HOME)
 
 
 @pytest.fixture
@@ -114,22 +127,4 @@ def schema_registry_url() -> Iterator[str]:
     if configured:
         yield configured
         return
-    env = {**os.environ, "STREAMPROC_REGISTRY_HOME": str(TEST_REGISTRY_HOME)}
-
-    def registry_local(command: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, str(REGISTRY_LOCAL), command],
-            env=env,
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=600,
-        )
-
-    already_running = registry_local("status").returncode == 0
-    started = registry_local("start")
-    if started.returncode != 0:
-        raise RuntimeError(f"registry-local start failed:\n{started.stderr}")
-    yield started.stdout.strip().splitlines()[-1]
-    if not already_running:
-        registry_local("stop")
+    yield from _session_service(REGISTRY_LOCAL, TEST_REGISTRY_HOME)

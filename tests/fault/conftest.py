@@ -20,6 +20,7 @@ if str(REPO) not in sys.path:
     # The scenarios import their helpers as tests.fault.* and tests.integration.*.
     sys.path.insert(0, str(REPO))
 
+from tests.conftest import kafka_local  # noqa: E402
 from tests.fault.checker import RESULTS_DIR, SESSION_FIGURES  # noqa: E402
 from tests.fault.scenario import PrivateBroker, free_port  # noqa: E402
 from tests.integration.kafka_helpers import Cluster  # noqa: E402
@@ -66,7 +67,7 @@ def _stop_orphaned_brokers() -> None:
     for home in (REPO / ".streamproc").glob(f"{PRIVATE_HOME_PREFIX}*"):
         owner = home.name.removeprefix(PRIVATE_HOME_PREFIX)
         if owner.isdigit() and not _pid_alive(int(owner)):
-            PrivateBroker(home, proxy_port=0).run("stop")
+            kafka_local("stop", home)
             shutil.rmtree(home, ignore_errors=True)
 
 

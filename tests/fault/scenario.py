@@ -19,13 +19,13 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from streamproc.chunk import Chunk
 from streamproc.producer import ChunkProducer
 from streamproc.settings import ProducerSettings
+from tests.conftest import kafka_local
 from tests.fault.checker import PartitionKey, commit_safety_violations
 from tests.fault.ledger import AckLedger, read_dead_lettered, read_processed
 from tests.fault.proxy import TcpProxy
 from tests.integration.kafka_helpers import Cluster, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
-KAFKA_LOCAL = REPO / "scripts" / "kafka-local"
 
 
 def free_port() -> int:
@@ -53,18 +53,7 @@ class PrivateBroker:
         return f"127.0.0.1:{self.proxy_port}"
 
     def run(self, command: str, *extra: str) -> str:
-        result = subprocess.run(
-            [sys.executable, str(KAFKA_LOCAL), command, *extra],
-            env={**os.environ, "STREAMPROC_KAFKA_HOME": str(self.home)},
-            capture_output=True,
-            text=True,
-            check=False,
-            timeout=300,
-        )
-        if result.returncode != 0:
-            raise RuntimeError(f"kafka-local {command} failed:\n{result.stderr}")
-        lines = result.stdout.strip().splitlines()
-        return lines[-1] if lines else ""
+        return kafka_local(command, self.home, *extra)
 
     def start(self) -> None:
         if (self.home / "state.json").exists():
