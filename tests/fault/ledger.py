@@ -22,7 +22,6 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
@@ -31,6 +30,7 @@ from streamproc.handlers import ChunkRecord
 from streamproc.lanes import dead_letter_topic
 from streamproc.messages import coordinates, headers
 from streamproc.producer import Delivery
+from tests.integration.kafka_helpers import Cluster, read_topic
 
 ACKED = "acked.tsv"
 PROCESSED = "processed.tsv"
@@ -190,14 +190,12 @@ class LedgerHandler:
         self._file.close()
 
 
-def record_dead_letters(
-    directory: Path, topics: Iterable[str], read: Callable[[str], list[Any]]
-) -> list[DeadLettered]:
-    """Read every ``<topic>.dlq`` with ``read`` and write what it holds to ``dlq.tsv``."""
+def record_dead_letters(directory: Path, cluster: Cluster) -> list[DeadLettered]:
+    """Read the ``<topic>.dlq`` of every lane and write what it holds to ``dlq.tsv``."""
     ledger = LedgerFile(directory / DEAD_LETTERED)
     try:
-        for topic in topics:
-            for message in read(dead_letter_topic(topic)):
+        for topic in cluster.lanes.topics:
+            for message in read_topic(cluster.bootstrap, dead_letter_topic(topic)):
                 found = {name: value.decode() for name, value in headers(message)}
                 key = message.key()
                 ledger.append(

@@ -118,9 +118,7 @@ def test_04_poison_pills_are_parked_only_after_the_dead_letter_is_acknowledged(
         wait_until(lambda: drained(cluster, group), timeout_s=90, what="the commit to the end")
     finally:
         assert second.stop() == 0
-    parked = record_dead_letters(
-        tmp_path, cluster.lanes.topics, lambda t: read_topic(cluster.bootstrap, t)
-    )
+    parked = record_dead_letters(tmp_path, cluster)
     figures = check(
         "04-poison-pill" + ("" if concurrency == 1 else f"-concurrency-{concurrency}"),
         "Poison pills (garbage bytes, truncated Avro) on both lanes; DLQ down, then back"
@@ -176,7 +174,7 @@ def test_05_oversized_chunks_are_refused_before_produce(cluster: Cluster, tmp_pa
         wait_until(lambda: drained(cluster, group), timeout_s=90, what="the commit to the end")
     finally:
         assert consumer.stop() == 0
-    record_dead_letters(tmp_path, cluster.lanes.topics, lambda t: read_topic(cluster.bootstrap, t))
+    record_dead_letters(tmp_path, cluster)
     figures = check(
         "05-oversize",
         "Oversized chunks refused with a typed error before produce; consumer unaffected",
@@ -251,9 +249,7 @@ def test_06_unknown_and_incompatible_writer_schemas(cluster: Cluster, tmp_path: 
         wait_until(lambda: drained(cluster, group), timeout_s=90, what="the commit to the end")
     finally:
         assert threaded.stop() == 0
-    parked = record_dead_letters(
-        tmp_path, cluster.lanes.topics, lambda t: read_topic(cluster.bootstrap, t)
-    )
+    parked = record_dead_letters(tmp_path, cluster)
     figures = check(
         "06-writer-schemas",
         "Unknown and incompatible writer schemas parked; a compatible evolution decodes",
@@ -331,9 +327,7 @@ def test_07_handler_errors_retried_then_parked_or_stopped(
         wait_until(lambda: drained(cluster, group), timeout_s=90, what="the commit to the end")
     finally:
         assert threaded.stop() == 0
-    parked = record_dead_letters(
-        tmp_path, cluster.lanes.topics, lambda t: read_topic(cluster.bootstrap, t)
-    )
+    parked = record_dead_letters(tmp_path, cluster)
     figures = check(
         f"07-handler-errors-{permanent.replace('_', '-')}",
         f"Handler raises: retriable retried with backoff, permanent {permanent.replace('_', ' ')}"

@@ -62,7 +62,7 @@ def test_01_broker_restart_mid_stream_loses_nothing(
         exit_code = threaded.stop()
     commit_violations = sampler.stop()
     assert exit_code == 0
-    record_dead_letters(tmp_path, cluster.lanes.topics, lambda t: read_topic(cluster.bootstrap, t))
+    record_dead_letters(tmp_path, cluster)
     figures = check(
         "01-broker-restart" + ("" if concurrency == 1 else f"-concurrency-{concurrency}"),
         f"Broker stopped and restarted mid-stream (concurrency {concurrency})",
@@ -191,7 +191,7 @@ def test_09_network_cut_longer_than_the_session_timeout(
         exit_code = threaded.stop()
     commit_violations = sampler.stop()
     assert exit_code == 0
-    record_dead_letters(tmp_path, cluster.lanes.topics, lambda t: read_topic(cluster.bootstrap, t))
+    record_dead_letters(tmp_path, cluster)
     figures = check(
         "09-network-cut" + ("" if concurrency == 1 else f"-concurrency-{concurrency}"),
         f"Network cut (TCP proxy) for twice the session timeout ({session_timeout_ms // 1000} s),"

@@ -21,7 +21,7 @@ from tests.fault.scenario import (
     spawn_consumer,
     wait_drained,
 )
-from tests.integration.kafka_helpers import Cluster, read_topic, wait_until
+from tests.integration.kafka_helpers import Cluster, wait_until
 
 # How long a signalled consumer may take to finish its batch, commit and leave the group.
 GRACE_PERIOD_S = 30
@@ -54,7 +54,7 @@ def test_02_sigkill_mid_batch_then_restart(
     second = spawn_consumer(cluster.bootstrap, cluster.prefix, group, tmp_path, extra_env=env)
     wait_drained(tmp_path, acks)
     assert signal_and_wait(second) == 0
-    record_dead_letters(tmp_path, cluster.lanes.topics, lambda t: read_topic(cluster.bootstrap, t))
+    record_dead_letters(tmp_path, cluster)
     figures = check(
         "02-consumer-sigkill" + ("" if concurrency == 1 else f"-concurrency-{concurrency}"),
         f"Consumer SIGKILLed mid-batch, then restarted (concurrency {concurrency})",
@@ -100,7 +100,7 @@ def test_08_signal_while_both_lanes_flow_then_restart(
     paced.join()
     wait_drained(tmp_path, acks)
     assert signal_and_wait(second, sig, timeout_s=GRACE_PERIOD_S) == 0
-    record_dead_letters(tmp_path, cluster.lanes.topics, lambda t: read_topic(cluster.bootstrap, t))
+    record_dead_letters(tmp_path, cluster)
     figures = check(
         f"08-{name.lower()}" + ("" if concurrency == 1 else f"-concurrency-{concurrency}"),
         f"{name} while both lanes flow, then restart (concurrency {concurrency})",
