@@ -25,6 +25,7 @@ from streamproc.samples import sample_chunks
 from tests.fault.checker import Fault, check
 from tests.fault.ledger import (
     AckLedger,
+    DeadLettered,
     LedgerHandler,
     read_acked,
     read_dead_lettered,
@@ -39,6 +40,19 @@ REPO = Path(__file__).resolve().parents[2]
 
 def drained(cluster: Cluster, group: str) -> bool:
     return committed(cluster, group) == high_watermarks(cluster)
+
+
+def run_until_drained(
+    cluster: Cluster, group: str, consumer: PriorityConsumer, directory: Path
+) -> list[DeadLettered]:
+    """Run ``consumer`` until the group has committed every lane to its end, stop it cleanly
+    (exit 0), and record what it parked in the dead-letter ledger."""
+    threaded = ThreadedConsumer(consumer).start()
+    try:
+        wait_until(lambda: drained(cluster, group), timeout_s=90, what="the commit to the end")
+    finally:
+        assert threaded.stop() == 0
+    return record_dead_letters(directory, cluster)
 
 
 def total_dead_letters(consumer: PriorityConsumer) -> float:
@@ -113,12 +127,7 @@ def test_04_poison_pills_are_parked_only_after_the_dead_letter_is_acknowledged(
     consumer = PriorityConsumer(
         cluster.consumer_settings(group, concurrency=concurrency), LedgerHandler(tmp_path)
     )
-    second = ThreadedConsumer(consumer).start()
-    try:
-        wait_until(lambda: drained(cluster, group), timeout_s=90, what="the commit to the end")
-    finally:
-        assert second.stop() == 0
-    parked = record_dead_letters(tmp_path, cluster)
+    parked = run_until_drained(cluster, group, consumer, tmp_path)
     figures = check(
         "04-poison-pill" + ("" if concurrency == 1 else f"-concurrency-{concurrency}"),
         "Poison pills (garbage bytes, truncated Avro) on both lanes; DLQ down, then back"
@@ -168,13 +177,8 @@ def test_05_oversized_chunks_are_refused_before_produce(cluster: Cluster, tmp_pa
     acks.produce_raw(raw, cluster.lanes.bottom.topic, big.key, ChunkCodec().encode(big))
     raw.flush(30)
 
-    handler = LedgerHandler(tmp_path)
-    consumer = ThreadedConsumer(PriorityConsumer(cluster.consumer_settings(group), handler)).start()
-    try:
-        wait_until(lambda: drained(cluster, group), timeout_s=90, what="the commit to the end")
-    finally:
-        assert consumer.stop() == 0
-    record_dead_letters(tmp_path, cluster)
+    consumer = PriorityConsumer(cluster.consumer_settings(group), LedgerHandler(tmp_path))
+    run_until_drained(cluster, group, consumer, tmp_path)
     figures = check(
         "05-oversize",
         "Oversized chunks refused with a typed error before produce; consumer unaffected",
@@ -244,12 +248,7 @@ def test_06_unknown_and_incompatible_writer_schemas(cluster: Cluster, tmp_path: 
 
     handler = LedgerHandler(tmp_path)
     consumer = PriorityConsumer(cluster.consumer_settings(group), handler, codec=codec)
-    threaded = ThreadedConsumer(consumer).start()
-    try:
-        wait_until(lambda: drained(cluster, group), timeout_s=90, what="the commit to the end")
-    finally:
-        assert threaded.stop() == 0
-    parked = record_dead_letters(tmp_path, cluster)
+    parked = run_until_drained(cluster, group, consumer, tmp_path)
     figures = check(
         "06-writer-schemas",
         "Unknown and incompatible writer schemas parked; a compatible evolution decodes",
@@ -322,12 +321,7 @@ def test_07_handler_errors_retried_then_parked_or_stopped(
         # I3 at the stop: nothing committed past an unhandled chunk (checked below with I2/I3).
     handler = FailingHandler(tmp_path)
     consumer = PriorityConsumer(cluster.consumer_settings(group, retry_backoff_s=0.01), handler)
-    threaded = ThreadedConsumer(consumer).start()
-    try:
-        wait_until(lambda: drained(cluster, group), timeout_s=90, what="the commit to the end")
-    finally:
-        assert threaded.stop() == 0
-    parked = record_dead_letters(tmp_path, cluster)
+    parked = run_until_drained(cluster, group, consumer, tmp_path)
     figures = check(
         f"07-handler-errors-{permanent.replace('_', '-')}",
         f"Handler raises: retriable retried with backoff, permanent {permanent.replace('_', ' ')}"
