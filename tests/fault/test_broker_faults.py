@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from streamproc.consumer import PriorityConsumer
+from streamproc.messages import coordinates
 from streamproc.samples import sample_chunks
 from tests.fault.checker import Fault, check
 from tests.fault.ledger import (
@@ -98,10 +99,8 @@ def test_12_routing_holds_across_a_broker_restart(
     private_broker.restart()
     paced.join()
 
-    on_lane = {
-        lane.name: Counter(m.key().decode() for m in read_topic(cluster.bootstrap, lane.topic))
-        for lane in cluster.lanes
-    }
+    messages = {lane.name: read_topic(cluster.bootstrap, lane.topic) for lane in cluster.lanes}
+    on_lane = {name: Counter(m.key().decode() for m in found) for name, found in messages.items()}
     misrouted = [key for key in on_lane["bulk"] if key not in low_priority] + [
         key for key in on_lane["realtime"] if key in low_priority
     ]
@@ -116,10 +115,7 @@ def test_12_routing_holds_across_a_broker_restart(
     # The ledger side of the scenario: every acked chunk is on its lane exactly once.
     ledger = LedgerFile(tmp_path / PROCESSED)
     ledger.append(
-        (m.key().decode(), *m_coordinates, 0)
-        for lane in cluster.lanes
-        for m in read_topic(cluster.bootstrap, lane.topic)
-        for m_coordinates in [(m.topic(), m.partition(), m.offset())]
+        (m.key().decode(), *coordinates(m), 0) for found in messages.values() for m in found
     )
     ledger.close()
     figures = check(
