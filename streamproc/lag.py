@@ -132,8 +132,8 @@ class LagMonitor:
         self._refreshed: dict[TopicPartitionKey, tuple[int, int, float]] = {}
         self._last_timestamp_ms: dict[str, int] = {}
         self._watermark_request: _Pending | None = None
-        self._group_offsets_request: _Pending | None = None
-        self._group_watermark_request: _Pending | None = None
+        # The group's committed offsets, fetched with the top lane's watermarks still in flight.
+        self._group_request: tuple[dict[TopicPartitionKey, int], _Pending] | None = None
         self._group_committed: dict[TopicPartitionKey, int] = {}
         self._group_high: dict[TopicPartitionKey, int] = {}
         self._group_measured_at = 0.0
@@ -173,15 +173,14 @@ class LagMonitor:
         self._request_watermarks(list(self._positions), monotonic)
         owns_top = any(topic == self._lanes.top.topic for topic, _ in self._positions)
         if effective_scope(self._scope, owns_top) == "group":
-            self._group_offsets_request = self._group_watermark_request = None
+            self._group_request = None
             self._group_measured_at = 0.0
             self._refresh_group(monotonic)
         pending = [
             request
             for request in (
                 self._watermark_request,
-                self._group_offsets_request,
-                self._group_watermark_request,
+                self._group_request[1] if self._group_request is not None else None,
             )
             if request is not None
         ]
@@ -331,12 +330,12 @@ class LagMonitor:
     # -- group scope --------------------------------------------------------------------------
 
     def _refresh_group(self, monotonic: float) -> None:
-        offsets, watermarks = self._group_offsets_request, self._group_watermark_request
-        if offsets is not None and watermarks is not None:
-            if not (offsets.done() and watermarks.done()):
+        if self._group_request is not None:
+            committed, watermarks = self._group_request
+            if not watermarks.done():
                 return
-            self._harvest_group(offsets, watermarks)
-            self._group_offsets_request = self._group_watermark_request = None
+            self._harvest_group(committed, watermarks)
+            self._group_request = None
         if monotonic - self._group_measured_at < self._group_refresh_s:
             return
         if not self._positions:
@@ -351,25 +350,17 @@ class LagMonitor:
             )
         except KafkaException:
             return
-        offset_futures = {self._group_id: self._fetch_group_offsets(top_partitions)}
-        self._group_offsets_request = _Pending(offset_futures, monotonic)
-        self._group_watermark_request = _Pending(watermark_futures, monotonic)
         self._group_measured_at = monotonic
-
-    def _fetch_group_offsets(
-        self, partitions: tuple[TopicPartitionKey, ...]
-    ) -> Future[ConsumerGroupTopicPartitions]:
-        """The group's committed offsets of ``partitions``, as an already completed future."""
-        future: Future[ConsumerGroupTopicPartitions] = Future()
         try:
-            committed = self._consumer.committed(
-                [TopicPartition(t, p) for t, p in partitions], timeout=_GROUP_OFFSETS_TIMEOUT_S
+            offsets = self._consumer.committed(
+                [TopicPartition(t, p) for t, p in top_partitions], timeout=_GROUP_OFFSETS_TIMEOUT_S
             )
-        except KafkaException as exc:
-            future.set_exception(exc)
-        else:
-            future.set_result(ConsumerGroupTopicPartitions(self._group_id, committed))
-        return future
+        except KafkaException:
+            return  # no group figure this round: the watermarks alone are of no use
+        self._group_request = (
+            {(tp.topic, tp.partition): tp.offset for tp in offsets},
+            _Pending(watermark_futures, monotonic),
+        )
 
     def _top_lane_partitions(self) -> tuple[TopicPartitionKey, ...]:
         if not self.top_partitions:
@@ -384,10 +375,8 @@ class LagMonitor:
             self.top_partitions = tuple((topic, p) for p in sorted(described.partitions))
         return self.top_partitions
 
-    def _harvest_group(self, offsets: _Pending, watermarks: _Pending) -> None:
+    def _harvest_group(self, committed: dict[TopicPartitionKey, int], watermarks: _Pending) -> None:
         try:
-            result = next(iter(offsets.futures.values())).result()
-            committed = {(tp.topic, tp.partition): tp.offset for tp in result.topic_partitions}
             highs = {
                 (tp.topic, tp.partition): f.result().offset for tp, f in watermarks.futures.items()
             }
