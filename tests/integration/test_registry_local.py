@@ -1,30 +1,26 @@
 """A real Confluent-compatible Schema Registry from ``scripts/registry-local``, through the
 Confluent API as confluent-kafka's ``SchemaRegistryClient`` speaks it.
 
-The registry is ``STREAMPROC_SCHEMA_REGISTRY_URL`` if set (nothing is started or stopped);
-otherwise ``scripts/registry-local`` starts one in ``.streamproc/registry-test`` (or reuses the one
-running there) and stops it afterwards only if it started it.
+The registry is the session's ``schema_registry_url`` (tests/conftest.py):
+``STREAMPROC_SCHEMA_REGISTRY_URL`` if set (nothing is started or stopped); otherwise
+``scripts/registry-local`` starts one in ``.streamproc/registry-test`` (or reuses the one running
+there) and stops it afterwards only if it started it.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 import uuid
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 from confluent_kafka.schema_registry import Schema, SchemaRegistryClient
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
-pytestmark = pytest.mark.integration
+from tests.conftest import REGISTRY_LOCAL, TEST_REGISTRY_HOME, run_local
 
-REPO = Path(__file__).resolve().parents[2]
-REGISTRY_LOCAL = REPO / "scripts" / "registry-local"
-TEST_REGISTRY_HOME = REPO / ".streamproc" / "registry-test"
+pytestmark = pytest.mark.integration
 
 # Confluent error codes the registry must answer with (404 + these; 409 for incompatible).
 SUBJECT_NOT_FOUND = 40401
@@ -32,51 +28,11 @@ VERSION_NOT_FOUND = 40402
 SCHEMA_NOT_FOUND = 40403
 
 
-def registry_local(command: str) -> subprocess.CompletedProcess[str]:
-    """Run ``scripts/registry-local COMMAND`` for the registry kept in the test home."""
-    return subprocess.run(
-        [sys.executable, str(REGISTRY_LOCAL), command],
-        env={**os.environ, "STREAMPROC_REGISTRY_HOME": str(TEST_REGISTRY_HOME)},
-        capture_output=True,
-        text=True,
-        check=False,
-        timeout=600,
-    )
-
-
-def last_line(result: subprocess.CompletedProcess[str]) -> str:
-    lines = result.stdout.strip().splitlines()
-    return lines[-1] if lines else ""
-
-
-@pytest.fixture(scope="module")
-def started_here() -> Iterator[bool]:
-    """Start the local registry unless a URL is configured; True when this module started it."""
-    if os.environ.get("STREAMPROC_SCHEMA_REGISTRY_URL"):
-        yield False
-        return
-    already_running = registry_local("status").returncode == 0
-    started = registry_local("start")
-    if started.returncode != 0:
-        pytest.fail(f"registry-local start failed:\n{started.stderr}")
-    yield not already_running
-    if not already_running:
-        registry_local("stop")
-
-
-@pytest.fixture(scope="module")
-def registry_url(started_here: bool) -> str:
-    configured = os.environ.get("STREAMPROC_SCHEMA_REGISTRY_URL")
-    if configured:
-        return configured
-    status = registry_local("status")
-    assert status.returncode == 0, status.stderr
-    return last_line(status)
-
-
 @pytest.fixture
-def client(registry_url: str) -> Iterator[SchemaRegistryClient]:
-    with SchemaRegistryClient({"url": registry_url}) as registry:  # closes its HTTP connections
+def client(schema_registry_url: str) -> Iterator[SchemaRegistryClient]:
+    with SchemaRegistryClient(
+        {"url": schema_registry_url}
+    ) as registry:  # closes its HTTP connections
         yield registry
 
 
@@ -216,13 +172,12 @@ def test_backward_compatibility_admits_a_defaulted_field_and_refuses_a_type_chan
 
 
 def test_local_registry_defaults_to_backward_and_start_is_idempotent(
-    client: SchemaRegistryClient, registry_url: str
+    client: SchemaRegistryClient, schema_registry_url: str
 ) -> None:
     if os.environ.get("STREAMPROC_SCHEMA_REGISTRY_URL"):
         pytest.skip("a configured registry is not managed by scripts/registry-local")
     assert client.get_compatibility() == "BACKWARD", "as Confluent's registry defaults to"
-    again = registry_local("start")
-    assert again.returncode == 0, again.stderr
-    assert last_line(again) == registry_url
-    assert registry_url.startswith("http://127.0.0.1:")
-    assert registry_url.endswith("/apis/ccompat/v7")
+    again = run_local(REGISTRY_LOCAL, TEST_REGISTRY_HOME, "start")  # raises if it fails
+    assert again == schema_registry_url
+    assert schema_registry_url.startswith("http://127.0.0.1:")
+    assert schema_registry_url.endswith("/apis/ccompat/v7")
