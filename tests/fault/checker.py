@@ -40,6 +40,15 @@ SESSION_FIGURES: list[str] = []
 DuplicateRule = Literal["none", "uncommitted_window", "reported"]
 
 
+def scenario_id(name: str, concurrency: int) -> str:
+    """The results name of a run: ``name`` at concurrency 1, ``name-concurrency-N`` otherwise.
+
+    ``scripts/reliability-report`` lists a scenario's runs without ``concurrency`` in the name
+    first.
+    """
+    return name if concurrency == 1 else f"{name}-concurrency-{concurrency}"
+
+
 @dataclass(frozen=True)
 class Fault:
     """A moment where the contract allows redelivery: a hard kill, a session lost to a cut.

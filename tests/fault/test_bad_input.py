@@ -22,7 +22,7 @@ from streamproc.handlers import ChunkRecord
 from streamproc.lanes import Lane, dead_letter_topic
 from streamproc.messages import headers
 from streamproc.samples import sample_chunks
-from tests.fault.checker import Fault, check
+from tests.fault.checker import Fault, check, scenario_id
 from tests.fault.ledger import (
     AckLedger,
     DeadLettered,
@@ -129,7 +129,7 @@ def test_04_poison_pills_are_parked_only_after_the_dead_letter_is_acknowledged(
     )
     parked = run_until_drained(cluster, group, consumer, tmp_path)
     figures = check(
-        "04-poison-pill" + ("" if concurrency == 1 else f"-concurrency-{concurrency}"),
+        scenario_id("04-poison-pill", concurrency),
         "Poison pills (garbage bytes, truncated Avro) on both lanes; DLQ down, then back"
         f" (concurrency {concurrency})",
         tmp_path,

@@ -14,7 +14,7 @@ import pytest
 from streamproc.consumer import PriorityConsumer
 from streamproc.messages import coordinates
 from streamproc.samples import sample_chunks
-from tests.fault.checker import Fault, check
+from tests.fault.checker import Fault, check, scenario_id
 from tests.fault.ledger import (
     PROCESSED,
     AckLedger,
@@ -65,7 +65,7 @@ def test_01_broker_restart_mid_stream_loses_nothing(
     assert exit_code == 0
     record_dead_letters(tmp_path, cluster)
     figures = check(
-        "01-broker-restart" + ("" if concurrency == 1 else f"-concurrency-{concurrency}"),
+        scenario_id("01-broker-restart", concurrency),
         f"Broker stopped and restarted mid-stream (concurrency {concurrency})",
         tmp_path,
         produced=acks.produced,
@@ -189,7 +189,7 @@ def test_09_network_cut_longer_than_the_session_timeout(
     assert exit_code == 0
     record_dead_letters(tmp_path, cluster)
     figures = check(
-        "09-network-cut" + ("" if concurrency == 1 else f"-concurrency-{concurrency}"),
+        scenario_id("09-network-cut", concurrency),
         f"Network cut (TCP proxy) for twice the session timeout ({session_timeout_ms // 1000} s),"
         f" concurrency {concurrency}",
         tmp_path,

@@ -15,7 +15,7 @@ import pytest
 from streamproc.consumer import PriorityConsumer
 from streamproc.handlers import ChunkRecord
 from streamproc.samples import sample_chunks
-from tests.fault.checker import check
+from tests.fault.checker import check, scenario_id
 from tests.fault.ledger import AckLedger, LedgerHandler
 from tests.fault.scenario import (
     PacedProducer,
@@ -156,8 +156,9 @@ def test_03_member_joins_and_leaves_while_bulk_is_paused(
         probe.stop_watching()
     violations = sum(p.violations for p in probes)
     figures = check(
-        f"03-members-{'eager' if assignor == 'roundrobin' else 'cooperative'}"
-        + ("" if concurrency == 1 else f"-concurrency-{concurrency}"),
+        scenario_id(
+            f"03-members-{'eager' if assignor == 'roundrobin' else 'cooperative'}", concurrency
+        ),
         f"A member joins and leaves while bulk is paused ({assignor} assignor,"
         f" concurrency {concurrency})",
         tmp_path,
@@ -293,7 +294,7 @@ def test_11_bulk_flood_with_a_realtime_trickle(
     pauses = consumer.metrics.lanes["bulk"].pauses._value.get()
     resumes = consumer.metrics.lanes["bulk"].resumes._value.get()
     figures = check(
-        "11-flood" + ("" if concurrency == 1 else f"-concurrency-{concurrency}"),
+        scenario_id("11-flood", concurrency),
         f"Bulk flood ({100 * trickle} chunks) with a realtime trickle ({per_s:.0f}/s),"
         f" concurrency {concurrency}",
         tmp_path,

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from streamproc.samples import sample_chunks
-from tests.fault.checker import Fault, check
+from tests.fault.checker import Fault, check, scenario_id
 from tests.fault.ledger import AckLedger, read_processed, record_dead_letters
 from tests.fault.scenario import (
     PacedProducer,
@@ -56,7 +56,7 @@ def test_02_sigkill_mid_batch_then_restart(
     assert signal_and_wait(second) == 0
     record_dead_letters(tmp_path, cluster)
     figures = check(
-        "02-consumer-sigkill" + ("" if concurrency == 1 else f"-concurrency-{concurrency}"),
+        scenario_id("02-consumer-sigkill", concurrency),
         f"Consumer SIGKILLed mid-batch, then restarted (concurrency {concurrency})",
         tmp_path,
         produced=acks.produced,
@@ -102,7 +102,7 @@ def test_08_signal_while_both_lanes_flow_then_restart(
     assert signal_and_wait(second, sig, timeout_s=GRACE_PERIOD_S) == 0
     record_dead_letters(tmp_path, cluster)
     figures = check(
-        f"08-{name.lower()}" + ("" if concurrency == 1 else f"-concurrency-{concurrency}"),
+        scenario_id(f"08-{name.lower()}", concurrency),
         f"{name} while both lanes flow, then restart (concurrency {concurrency})",
         tmp_path,
         produced=acks.produced,
