@@ -117,7 +117,10 @@ def test_producer_without_auto_register_needs_the_schema_registered(
         producer.produce(Chunk(chunk_html="<p>x</p>", tracking_id="unregistered"))
 
 
-def test_schema_registry_framing_without_a_registry_is_a_config_error(cluster: Cluster) -> None:
+def test_schema_registry_framing_without_a_registry_is_a_config_error(
+    cluster: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("STREAMPROC_SCHEMA_REGISTRY_URL", raising=False)
     settings = ProducerSettings(
         bootstrap_servers=cluster.bootstrap, topic_prefix=cluster.prefix, framing="schema-registry"
     )
