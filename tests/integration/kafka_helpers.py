@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import threading
 import time
 import uuid
@@ -182,3 +184,15 @@ def read_topic(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[Any]
     finally:
         consumer.close()
     return messages
+
+
+def check_committed_at_high_watermarks(cluster: Cluster, group: str) -> None:
+    """After a clean stop the group has committed every lane to its end."""
+    for topic in cluster.lanes.topics:
+        assert cluster.committed(group, topic) == cluster.high_watermarks(topic), topic
+
+
+def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout_s: float = 30) -> int:
+    """Signal a child consumer and wait for its exit code."""
+    process.send_signal(sig)
+    return process.wait(timeout_s)

@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 
 from streamproc.handlers import ChunkRecord
 
@@ -36,3 +38,28 @@ class LedgerHandler:
 
     def close(self) -> None:
         os.close(self._fd)
+
+
+@dataclass(frozen=True)
+class Processed:
+    """One ledger line."""
+
+    tracking_id: str
+    topic: str
+    partition: int
+    offset: int
+    pid: int
+
+
+def read_ledger(path: Path) -> list[Processed]:
+    """Every complete ledger line; a line cut by SIGKILL mid-write is not a handled chunk."""
+    if not path.exists():
+        return []
+    entries = []
+    for line in path.read_text().splitlines():
+        fields = line.split("\t")
+        if len(fields) == 5:
+            entries.append(
+                Processed(fields[0], fields[1], int(fields[2]), int(fields[3]), int(fields[4]))
+            )
+    return entries

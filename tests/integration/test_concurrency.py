@@ -13,18 +13,23 @@ from __future__ import annotations
 
 import asyncio
 import os
-import signal
 import subprocess
 import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from kafka_helpers import Cluster, ThreadedConsumer, wait_until
+from kafka_helpers import (
+    Cluster,
+    ThreadedConsumer,
+    check_committed_at_high_watermarks,
+    stop,
+    wait_until,
+)
+from ledger_handler import Processed, read_ledger
 
 from streamproc.chunk import Chunk
 from streamproc.consumer import PriorityConsumer
@@ -40,29 +45,6 @@ HERE = Path(__file__).resolve().parent
 KEYS = 60
 Coordinates = tuple[str, int, int]
 RunConsumer = Callable[[PriorityConsumer], ThreadedConsumer]
-
-
-@dataclass(frozen=True)
-class Processed:
-    tracking_id: str
-    topic: str
-    partition: int
-    offset: int
-    pid: int
-
-
-def read_ledger(path: Path) -> list[Processed]:
-    """The ledger of ``ledger_handler.LedgerHandler``; a line cut by SIGKILL is not a chunk."""
-    if not path.exists():
-        return []
-    entries = []
-    for line in path.read_text().splitlines():
-        fields = line.split("\t")
-        if len(fields) == 5:
-            entries.append(
-                Processed(fields[0], fields[1], int(fields[2]), int(fields[3]), int(fields[4]))
-            )
-    return entries
 
 
 def keyed_chunks(count: int, *, seed: int = 11) -> Iterator[Chunk]:
@@ -144,16 +126,6 @@ def check_committed_safe(cluster: Cluster, group: str, ledger: Path) -> None:
         for partition, committed in cluster.committed(group, topic).items():
             missing = [o for o in range(max(committed, 0)) if (topic, partition, o) not in done]
             assert not missing, f"{topic}[{partition}] committed {committed} past {missing[:5]}"
-
-
-def check_committed_at_high_watermarks(cluster: Cluster, group: str) -> None:
-    for topic in cluster.lanes.topics:
-        assert cluster.committed(group, topic) == cluster.high_watermarks(topic), topic
-
-
-def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout_s: float = 30) -> int:
-    process.send_signal(sig)
-    return process.wait(timeout_s)
 
 
 def test_sigkill_with_16_in_flight_then_restart_loses_nothing(

@@ -15,39 +15,17 @@ import subprocess
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from kafka_helpers import Cluster, wait_until
+from kafka_helpers import Cluster, check_committed_at_high_watermarks, stop, wait_until
+from ledger_handler import Processed, read_ledger
 
 from streamproc.producer import ChunkProducer, Delivery
 from streamproc.samples import sample_chunks
 from streamproc.settings import ProducerSettings
 
 HERE = Path(__file__).resolve().parent
-
-
-@dataclass(frozen=True)
-class Processed:
-    tracking_id: str
-    topic: str
-    partition: int
-    offset: int
-    pid: int
-
-
-def read_ledger(path: Path) -> list[Processed]:
-    if not path.exists():
-        return []
-    entries = []
-    for line in path.read_text().splitlines():
-        fields = line.split("\t")
-        if len(fields) == 5:  # a line cut by SIGKILL mid-write is not a handled chunk
-            entries.append(
-                Processed(fields[0], fields[1], int(fields[2]), int(fields[3]), int(fields[4]))
-            )
-    return entries
 
 
 def produce_acked(cluster: Cluster, count: int) -> set[str]:
@@ -96,16 +74,6 @@ def check_no_loss_and_consistency(processed: list[Processed], acked: set[str]) -
             entry.tracking_id
         )
     assert all(len(ids) == 1 for ids in by_offset.values()), "I5: an offset maps to two chunks"
-
-
-def check_committed_at_high_watermarks(cluster: Cluster, group: str) -> None:
-    for topic in cluster.lanes.topics:
-        assert cluster.committed(group, topic) == cluster.high_watermarks(topic), topic
-
-
-def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout_s: float = 30) -> int:
-    process.send_signal(sig)
-    return process.wait(timeout_s)
 
 
 def test_sigkill_mid_stream_then_restart_loses_nothing(cluster: Cluster, tmp_path: Path) -> None:
