@@ -481,7 +481,8 @@ def consume(
         int | None,
         _option(
             "Chunks handled at once (threads for sync handlers, one event loop for async def"
-            " ones); realtime first. 1 (default) handles them one by one on the poll thread.",
+            " ones); realtime first. 1 (default) handles them one by one, polling on while a long"
+            " batch runs.",
             "CONCURRENCY",
             min=1,
         ),

@@ -22,6 +22,17 @@ Rebalances (cooperative-sticky by default; eager assignors supported):
   drop the partitions from the paused set.
 * lost: drop without committing (another member may already own them).
 
+Long batches keep the membership (concurrency 1). Steps 2-3 run on a batch thread while the poll
+thread waits for them. A batch still running after ``min(1 s, max.poll.interval.ms / 10)`` turns
+into a hold: every assigned partition is paused (a third pause bookkeeping, united with the
+others), and the poll thread keeps calling ``consume()`` (which returns nothing) so librdkafka's
+``max.poll.interval.ms`` never runs out and rebalance callbacks are served on time. When the batch
+ends, the pauses go back to what flow control wants; fetching resumes where the batch ended. A
+revoke during a hold first waits for the batch (up to ``revoke_timeout_s``), so its offsets are
+stored and committed before the partitions go; what the batch does afterwards for partitions no
+longer assigned is neither stored nor counted (their next owner redoes it). State shared by the
+two threads (pauses, positions, stored offsets) changes under one lock.
+
 Shutdown on SIGTERM/SIGINT: stop polling, finish the batch in hand, flush dead letters, commit
 synchronously, close the consumer (leaving the group), return 0. A second signal exits at once.
 
@@ -62,6 +73,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
+from concurrent import futures
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any, Literal
@@ -110,6 +122,10 @@ log = logging.getLogger(__name__)
 LATENCY_WINDOW = 4096
 # Poll wait while a lane is paused for backpressure, so the resume follows the drain closely.
 BACKPRESSURE_TICK_S = 0.01
+# A batch running longer than this (or a tenth of max.poll.interval.ms) turns into a hold.
+HOLD_AFTER_S = 1.0
+# Poll wait during a hold: how soon the end of the batch is noticed.
+HOLD_POLL_S = 0.05
 
 
 class StopConsumer(StreamprocError):
@@ -199,6 +215,18 @@ class PriorityConsumer:
         self._stop_reason: str | None = None
         self._last_finish = time.monotonic()
         self._dlq_lock = threading.Lock()
+        # Pauses, positions and stored offsets: changed by the batch thread and, during a hold,
+        # by rebalance callbacks on the poll thread.
+        self._state_lock = threading.RLock()
+        self._batch_runner: futures.ThreadPoolExecutor | None = None
+        self._batch: futures.Future[None] | None = None
+        self._batch_started: float | None = None
+        self._holding = False
+        # Partitions were revoked or lost while the batch in hand ran (only possible in a hold).
+        self._lost_in_batch = False
+        # Next offsets handled on the batch thread, stored by the poll thread.
+        self._staged: dict[TopicPartitionKey, int] = {}
+        self._hold_after_s = min(HOLD_AFTER_S, settings.max_poll_interval_ms / 10_000)
         self._pool: WorkerPool[Message, WorkOutcome] | None = None
         if settings.concurrency > 1 or self._async:
             dispatcher: Dispatcher[Message] = Dispatcher(
@@ -212,6 +240,10 @@ class PriorityConsumer:
                 run_sync=None if self._async else self._work,
                 run_async=self._work_async if self._async else None,
                 on_start=self._on_work_start,
+            )
+        else:
+            self._batch_runner = futures.ThreadPoolExecutor(
+                1, thread_name_prefix="streamproc-batch"
             )
 
         self._consumer = Consumer(settings.to_librdkafka(self._on_error, self._on_commit))
@@ -264,6 +296,8 @@ class PriorityConsumer:
         limit = self.settings.health_max_tick_age_s
         if age > limit:
             return False, f"poll loop stalled for {age:.1f}s (limit {limit:.0f}s)"
+        if (started := self._batch_started) is not None and now - started > limit:
+            return False, f"batch running for {now - started:.1f}s (limit {limit:.0f}s)"
         if self._pool is not None and (running := self._pool.running()):
             idle = now - self._last_finish
             if idle > limit:
@@ -318,10 +352,75 @@ class PriorityConsumer:
             return
         messages = self._poll(self.settings.poll_timeout_s)
         if messages:
-            self._handle(messages)
+            self._batch_started = time.monotonic()
+            self._lost_in_batch = False
+            try:
+                self._handle(messages)
+            finally:
+                self._batch_started = None
         self._apply_flow()
         self._probe_broker()
         self.metrics.ready.set(1 if self.ready()[0] else 0)
+
+    def _run_keeping_membership(self, lane: Lane, messages: list[Message]) -> None:
+        """Handle one lane's messages on the batch thread; hold the partitions if it runs long.
+
+        Only this (poll) thread calls the consumer: the batch thread stages the offsets to
+        store, applied here once it is done. Re-raises whatever the batch raised (a stop by the
+        error policy, a registry outage), after storing what it finished.
+        """
+        runner = self._batch_runner
+        assert runner is not None  # noqa: S101  # set whenever handling is not concurrent
+        batch = runner.submit(self._handle_lane, lane, messages)
+        self._batch = batch
+        try:
+            futures.wait([batch], timeout=self._hold_after_s)
+            if not batch.done():
+                self._hold(batch)
+        finally:
+            if not batch.done():  # the hold failed (a fatal consumer error): let the batch end
+                futures.wait([batch], timeout=self.settings.drain_timeout_s)
+            self._batch = None
+            self._store_staged()
+        batch.result()
+
+    def _hold(self, batch: futures.Future[None]) -> None:
+        """Pause every assigned partition and poll on until ``batch`` ends, then release.
+
+        ``consume()`` resets librdkafka's ``max.poll.interval.ms`` clock and serves rebalance
+        callbacks; with everything paused it returns nothing (a stray message, fetched before
+        the pause took effect, is given back by a seek).
+        """
+        log.info(
+            "batch running for over %.1fs: partitions paused, polling on to keep the membership",
+            self._hold_after_s,
+        )
+        self._holding = True
+        self._sync_paused()
+        try:
+            while not batch.done():
+                stray = self._poll(HOLD_POLL_S)
+                if stray:
+                    self._give_back(stray)
+                self._probe_broker()
+        finally:
+            self._holding = False
+            self._sync_paused()
+        log.info(
+            "batch done after %.1fs: hold released", time.monotonic() - (self._batch_started or 0)
+        )
+
+    def _give_back(self, messages: list[Message]) -> None:
+        """Seek back to messages taken during a hold: they are fetched again after it."""
+        taken = []
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                self._on_consume_error(error)
+            elif message.topic() in self._lane_of_topic:
+                taken.append(message)
+        if taken:
+            self._rewind(taken)
 
     def _poll(self, timeout_s: float) -> list[Message]:
         """Take up to ``max_batch_messages``, waiting up to ``timeout_s`` for the first one."""
@@ -366,6 +465,8 @@ class PriorityConsumer:
                 self._commit_sync()
         finally:
             self._consumer.close()
+            if self._batch_runner is not None:
+                self._batch_runner.shutdown(wait=False)
             if self._schema_ids is not None:
                 self._schema_ids.close()
 
@@ -389,7 +490,7 @@ class PriorityConsumer:
             if lane.name in self._paused_lanes:
                 self._rewind(by_rank[rank])
                 continue
-            self._handle_lane(lane, by_rank[rank])
+            self._run_keeping_membership(lane, by_rank[rank])
 
     def _rewind(self, messages: list[Message]) -> None:
         """Seek each partition back to its first unhandled message in ``messages``."""
@@ -398,14 +499,16 @@ class PriorityConsumer:
             topic, partition, offset = coordinates(message)
             first.setdefault((topic, partition), offset)
         for (topic, partition), offset in first.items():
-            try:
-                self._consumer.seek(TopicPartition(topic, partition, offset))
-            except KafkaException as exc:
-                # Without the seek the rest of the batch would be skipped: refuse to go on.
-                raise StopConsumer(
-                    f"cannot rewind {topic}[{partition}] to {offset}: {exc}"
-                ) from exc
-            self._lag.rewound(topic, partition, offset)
+            if self._lag.owns(topic, partition):  # a revoke during a hold may have taken it
+                self._seek(topic, partition, offset)
+
+    def _seek(self, topic: str, partition: int, offset: int) -> None:
+        try:
+            self._consumer.seek(TopicPartition(topic, partition, offset))
+        except KafkaException as exc:
+            # Without the seek the rest of the batch would be skipped: refuse to go on.
+            raise StopConsumer(f"cannot rewind {topic}[{partition}] to {offset}: {exc}") from exc
+        self._lag.rewound(topic, partition, offset)
 
     def _handle_lane(self, lane: Lane, messages: list[Message]) -> None:
         """Decode, hand to the handler, park failures, store offsets — in that order."""
@@ -413,6 +516,8 @@ class PriorityConsumer:
         stats = self.stats.lanes[lane.name]
         records: list[ChunkRecord] = []
         done: list[Message] = []
+        if self._lost_in_batch:
+            messages = self._still_owned(messages)
         lane_metrics.in_flight.set(len(messages))
         try:
             for message in messages:
@@ -429,6 +534,11 @@ class PriorityConsumer:
         finally:
             lane_metrics.in_flight.set(0)
         self._finish(lane, done, stats)
+
+    def _still_owned(self, messages: list[Message]) -> list[Message]:
+        """The messages of partitions still assigned (a revoke during a hold takes some away:
+        their next owner handles them; nothing of theirs is counted or stored here)."""
+        return [m for m in messages if self._lag.owns(*coordinates(m)[:2])]
 
     def _policy_or_stop(
         self,
@@ -499,6 +609,8 @@ class PriorityConsumer:
         handler_duration = self.metrics.lanes[lane.name].handler_duration
         for record in records:
             ctx = record.context
+            if self._lost_in_batch and not self._lag.owns(ctx.topic, ctx.partition):
+                continue  # revoked while the batch ran: its next owner handles it
             started = time.perf_counter()
             try:
                 attempts = self._with_retries(self._handle_one, record)
@@ -560,31 +672,47 @@ class PriorityConsumer:
             return
         lane_metrics = self.metrics.lanes[lane.name]
         now = time.time()
-        handled = 0
-        for message in done:
-            produced_ms = timestamp_ms(message)
-            latency = max(0.0, now - produced_ms / 1000.0)
-            lane_metrics.latency.observe(latency)
-            stats.latencies_s.append(latency)
-            self._lag.handled(*coordinates(message), produced_ms)
-            handled += 1
-        stats.handled += handled
-        # Dead letters were counted as such when parked; the rest were handled.
-        lane_metrics.handled_ok.inc(handled - self._parked_in_batch)
-        self._parked_in_batch = 0
-        self._store(done)
+        with self._state_lock:
+            if self._lost_in_batch:
+                done[:] = self._still_owned(done)
+            handled = 0
+            for message in done:
+                produced_ms = timestamp_ms(message)
+                latency = max(0.0, now - produced_ms / 1000.0)
+                lane_metrics.latency.observe(latency)
+                stats.latencies_s.append(latency)
+                self._lag.handled(*coordinates(message), produced_ms)
+                handled += 1
+            stats.handled += handled
+            # Dead letters were counted as such when parked; the rest were handled.
+            lane_metrics.handled_ok.inc(max(0, handled - self._parked_in_batch))
+            self._parked_in_batch = 0
+            self._store(done)
         done.clear()
 
     def _store(self, messages: Sequence[Message]) -> None:
-        """Store next offsets (the highest handled + 1 per partition; messages are in order)."""
-        next_offsets: dict[TopicPartitionKey, int] = {}
-        for message in messages:
-            topic, partition, offset = coordinates(message)
-            next_offsets[(topic, partition)] = offset + 1
-        if next_offsets:
-            self._consumer.store_offsets(
-                offsets=[TopicPartition(t, p, o) for (t, p), o in next_offsets.items()]
-            )
+        """Stage next offsets (the highest handled + 1 per partition; messages are in order).
+
+        Runs on the batch thread, which never calls the consumer (a librdkafka call there can
+        deadlock with the poll thread's ``consume()`` over the GIL): the poll thread stores
+        what is staged (:meth:`_store_staged`) when the batch ends or a revoke comes.
+        """
+        with self._state_lock:
+            for message in messages:
+                topic, partition, offset = coordinates(message)
+                self._staged[(topic, partition)] = offset + 1
+
+    def _store_staged(self) -> None:
+        """Store the staged offsets of the partitions still assigned (poll thread)."""
+        with self._state_lock:
+            staged, self._staged = self._staged, {}
+            offsets = [
+                TopicPartition(topic, partition, offset)
+                for (topic, partition), offset in staged.items()
+                if self._lag.owns(topic, partition)
+            ]
+        if offsets:
+            self._consumer.store_offsets(offsets=offsets)
 
     # -- concurrent handling (concurrency > 1 or an async handler) ------------------------------
 
@@ -895,14 +1023,15 @@ class PriorityConsumer:
         """Make the paused partitions match the desired set, applied as a diff.
 
         Desired = (priority-paused lanes x assignment) | (backpressure-paused lanes x
-        assignment). The pause state published to the group is the priority one only.
+        assignment) | (the whole assignment during a hold). The pause state published to the
+        group is the priority one only.
         """
         assignment = self._lag.assignment
         priority = {key for key in assignment if self._lane_name(key[0]) in self._paused_lanes}
         backpressure = {
             key for key in assignment if self._lane_name(key[0]) in self._backpressure_lanes
         }
-        desired = priority | backpressure
+        desired = priority | backpressure | (set(assignment) if self._holding else set())
         to_pause = desired - self._paused
         to_resume = self._paused - desired
         if to_pause:
@@ -946,6 +1075,10 @@ class PriorityConsumer:
     # -- rebalance callbacks (run inside consume()) ---------------------------------------------
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        with self._state_lock:
+            self._assign(consumer, partitions)
+
+    def _assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         self.metrics.rebalances.labels(kind="assign").inc()
         self.stats.rebalances += 1
         if self.settings.assignor == "cooperative-sticky":
@@ -964,12 +1097,19 @@ class PriorityConsumer:
         self.stats.rebalances += 1
         if self._pool is not None:
             self._settle_revoked(self._pool, partitions)
-        self._commit_sync()
-        if self.settings.assignor == "cooperative-sticky":
-            consumer.incremental_unassign(partitions)
-        else:
-            consumer.unassign()
-        self._forget(partitions)
+        if (batch := self._batch) is not None:  # a hold: let the batch finish and store first
+            futures.wait([batch], timeout=self.settings.revoke_timeout_s)
+            if not batch.done():
+                log.warning(
+                    "revoke: batch still running after %.0fs; what it does for %s is not"
+                    " committed, the next owner redoes it",
+                    self.settings.revoke_timeout_s,
+                    _describe(partitions),
+                )
+            self._store_staged()
+        with self._state_lock:
+            self._commit_sync()
+            self._release(consumer, partitions)
         log.info("revoked %s", _describe(partitions))
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
@@ -979,15 +1119,30 @@ class PriorityConsumer:
             keys = [(tp.topic, tp.partition) for tp in partitions]
             self._pool.drop_partitions(keys)
             self._pool.abandon_partitions(keys)
+        with self._state_lock:
+            self._release(consumer, partitions)
+        log.warning("lost %s (not committed)", _describe(partitions))
+
+    def _release(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Resume what we paused of ``partitions``, unassign them, forget them.
+
+        librdkafka keeps a partition's pause flag across unassign and a later assign, while the
+        paused set here forgets it: a partition paused when it went and assigned back later
+        would stay paused for good, so it is resumed first.
+        """
+        paused = [tp for tp in partitions if (tp.topic, tp.partition) in self._paused]
+        if paused:
+            consumer.resume([TopicPartition(tp.topic, tp.partition) for tp in paused])
         if self.settings.assignor == "cooperative-sticky":
             consumer.incremental_unassign(partitions)
         else:
             consumer.unassign()
         self._forget(partitions)
-        log.warning("lost %s (not committed)", _describe(partitions))
 
     def _forget(self, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
+        if self._batch_started is not None:
+            self._lost_in_batch = True
         for key in keys:
             self._paused.discard(key)
             self._priority_paused.discard(key)

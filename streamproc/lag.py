@@ -196,7 +196,12 @@ class LagMonitor:
             self._refreshed.pop((tp.topic, tp.partition), None)
 
     def handled(self, topic: str, partition: int, offset: int, timestamp_ms: int) -> None:
-        """Record that ``offset`` was handled (or parked): the position moves past it."""
+        """Record that ``offset`` was handled (or parked): the position moves past it.
+
+        Ignored for a partition not assigned (any more).
+        """
+        if (topic, partition) not in self._positions:
+            return
         self._positions[(topic, partition)] = offset + 1
         lane = self._lane_of_topic.get(topic)
         if lane is not None:
@@ -204,7 +209,8 @@ class LagMonitor:
 
     def rewound(self, topic: str, partition: int, offset: int) -> None:
         """Record a seek back to ``offset`` (messages dropped from a batch for redelivery)."""
-        self._positions[(topic, partition)] = offset
+        if (topic, partition) in self._positions:
+            self._positions[(topic, partition)] = offset
 
     def start_offset(self, topic: str, partition: int) -> int:
         """Next offset to handle in a partition; negative when not known yet.
@@ -227,6 +233,10 @@ class LagMonitor:
     @property
     def assignment(self) -> tuple[TopicPartitionKey, ...]:
         return tuple(self._positions)
+
+    def owns(self, topic: str, partition: int) -> bool:
+        """The partition is assigned (tracked) now."""
+        return (topic, partition) in self._positions
 
     # -- measuring ------------------------------------------------------------------------------
 

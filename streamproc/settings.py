@@ -245,7 +245,11 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
         ),
     )
     health_max_tick_age_s: float = Field(
-        60.0, gt=0, description="/healthz fails when the poll loop has not ticked for this long."
+        60.0,
+        gt=0,
+        description=(
+            "/healthz fails when the poll loop has not ticked, or a batch has run, for this long."
+        ),
     )
     dlq_flush_timeout_s: float = Field(
         30.0, gt=0, description="How long a dead-letter write may take to be acknowledged."
@@ -254,9 +258,9 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
         1,
         ge=1,
         description=(
-            "Chunks handled at once. 1 handles them one by one on the poll thread (batch handlers"
-            " get whole batches); more runs sync handlers on a thread pool and async handlers on"
-            " an event loop, realtime first."
+            "Chunks handled at once. 1 handles them one by one on a batch thread while the poll"
+            " thread keeps the group membership (batch handlers get whole batches); more runs"
+            " sync handlers on a thread pool and async handlers on an event loop, realtime first."
         ),
     )
     ordering: Ordering = Field(

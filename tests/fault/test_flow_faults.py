@@ -176,23 +176,8 @@ def test_03_member_joins_and_leaves_while_bulk_is_paused(
     figures.assert_ok()
 
 
-SLOW_HANDLER_ISSUE = (
-    "needs off-poll-thread handling at concurrency 1 too (issue 9): with the default concurrency"
-    " the handler runs on the poll thread, so a batch longer than max.poll.interval.ms makes"
-    " librdkafka leave the group; the partitions are lost and the uncommitted batch is handled"
-    " twice"
-)
-
-
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "concurrency",
-    [
-        pytest.param(1, marks=pytest.mark.xfail(strict=True, reason=SLOW_HANDLER_ISSUE)),
-        2,
-    ],
-    ids=["concurrency-1", "concurrency-2"],
-)
+@pytest.mark.parametrize("concurrency", [1, 2], ids=["concurrency-1", "concurrency-2"])
 def test_10_handler_slower_than_max_poll_interval(
     cluster: Cluster, tmp_path: Path, concurrency: int
 ) -> None:
@@ -244,12 +229,85 @@ def test_10_handler_slower_than_max_poll_interval(
         notes={
             "rebalances": rebalances,
             "lost": lost_partitions,
-            **({"known_issue": SLOW_HANDLER_ISSUE} if concurrency == 1 else {}),
         },
     )
     figures.assert_ok()
     assert lost_partitions == 0, "a long handler must not cost the member its partitions"
     assert rebalances == 1, "only the initial assignment: no rebalance while the handler runs"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "assignor", ["roundrobin", "cooperative-sticky"], ids=["eager", "cooperative"]
+)
+def test_10_member_joins_while_a_long_batch_holds(
+    cluster: Cluster, tmp_path: Path, assignor: str
+) -> None:
+    """Concurrency 1: a member joins while the first member's batch runs past the hold point.
+
+    The revoke reaches the first member during the hold; it waits for the batch (well within
+    ``revoke_timeout_s``), stores and commits it before the partitions go, so the new owner
+    starts after it: nothing lost, nothing handled twice, no partition lost.
+    """
+    cluster.create_topics(partitions=3)
+    group = f"hold-rebalance-{assignor}"
+    max_poll_interval_ms = 7_000
+    acks = AckLedger(tmp_path)
+    producer = producer_for(cluster.bootstrap, cluster.prefix, acks)
+    produce(producer, acks, sample_chunks(600, low_priority_ratio=0.5, prefix="h10j"))
+    producer.flush()
+    holding = threading.Event()
+
+    def slow_once(records: Sequence[ChunkRecord]) -> None:
+        if not holding.is_set():  # the first batch outlasts the hold point and the join
+            holding.set()
+            time.sleep(max_poll_interval_ms / 1000 * 0.8)
+
+    settings = {
+        "session_timeout_ms": 6_000,
+        "max_poll_interval_ms": max_poll_interval_ms,
+        "assignor": assignor,
+    }
+    first = PriorityConsumer(
+        cluster.consumer_settings(group, client_id="first", **settings),
+        LedgerHandler(tmp_path, before=slow_once),
+    )
+    second = PriorityConsumer(
+        cluster.consumer_settings(group, client_id="second", **settings),
+        LedgerHandler(tmp_path),
+    )
+    first_thread = ThreadedConsumer(first).start()
+    second_thread: ThreadedConsumer | None = None
+    try:
+        assert holding.wait(30), "the first batch never started"
+        second_thread = ThreadedConsumer(second).start()
+        wait_until(lambda: len(second.assignment) > 0, what="the second member to get partitions")
+        wait_drained(tmp_path, acks, timeout_s=90)
+        wait_until(
+            lambda: committed(cluster, group) == high_watermarks(cluster),
+            what="the commit to the end",
+        )
+        revokes = first.metrics.rebalances.labels(kind="revoke")._value.get()
+        lost_partitions = sum(
+            m.metrics.rebalances.labels(kind="lost")._value.get() for m in (first, second)
+        )
+    finally:
+        exit_codes = [t.stop() for t in (second_thread, first_thread) if t is not None]
+    assert exit_codes == [0, 0]
+    figures = check(
+        f"10-slow-handler-rebalance-{'eager' if assignor == 'roundrobin' else 'cooperative'}",
+        f"A member joins while a batch holds past max.poll.interval.ms ({assignor} assignor,"
+        " concurrency 1)",
+        tmp_path,
+        produced=acks.produced,
+        committed=committed(cluster, group),
+        high_watermarks=high_watermarks(cluster),
+        duplicates="none",
+        notes={"revokes_during_run": revokes, "lost": lost_partitions},
+    )
+    figures.assert_ok()
+    assert revokes >= 1, "the join must have revoked partitions from the holding member"
+    assert lost_partitions == 0, "a hold must not cost any member its partitions"
 
 
 @pytest.mark.slow
