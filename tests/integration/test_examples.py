@@ -290,6 +290,20 @@ def produce_with(command: Sequence[str], cluster: Cluster) -> str:
     return result.stdout.strip()
 
 
+def test_streamproc_producer_keys_land_where_the_other_clients_put_them(
+    cluster: Cluster, run_consumer: RunConsumer
+) -> None:
+    """The same chunks from streamproc's own producer: same lanes, keys, content and the same
+    murmur2 partitions as the Java, Go and Node examples, so one chunk's updates stay in one
+    partition whichever client produced them."""
+    cluster.create_topics(partitions=PARTITIONS)
+    with cluster.producer() as producer:
+        produced = producer.produce_many(input_chunks())
+        producer.flush()
+    assert producer.stats.failed == 0
+    assert_consumer_handles_exactly_the_input(cluster, run_consumer, f"{produced} produced")
+
+
 def test_java_example(cluster: Cluster, run_consumer: RunConsumer) -> None:
     output = produce_with(java_producer(), cluster)
     assert_consumer_handles_exactly_the_input(cluster, run_consumer, output)
