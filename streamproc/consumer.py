@@ -30,8 +30,9 @@ others), and the poll thread keeps calling ``consume()`` (which returns nothing)
 ends, the pauses go back to what flow control wants; fetching resumes where the batch ended. A
 revoke during a hold first waits for the batch (up to ``revoke_timeout_s``), so its offsets are
 stored and committed before the partitions go; what the batch does afterwards for partitions no
-longer assigned is neither stored nor counted (their next owner redoes it). State shared by the
-two threads (pauses, positions, stored offsets) changes under one lock.
+longer assigned is neither stored nor counted (their next owner redoes it). Only the poll thread
+calls the consumer: the batch thread stages the offsets to store. What both threads change
+(positions, staged offsets, the assignment seen by rebalance callbacks) changes under one lock.
 
 Shutdown on SIGTERM/SIGINT: stop polling, finish the batch in hand, flush dead letters, commit
 synchronously, close the consumer (leaving the group), return 0. A second signal exits at once.
@@ -215,15 +216,15 @@ class PriorityConsumer:
         self._stop_reason: str | None = None
         self._last_finish = time.monotonic()
         self._dlq_lock = threading.Lock()
-        # Pauses, positions and stored offsets: changed by the batch thread and, during a hold,
-        # by rebalance callbacks on the poll thread.
+        # Positions and staged offsets: changed by the batch thread and, during a hold, by
+        # rebalance callbacks on the poll thread.
         self._state_lock = threading.RLock()
         self._batch_runner: futures.ThreadPoolExecutor | None = None
         self._batch: futures.Future[None] | None = None
         self._batch_started: float | None = None
         self._holding = False
         # Partitions were revoked or lost while the batch in hand ran (only possible in a hold).
-        self._lost_in_batch = False
+        self._revoked_in_batch = False
         # Next offsets handled on the batch thread, stored by the poll thread.
         self._staged: dict[TopicPartitionKey, int] = {}
         self._hold_after_s = min(HOLD_AFTER_S, settings.max_poll_interval_ms / 10_000)
@@ -353,7 +354,7 @@ class PriorityConsumer:
         messages = self._poll(self.settings.poll_timeout_s)
         if messages:
             self._batch_started = time.monotonic()
-            self._lost_in_batch = False
+            self._revoked_in_batch = False
             try:
                 self._handle(messages)
             finally:
@@ -516,7 +517,7 @@ class PriorityConsumer:
         stats = self.stats.lanes[lane.name]
         records: list[ChunkRecord] = []
         done: list[Message] = []
-        if self._lost_in_batch:
+        if self._revoked_in_batch:
             messages = self._still_owned(messages)
         lane_metrics.in_flight.set(len(messages))
         try:
@@ -609,7 +610,7 @@ class PriorityConsumer:
         handler_duration = self.metrics.lanes[lane.name].handler_duration
         for record in records:
             ctx = record.context
-            if self._lost_in_batch and not self._lag.owns(ctx.topic, ctx.partition):
+            if self._revoked_in_batch and not self._lag.owns(ctx.topic, ctx.partition):
                 continue  # revoked while the batch ran: its next owner handles it
             started = time.perf_counter()
             try:
@@ -673,7 +674,7 @@ class PriorityConsumer:
         lane_metrics = self.metrics.lanes[lane.name]
         now = time.time()
         with self._state_lock:
-            if self._lost_in_batch:
+            if self._revoked_in_batch:
                 done[:] = self._still_owned(done)
             handled = 0
             for message in done:
@@ -1142,7 +1143,7 @@ class PriorityConsumer:
     def _forget(self, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
         if self._batch_started is not None:
-            self._lost_in_batch = True
+            self._revoked_in_batch = True
         for key in keys:
             self._paused.discard(key)
             self._priority_paused.discard(key)

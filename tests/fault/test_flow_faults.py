@@ -176,31 +176,40 @@ def test_03_member_joins_and_leaves_while_bulk_is_paused(
     figures.assert_ok()
 
 
+# Scenario 10's handler sleeps past this; a member polling less often is out of the group.
+MAX_POLL_INTERVAL_MS = 7_000
+
+
+def slow_handler_input(cluster: Cluster, tmp_path: Path, prefix: str) -> AckLedger:
+    """Scenario 10's input: 600 chunks over both lanes of 3 partitions, acknowledged."""
+    cluster.create_topics(partitions=3)
+    acks = AckLedger(tmp_path)
+    producer = producer_for(cluster.bootstrap, cluster.prefix, acks)
+    produce(producer, acks, sample_chunks(600, low_priority_ratio=0.5, prefix=prefix))
+    producer.flush()
+    return acks
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("concurrency", [1, 2], ids=["concurrency-1", "concurrency-2"])
 def test_10_handler_slower_than_max_poll_interval(
     cluster: Cluster, tmp_path: Path, concurrency: int
 ) -> None:
-    cluster.create_topics(partitions=3)
     group = f"slow-handler-{concurrency}"
-    max_poll_interval_ms = 7_000
-    acks = AckLedger(tmp_path)
-    producer = producer_for(cluster.bootstrap, cluster.prefix, acks)
-    produce(producer, acks, sample_chunks(600, low_priority_ratio=0.5, prefix="h10"))
-    producer.flush()
+    acks = slow_handler_input(cluster, tmp_path, prefix="h10")
     slept: list[float] = []
 
     def slow_once(records: Sequence[ChunkRecord]) -> None:
         if not slept:  # the first batch takes well over max.poll.interval.ms
             slept.append(time.monotonic())
-            time.sleep(max_poll_interval_ms / 1000 * 1.5)
+            time.sleep(MAX_POLL_INTERVAL_MS / 1000 * 1.5)
 
     handler = LedgerHandler(tmp_path, before=slow_once)
     consumer = PriorityConsumer(
         cluster.consumer_settings(
             group,
             session_timeout_ms=6_000,
-            max_poll_interval_ms=max_poll_interval_ms,
+            max_poll_interval_ms=MAX_POLL_INTERVAL_MS,
             concurrency=concurrency,
         ),
         handler,
@@ -219,7 +228,7 @@ def test_10_handler_slower_than_max_poll_interval(
     assert exit_code == 0
     figures = check(
         f"10-slow-handler-concurrency-{concurrency}",
-        f"Handler slower than max.poll.interval.ms ({max_poll_interval_ms / 1000:.0f} s),"
+        f"Handler slower than max.poll.interval.ms ({MAX_POLL_INTERVAL_MS / 1000:.0f} s),"
         f" concurrency {concurrency}",
         tmp_path,
         produced=acks.produced,
@@ -249,23 +258,18 @@ def test_10_member_joins_while_a_long_batch_holds(
     ``revoke_timeout_s``), stores and commits it before the partitions go, so the new owner
     starts after it: nothing lost, nothing handled twice, no partition lost.
     """
-    cluster.create_topics(partitions=3)
     group = f"hold-rebalance-{assignor}"
-    max_poll_interval_ms = 7_000
-    acks = AckLedger(tmp_path)
-    producer = producer_for(cluster.bootstrap, cluster.prefix, acks)
-    produce(producer, acks, sample_chunks(600, low_priority_ratio=0.5, prefix="h10j"))
-    producer.flush()
+    acks = slow_handler_input(cluster, tmp_path, prefix="h10j")
     holding = threading.Event()
 
     def slow_once(records: Sequence[ChunkRecord]) -> None:
         if not holding.is_set():  # the first batch outlasts the hold point and the join
             holding.set()
-            time.sleep(max_poll_interval_ms / 1000 * 0.8)
+            time.sleep(MAX_POLL_INTERVAL_MS / 1000 * 0.8)
 
     settings = {
         "session_timeout_ms": 6_000,
-        "max_poll_interval_ms": max_poll_interval_ms,
+        "max_poll_interval_ms": MAX_POLL_INTERVAL_MS,
         "assignor": assignor,
     }
     first = PriorityConsumer(
