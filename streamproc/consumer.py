@@ -263,6 +263,8 @@ class PriorityConsumer:
             group_lag_slack=settings.group_lag_slack,
             offset_reset=settings.auto_offset_reset,
         )
+        # Evaluated at scrape time, so it always agrees with /readyz.
+        self.metrics.ready.set_function(lambda: 1.0 if self.ready()[0] else 0.0)
 
     # -- public surface -------------------------------------------------------------------
 
@@ -361,7 +363,6 @@ class PriorityConsumer:
                 self._batch_started = None
         self._apply_flow()
         self._probe_broker()
-        self.metrics.ready.set(1 if self.ready()[0] else 0)
 
     def _run_keeping_membership(self, lane: Lane, messages: list[Message]) -> None:
         """Handle one lane's messages on the batch thread; hold the partitions if it runs long.
@@ -733,7 +734,6 @@ class PriorityConsumer:
             self._enqueue(pool, messages)
         self._apply_flow()
         self._probe_broker()
-        self.metrics.ready.set(1 if self.ready()[0] else 0)
 
     def _poll_wait(self) -> float:
         """How long the poll may wait: short while a backpressure pause waits to be lifted."""

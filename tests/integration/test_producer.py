@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import pytest
 from confluent_kafka.admin import AdminClient
 from confluent_kafka.cimpl import NewTopic
-from kafka_helpers import high_watermarks, read_topic
+from kafka_helpers import high_watermarks, read_topic, wait_until
 
 from streamproc.chunk import Chunk
 from streamproc.codec import ChunkCodec
@@ -221,8 +221,16 @@ def test_create_is_idempotent_and_makes_dead_letter_topics(
 
 
 def create_raw_topic(admin: AdminClient, name: str, partitions: int) -> None:
+    """Create a topic behind streamproc's back and wait until metadata shows it (the create
+    answer can come before the broker's metadata cache has the topic)."""
     futures = admin.create_topics([NewTopic(name, partitions, 1)], request_timeout=30)
     futures[name].result(timeout=30)
+
+    def visible() -> bool:
+        topic = admin.list_topics(timeout=10).topics.get(name)
+        return topic is not None and topic.error is None and len(topic.partitions) == partitions
+
+    wait_until(visible, timeout_s=30, what=f"topic {name} in metadata")
 
 
 def test_existing_lane_topic_with_other_partition_count_is_refused(
