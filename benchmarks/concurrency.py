@@ -247,9 +247,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ],
         notes=[
             "The handler sleeps 20 ms (no CPU): the ideal is 50 chunks/s per worker.",
-            "Concurrency 1 handles chunk by chunk on one batch thread while the poll thread waits"
-            " (and keeps the membership past a second); above 1 the poll thread only polls and"
-            " workers start the next chunk as they finish one.",
+            "Every concurrency takes one path: the loop polls one consumer per lane and workers"
+            " run the handlers; concurrency 1 is one worker slot, and above 1 every chunk is a"
+            " batch of its own, started by a worker as it finishes the previous one.",
             "Under the flood, bulk keeps every worker but the realtime reserve (concurrency / 8)"
             " busy; the realtime stream stays under the pause threshold, so bulk is never paused.",
             "The latency runs go first, in a fresh process: after the throughput runs the same"

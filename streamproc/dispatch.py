@@ -4,10 +4,13 @@ Pure policy: no threads, no Kafka. The consumer adds every message it takes as a
 :class:`WorkItem`; :meth:`Dispatcher.take` answers which item may start now, and
 :meth:`Dispatcher.done` releases a finished one. The rules, in order:
 
-1. At most ``concurrency`` items run at once.
+1. At most ``concurrency`` batches run at once (one per worker slot). A batch is one or more
+   items of one lane, started together (:meth:`Dispatcher.take_batch`); :meth:`Dispatcher.take`
+   is a batch of one.
 2. Lanes by rank: an item of a more urgent lane always starts before one of a less urgent lane;
    FIFO within a lane (by the order taken, among the items allowed to start). Lanes the flow
-   policy holds paused start nothing (their items wait).
+   policy holds paused start nothing (their items wait). A lane in a starvation slice
+   (:meth:`Dispatcher.favour_lanes`) gets every other batch although a more urgent lane has work.
 3. While a more urgent lane has been active within ``reserve_window_s``, the less urgent lanes
    leave ``reserved`` workers free for it, so an urgent message never waits behind a full house of
    slow bulk work.
@@ -26,7 +29,7 @@ from __future__ import annotations
 import heapq
 import itertools
 from collections import deque
-from collections.abc import Hashable, Iterable
+from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, Literal, TypeVar
 
@@ -62,6 +65,7 @@ class WorkItem(Generic[T]):
     taken_at: float = 0.0
     epoch: int = 0
     order_key: Hashable | None = field(default=None, init=False)
+    sequence: int = field(default=0, init=False)
 
     @property
     def partition_key(self) -> PartitionKey:
@@ -112,15 +116,36 @@ class Dispatcher(Generic[T]):
         # last of its items finished; the deque holds its later items, in the order taken.
         self._held: dict[Hashable, deque[WorkItem[T]]] = {}
         self._running: set[WorkItem[T]] = set()
+        # Batch id of each running item and how many items of each batch still run: a worker slot
+        # is busy until the last item of its batch is done.
+        self._batch_of: dict[WorkItem[T], int] = {}
+        self._batch_left: dict[int, int] = {}
+        self._batch_ids = itertools.count()
         self._size_per_lane = [0] * lanes
         self._last_taken_at: list[float | None] = [None] * lanes
         self._held_lanes: frozenset[int] = frozenset()
+        self._favoured_lanes: frozenset[int] = frozenset()
+        self._last_batch_rank = 0
 
     # -- figures ---------------------------------------------------------------------------------
 
     @property
     def running(self) -> int:
+        """Items running now."""
         return len(self._running)
+
+    @property
+    def busy_slots(self) -> int:
+        """Worker slots running a batch now."""
+        return len(self._batch_left)
+
+    @property
+    def free_slots(self) -> int:
+        return self.concurrency - len(self._batch_left)
+
+    def ready(self, rank: int) -> int:
+        """Items of a lane allowed to start now (waiting for a slot only)."""
+        return len(self._ready[rank])
 
     def size(self, rank: int) -> int:
         """Items of a lane taken and not finished (waiting or running)."""
@@ -146,13 +171,18 @@ class Dispatcher(Generic[T]):
         """Start nothing from these lanes (the flow policy paused them) until released."""
         self._held_lanes = frozenset(ranks)
 
+    def favour_lanes(self, ranks: Iterable[int]) -> None:
+        """Lanes in a starvation slice: every other batch is theirs while they have work."""
+        self._favoured_lanes = frozenset(ranks)
+
     def add(self, item: WorkItem[T]) -> None:
         """Queue a taken item (items of one partition are added in offset order)."""
         item.order_key = self.order_key(item)
         rank = item.lane_rank
         self._size_per_lane[rank] += 1
         self._last_taken_at[rank] = item.taken_at
-        self._seq_of[item] = next(self._sequence)
+        item.sequence = next(self._sequence)
+        self._seq_of[item] = item.sequence
         if item.order_key is None:
             self._make_ready(item)
         elif item.order_key in self._held:
@@ -165,20 +195,49 @@ class Dispatcher(Generic[T]):
         heapq.heappush(self._ready[item.lane_rank], (self._seq_of[item], item))
 
     def take(self, now: float) -> WorkItem[T] | None:
-        """The next item to start now, marked running; None when nothing may start."""
-        running = len(self._running)
-        if running >= self.concurrency:
-            return None
-        for rank, ready in enumerate(self._ready):
+        """The next item to start now as a batch of its own, marked running; None when nothing
+        may start."""
+        batch = self.take_batch(now, lambda rank: 1)
+        return batch[0] if batch else None
+
+    def take_batch(self, now: float, limit: Callable[[int], int]) -> list[WorkItem[T]]:
+        """The next batch to start in a free slot: up to ``limit(rank)`` ready items of the most
+        urgent lane that may start (a favoured lane first when the last batch was not its own).
+
+        Items of one order key are never in one batch (the later one waits for the earlier).
+        Returns an empty list when no slot is free or nothing may start.
+        """
+        busy = len(self._batch_left)
+        if busy >= self.concurrency:
+            return []
+        ranks: Iterable[int] = range(len(self._ready))
+        favoured = [r for r in self._favoured_lanes if self._ready[r] and r not in self._held_lanes]
+        if favoured and self._last_batch_rank not in self._favoured_lanes:
+            ranks = [*favoured, *ranks]
+        for rank in ranks:
+            ready = self._ready[rank]
             if not ready or rank in self._held_lanes:
                 continue
-            if rank > 0 and running >= self.concurrency - self._reserve_for(rank, now):
-                return None
-            _, item = heapq.heappop(ready)
-            del self._seq_of[item]
-            self._running.add(item)
-            return item
-        return None
+            if (
+                rank > 0
+                and rank not in favoured
+                and busy >= self.concurrency - self._reserve_for(rank, now)
+            ):
+                return []
+            batch_id = next(self._batch_ids)
+            batch: list[WorkItem[T]] = []
+            for _ in range(max(1, limit(rank))):
+                if not ready:
+                    break
+                _, item = heapq.heappop(ready)
+                del self._seq_of[item]
+                self._running.add(item)
+                self._batch_of[item] = batch_id
+                batch.append(item)
+            self._batch_left[batch_id] = len(batch)
+            self._last_batch_rank = rank
+            return batch
+        return []
 
     def _reserve_for(self, rank: int, now: float) -> int:
         """Workers lane ``rank`` leaves free: ``reserved`` while a more urgent lane is active."""
@@ -197,8 +256,29 @@ class Dispatcher(Generic[T]):
         if item not in self._running:
             return  # already dropped with its partition
         self._running.discard(item)
+        batch_id = self._batch_of.pop(item)
+        left = self._batch_left[batch_id] - 1
+        if left:
+            self._batch_left[batch_id] = left
+        else:
+            del self._batch_left[batch_id]
         self._size_per_lane[item.lane_rank] -= 1
         self._release(item.order_key)
+
+    def give_back(self, item: WorkItem[T]) -> None:
+        """Put a running item back where it was, not done (its lane was held after it was
+        taken, before its handler ran): it starts again, first of its key, once allowed."""
+        if item not in self._running:
+            return
+        self._running.discard(item)
+        batch_id = self._batch_of.pop(item)
+        left = self._batch_left[batch_id] - 1
+        if left:
+            self._batch_left[batch_id] = left
+        else:
+            del self._batch_left[batch_id]
+        self._seq_of[item] = item.sequence
+        self._make_ready(item)
 
     def _release(self, order_key: Hashable | None) -> None:
         if order_key is None:
@@ -241,6 +321,24 @@ class Dispatcher(Generic[T]):
             self._size_per_lane[item.lane_rank] -= 1
             self._seq_of.pop(item, None)
         return dropped
+
+    def drop_held(self, partitions: Iterable[PartitionKey] | None = None) -> list[WorkItem[T]]:
+        """Remove the waiting items of held lanes (of ``partitions`` only, when given).
+
+        A held lane's waiting items are the tail of their partitions (nothing later of them was
+        started), so dropping them loses nothing: their offsets are never stored, and the next
+        owner, or this member after a restart, takes them again.
+        """
+        keys: set[PartitionKey] = set()
+        for rank in self._held_lanes:
+            keys.update(item.partition_key for _, item in self._ready[rank])
+        for waiting in self._held.values():
+            keys.update(
+                item.partition_key for item in waiting if item.lane_rank in self._held_lanes
+            )
+        if partitions is not None:
+            keys &= set(partitions)
+        return self.drop_partitions(keys)
 
     def abandon(self, items: Iterable[WorkItem[T]]) -> None:
         """Stop counting running items whose results will be ignored (partition gone)."""

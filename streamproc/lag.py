@@ -35,8 +35,10 @@ from confluent_kafka import (
     KafkaException,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient
-from confluent_kafka.admin._listoffsets import OffsetSpec
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # OffsetSpec: public, untyped
+    AdminClient,
+    OffsetSpec,
+)
 
 from streamproc.flow import LaneLag, OffsetReset, Scope, effective_scope, lane_lag, partition_lag
 from streamproc.lanes import Lanes
@@ -91,7 +93,8 @@ class LagMonitor:
     """Tracks positions, watermarks and timestamps of one member's partitions.
 
     Args:
-        consumer: The member's consumer (for cached watermarks and committed offsets).
+        consumers: Each lane topic's consumer (cached watermarks live in the consumer that
+            fetches the partition; the top lane's answers the group-wide questions).
         admin: An AdminClient on the same cluster (watermark refresh and group offsets).
         lanes: The lane topology.
         group_id: The consumer group, for group-scope lag.
@@ -105,7 +108,7 @@ class LagMonitor:
 
     def __init__(
         self,
-        consumer: Consumer,
+        consumers: Mapping[str, Consumer],
         admin: AdminClient,
         lanes: Lanes,
         *,
@@ -116,7 +119,8 @@ class LagMonitor:
         group_lag_slack: int = 0,
         offset_reset: str = "earliest",
     ) -> None:
-        self._consumer = consumer
+        self._consumers = dict(consumers)
+        self._consumer = self._consumers[lanes.top.topic]
         self._admin = admin
         self._lanes = lanes
         self._lane_of_topic = {lane.topic: lane.name for lane in lanes}
@@ -154,7 +158,9 @@ class LagMonitor:
         if not new:
             return
         try:
-            committed = self._consumer.committed(new, timeout=_ADMIN_TIMEOUT_S)
+            # The consumer whose rebalance callback this is (one lane, one topic).
+            consumer = self._consumers.get(new[0].topic, self._consumer)
+            committed = consumer.committed(new, timeout=_ADMIN_TIMEOUT_S)
         except KafkaException:
             committed = [TopicPartition(tp.topic, tp.partition, OFFSET_INVALID) for tp in new]
         for tp in committed:
@@ -222,10 +228,11 @@ class LagMonitor:
         if position >= 0 or self._reset != "earliest":
             return position
         tp = TopicPartition(topic, partition)
-        low, _ = self._consumer.get_watermark_offsets(tp, cached=True)
+        consumer = self._consumers[topic]
+        low, _ = consumer.get_watermark_offsets(tp, cached=True)
         if low < 0:  # never fetched (paused at once): ask the broker, rare and only on transitions
             try:
-                low, _ = self._consumer.get_watermark_offsets(tp, timeout=_ADMIN_TIMEOUT_S)
+                low, _ = consumer.get_watermark_offsets(tp, timeout=_ADMIN_TIMEOUT_S)
             except KafkaException:
                 return OFFSET_INVALID
         return int(low) if low >= 0 else OFFSET_INVALID
@@ -233,6 +240,11 @@ class LagMonitor:
     @property
     def assignment(self) -> tuple[TopicPartitionKey, ...]:
         return tuple(self._positions)
+
+    @property
+    def lane_of_topic(self) -> Mapping[str, str]:
+        """Lane name of each lane topic."""
+        return self._lane_of_topic
 
     def owns(self, topic: str, partition: int) -> bool:
         """The partition is assigned (tracked) now."""
@@ -300,7 +312,7 @@ class LagMonitor:
         refreshed = self._refreshed.get((topic, partition))
         if paused and refreshed is not None:
             return refreshed[0], refreshed[1]
-        low, high = self._consumer.get_watermark_offsets(
+        low, high = self._consumers[topic].get_watermark_offsets(
             TopicPartition(topic, partition), cached=True
         )
         if high < 0 and refreshed is not None:

@@ -206,9 +206,9 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
         256,
         gt=0,
         description=(
-            "Bound of librdkafka's local queue of prefetched messages (queued.max.messages.kbytes)."
-            " The queue is shared by every partition and served in arrival order, so a realtime"
-            " message waits behind whatever bulk is queued ahead of it: keep it to a batch or two."
+            "Bound of each lane consumer's local queue of prefetched messages"
+            " (queued.max.messages.kbytes). Every lane has a consumer and a queue of its own, so"
+            " a bulk backlog never sits ahead of a realtime message."
         ),
     )
     fetch_partition_kbytes: int = Field(
@@ -258,25 +258,35 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
         1,
         ge=1,
         description=(
-            "Chunks handled at once. 1 handles them one by one on a batch thread while the poll"
-            " thread keeps the group membership (batch handlers get whole batches); more runs"
-            " sync handlers on a thread pool and async handlers on an event loop, realtime first."
+            "Worker slots: batches handled at once, realtime first. Sync handlers run on a"
+            " thread pool of this size, async handlers on one event loop; the poll loop keeps"
+            " every lane consumer in the group however long a handler takes."
+        ),
+    )
+    bulk_turn_ms: float = Field(
+        5.0,
+        gt=0,
+        description=(
+            "Time budget of one lower-lane turn: a bulk batch is sized (from the measured"
+            " handling time per chunk) to end within it, so a realtime chunk arriving meanwhile"
+            " waits at most about this long for a worker slot."
         ),
     )
     ordering: Ordering = Field(
         "key",
         description=(
-            "With concurrency > 1: key (same message key never in flight twice, per partition),"
-            " partition (one chunk in flight per partition) or unordered."
+            "key (same message key never in flight twice, per partition), partition (one"
+            " chunk in flight per partition) or unordered."
         ),
     )
     max_in_flight: int | None = Field(
         None,
         ge=1,
         description=(
-            "Chunks taken and not finished per lane (concurrency > 1): a lane holding this many"
-            " has its fetching paused until it is back at half (backpressure); default"
-            " 4 x concurrency, at least 16."
+            "Chunks taken and not finished per lane: a lane holding this many takes no more,"
+            " and has its partitions paused until it is back at half (backpressure) when its"
+            " consumer must be polled meanwhile; default 4 x concurrency, at least"
+            " max_batch_messages."
         ),
     )
     reserved_workers: int | None = Field(
@@ -299,7 +309,7 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
     @property
     def in_flight_limit(self) -> int:
         """Backpressure bound per lane: :attr:`max_in_flight` or its default."""
-        return self.max_in_flight or max(4 * self.concurrency, 16)
+        return self.max_in_flight or max(4 * self.concurrency, self.max_batch_messages)
 
     def action_for(self, error: BaseException) -> ErrorAction:
         """What to do with a message that failed with ``error``.

@@ -2,9 +2,11 @@
 ``async def`` handlers.
 
 The poll thread adds taken items; whenever a worker slot frees up, the finishing worker starts the
-next item the :class:`~streamproc.dispatch.Dispatcher` allows, so the pool never waits for the
-poll loop's next tick. Results are queued for the poll thread, which alone stores offsets and
-touches the Kafka client. Every dispatcher call happens under one lock.
+next batch the :class:`~streamproc.dispatch.Dispatcher` allows (up to ``batch_limit(rank)`` items
+of one lane), so the pool never waits for the poll loop's next tick. Results are queued for the
+poll thread, which alone stores offsets and touches the Kafka clients; it can sleep until a slot
+is free (:meth:`WorkerPool.wait_for_slot`) without holding the GIL. Every dispatcher call happens
+under one lock.
 """
 
 from __future__ import annotations
@@ -24,25 +26,31 @@ R = TypeVar("R")
 
 
 class WorkerPool(Generic[T, R]):
-    """Runs items at most ``dispatcher.concurrency`` at a time, in the dispatcher's order.
+    """Runs batches at most ``dispatcher.concurrency`` at a time, in the dispatcher's order.
 
-    Exactly one of ``run_sync`` and ``run_async`` is given. Neither may raise: each returns the
-    outcome the poll thread collects with :meth:`finished`.
+    Exactly one of ``run_sync`` and ``run_async`` is given. Each takes a batch and returns one
+    outcome per item, in order; neither should raise (if one does, every item of the batch gets
+    the exception as its result). The poll thread collects outcomes with :meth:`finished`.
 
     Args:
         dispatcher: Decides what starts next.
-        run_sync: Handles one item on a pool thread.
-        run_async: Handles one item as a coroutine on the pool's event loop thread.
+        run_sync: Handles one batch on a pool thread.
+        run_async: Handles one batch as a coroutine on the pool's event loop thread.
         on_start: Called (under the lock, on whichever thread starts it) as an item starts.
+        batch_limit: Most items of a batch of the lane of this rank (default 1).
+        given_back: True for an outcome that means "not run, the lane was held meanwhile": the
+            item goes back to the dispatcher where it was (:meth:`Dispatcher.give_back`).
     """
 
     def __init__(
         self,
         dispatcher: Dispatcher[T],
         *,
-        run_sync: Callable[[WorkItem[T]], R] | None = None,
-        run_async: Callable[[WorkItem[T]], Awaitable[R]] | None = None,
+        run_sync: Callable[[list[WorkItem[T]]], list[R]] | None = None,
+        run_async: Callable[[list[WorkItem[T]]], Awaitable[list[R]]] | None = None,
         on_start: Callable[[WorkItem[T], float], None] | None = None,
+        batch_limit: Callable[[int], int] = lambda rank: 1,
+        given_back: Callable[[R], bool] = lambda outcome: False,
     ) -> None:
         if (run_sync is None) == (run_async is None):
             raise ValueError("give exactly one of run_sync and run_async")
@@ -50,6 +58,8 @@ class WorkerPool(Generic[T, R]):
         self._run_sync = run_sync
         self._run_async = run_async
         self._on_start = on_start
+        self._batch_limit = batch_limit
+        self._given_back = given_back
         self._lock = threading.Condition(threading.RLock())
         self._results: list[tuple[WorkItem[T], R | BaseException]] = []
         self._halted = False
@@ -95,6 +105,27 @@ class WorkerPool(Generic[T, R]):
         with self._lock:
             return self._dispatcher.running
 
+    def free_slots(self) -> int:
+        with self._lock:
+            return 0 if self._halted else self._dispatcher.free_slots
+
+    def ready(self, rank: int) -> int:
+        """Items of a lane waiting for a free slot."""
+        with self._lock:
+            return self._dispatcher.ready(rank)
+
+    def favour_lanes(self, ranks: Iterable[int]) -> None:
+        with self._lock:
+            self._dispatcher.favour_lanes(ranks)
+            self._launch()
+
+    def wait_for_slot(self, timeout_s: float) -> bool:
+        """Sleep (without the GIL) until a worker slot is free or a result waits; True if so."""
+        with self._lock:
+            return self._wait_for(
+                lambda: bool(self._results) or self._dispatcher.free_slots > 0, timeout_s
+            )
+
     def drop_partitions(self, partitions: Iterable[PartitionKey]) -> list[WorkItem[T]]:
         """Remove waiting items of ``partitions``; running ones go on (see :meth:`abandon`)."""
         with self._lock:
@@ -108,19 +139,15 @@ class WorkerPool(Generic[T, R]):
 
     def drain(self, partitions: Iterable[PartitionKey] | None, timeout_s: float) -> bool:
         """Run every taken item of ``partitions`` (all when None) to the end, waiting up to
-        ``timeout_s``; lanes held by the flow policy are released meanwhile so nothing waits
-        on them. Once halted, only the running items are waited for. Returns True when none is
-        left to wait for.
+        ``timeout_s``. Items of lanes the flow policy holds that have not started are dropped
+        instead (:meth:`Dispatcher.drop_held`): nothing of a held lane starts. Once halted,
+        only the running items are waited for. Returns True when none is left to wait for.
         """
         keys = None if partitions is None else set(partitions)
         with self._lock:
-            held = self._dispatcher.held_lanes
-            self._dispatcher.hold_lanes(())
+            self._dispatcher.drop_held(keys)
             self._launch()
-            try:
-                return self._wait_for(lambda: not self._left_to_drain(keys), timeout_s)
-            finally:
-                self._dispatcher.hold_lanes(held)
+            return self._wait_for(lambda: not self._left_to_drain(keys), timeout_s)
 
     def _left_to_drain(self, keys: set[PartitionKey] | None) -> int:
         if self._halted:  # nothing more starts: only the running items can still finish
@@ -172,38 +199,50 @@ class WorkerPool(Generic[T, R]):
         return True
 
     def _launch(self) -> None:
-        """Start every item the dispatcher allows now."""
+        """Start every batch the dispatcher allows now."""
         if self._halted:
             return
         now = time.monotonic()
-        while (item := self._dispatcher.take(now)) is not None:
+        while batch := self._dispatcher.take_batch(now, self._batch_limit):
             if self._on_start is not None:
-                self._on_start(item, now)
-            future: Future[R]
+                for item in batch:
+                    self._on_start(item, now)
+            future: Future[list[R]]
             try:
                 if self._executor is not None and self._run_sync is not None:
-                    future = self._executor.submit(self._run_sync, item)
+                    future = self._executor.submit(self._run_sync, batch)
                 elif self._loop is not None and self._run_async is not None:
-                    coroutine = _call(self._run_async, item)
+                    coroutine = _call(self._run_async, batch)
                     future = asyncio.run_coroutine_threadsafe(coroutine, self._loop)
                 else:  # pragma: no cover - the constructor guarantees one of the two
                     raise AssertionError("no runner")
             except RuntimeError:
-                # The pool or the interpreter is shutting down: the item never runs (its offset
-                # is never stored, so it comes back), and nothing else starts.
+                # The pool or the interpreter is shutting down: the batch never runs (its offsets
+                # are never stored, so it comes back), and nothing else starts.
                 self._halted = True
                 return
-            future.add_done_callback(functools.partial(self._finish, item))
+            future.add_done_callback(functools.partial(self._finish, batch))
 
-    def _finish(self, item: WorkItem[T], future: Future[R]) -> None:
+    def _finish(self, batch: list[WorkItem[T]], future: Future[list[R]]) -> None:
         with self._lock:
+            outcomes: list[R | BaseException] = []
             if not future.cancelled():
                 error = future.exception()
-                self._results.append((item, future.result() if error is None else error))
-            self._dispatcher.done(item)
+                outcomes = [error] * len(batch) if error is not None else list(future.result())
+            for index, item in enumerate(batch):
+                outcome = outcomes[index] if outcomes else None
+                if outcome is None:
+                    self._dispatcher.done(item)
+                elif not isinstance(outcome, BaseException) and self._given_back(outcome):
+                    self._dispatcher.give_back(item)
+                else:
+                    self._results.append((item, outcome))
+                    self._dispatcher.done(item)
             self._launch()
             self._lock.notify_all()
 
 
-async def _call(run: Callable[[WorkItem[T]], Awaitable[R]], item: WorkItem[T]) -> R:
-    return await run(item)
+async def _call(
+    run: Callable[[list[WorkItem[T]]], Awaitable[list[R]]], batch: list[WorkItem[T]]
+) -> list[R]:
+    return await run(batch)

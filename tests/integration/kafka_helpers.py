@@ -18,7 +18,10 @@ from confluent_kafka import (
     ConsumerGroupTopicPartitions,
     TopicPartition,
 )
-from confluent_kafka.admin import AdminClient
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # NewPartitions: public, untyped
+    AdminClient,
+    NewPartitions,
+)
 
 from streamproc.chunk import Chunk
 from streamproc.consumer import PriorityConsumer
@@ -46,9 +49,20 @@ class Cluster:
         # destroys them ("Broker handle destroyed for termination").
         return AdminClient({"bootstrap.servers": self.bootstrap})
 
-    def create_topics(self, partitions: int = 3) -> None:
+    def create_topics(self, partitions: int = 3, *, bulk_partitions: int | None = None) -> None:
+        """Create the lane topics; ``bulk_partitions`` gives the bottom lane more partitions (so
+        that, of two members, one can own bulk partitions only: each lane consumer is a member
+        of its own, and a lone realtime partition goes to one of them)."""
         settings = KafkaSettings(bootstrap_servers=self.bootstrap, topic_prefix=self.prefix)
         TopicAdmin(self.admin, settings.topology).create(partitions=partitions)
+        if bulk_partitions is None:
+            return
+        bulk = self.lanes.bottom.topic
+        self.admin.create_partitions([NewPartitions(bulk, bulk_partitions)])[bulk].result()
+        wait_until(
+            lambda: len(self.admin.list_topics(bulk).topics[bulk].partitions) == bulk_partitions,
+            what=f"{bulk} to have {bulk_partitions} partitions",
+        )
 
     def producer(self) -> ChunkProducer:
         return ChunkProducer(

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Awaitable, Callable
 
 import pytest
 
@@ -36,6 +37,20 @@ class Probe:
         with self.lock:
             self.running -= 1
             self.keys_running.discard(item.key)
+
+
+def each(run: Callable[[WorkItem[str]], str]) -> Callable[[list[WorkItem[str]]], list[str]]:
+    """A batch runner from a per-item one."""
+    return lambda batch: [run(item) for item in batch]
+
+
+def each_async(
+    run: Callable[[WorkItem[str]], Awaitable[str]],
+) -> Callable[[list[WorkItem[str]]], Awaitable[list[str]]]:
+    async def run_batch(batch: list[WorkItem[str]]) -> list[str]:
+        return [await run(item) for item in batch]
+
+    return run_batch
 
 
 def items(count: int, keys: int) -> list[WorkItem[str]]:
@@ -77,7 +92,7 @@ def test_sync_pool_runs_concurrently_bounded_and_keeps_keys_apart() -> None:
         return item.payload
 
     pool: WorkerPool[str, str] = WorkerPool(
-        Dispatcher(2, concurrency=4, ordering="key", reserved=0), run_sync=run
+        Dispatcher(2, concurrency=4, ordering="key", reserved=0), run_sync=each(run)
     )
     results = run_all(pool, items(40, keys=6))
     assert len(results) == 40
@@ -101,7 +116,7 @@ def test_async_pool_runs_coroutines_on_one_loop() -> None:
         return item.payload
 
     pool: WorkerPool[str, str] = WorkerPool(
-        Dispatcher(2, concurrency=8, ordering="unordered", reserved=0), run_async=run
+        Dispatcher(2, concurrency=8, ordering="unordered", reserved=0), run_async=each_async(run)
     )
     results = run_all(pool, items(32, keys=32))
     assert len(results) == 32
@@ -119,7 +134,7 @@ def test_exceptions_come_back_as_results_and_halt_stops_new_starts() -> None:
         return item.payload
 
     pool: WorkerPool[str, str] = WorkerPool(
-        Dispatcher(2, concurrency=2, ordering="unordered", reserved=0), run_sync=run
+        Dispatcher(2, concurrency=2, ordering="unordered", reserved=0), run_sync=each(run)
     )
     try:
         pool.add(items(5, keys=5))
@@ -144,7 +159,7 @@ def test_revoked_partitions_are_dropped_waited_for_and_abandoned() -> None:
         return item.payload
 
     pool: WorkerPool[str, str] = WorkerPool(
-        Dispatcher(2, concurrency=1, ordering="unordered", reserved=0), run_sync=run
+        Dispatcher(2, concurrency=1, ordering="unordered", reserved=0), run_sync=each(run)
     )
     partition = [("chunks.bulk", 0)]
     try:

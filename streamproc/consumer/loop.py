@@ -1,0 +1,723 @@
+"""PriorityConsumer: one Kafka consumer per lane in one group, realtime first, bulk in turns.
+
+One loop owns every lane consumer (see :mod:`streamproc.consumer.clients`). Handlers run on a
+worker pool of ``concurrency`` slots (threads for sync handlers, one event loop for ``async def``
+ones); concurrency 1 is the same path with one slot. Each slot runs one batch of one lane at a
+time (:mod:`streamproc.dispatch`), and the loop only polls, decides and stores. Every turn:
+
+1. Collect finished batches: count their outcomes and store, per partition, the end of the
+   contiguous finished run (never past an unfinished chunk).
+2. Take realtime: whatever the top lane's consumer has ready, without waiting, up to the lane's
+   in-flight bound. It goes ahead of every lower-lane chunk waiting for a slot.
+3. Only when a slot is free and no more urgent chunk waits, give the next lane a turn: a batch
+   sized so it ends within ``bulk_turn_ms`` (a moving average of its per-chunk handling time;
+   :mod:`streamproc.consumer.turns`), one per free slot. A lane the flow policy holds gets no
+   turn, unless a starvation guard grants it a slice (then it gets every other batch).
+4. Flow control (every ``FLOW_TICK_S``): measure lag, run the :class:`~streamproc.flow.
+   FlowController`, pause or resume the held lanes' partitions (:mod:`streamproc.consumer.
+   pausebook`), publish the pause state.
+5. Keep every lane consumer alive: one polled less recently than ``poll_timeout_s`` is polled now
+   (its rebalance callbacks run, ``max.poll.interval.ms`` never runs out), even while realtime
+   saturates the slots or a handler runs for minutes. A lane holding its in-flight bound has its
+   partitions paused first (backpressure), so such a poll takes nothing more.
+6. Wait, without holding the GIL: for a free slot when every slot is busy, else for realtime on
+   the top lane's consumer (up to ``poll_timeout_s``).
+
+Offsets are stored only after a chunk is handled or parked; librdkafka's auto-commit commits
+stored offsets on an interval. Rebalances: :mod:`streamproc.consumer.rebalance`.
+
+Shutdown on SIGTERM/SIGINT: take nothing more, finish every taken chunk (up to
+``drain_timeout_s``), store, flush dead letters, commit each lane consumer synchronously, close
+them (leaving the group), return 0. A second signal exits at once. A stop by the error policy
+starts nothing more, waits for the running chunks, stores what is contiguous, stops with 1.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from types import FrameType
+
+from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
+
+from streamproc.codec import ChunkCodec
+from streamproc.consumer.clients import ClientFactory, KafkaClients, LaneConsumer, lane_config
+from streamproc.consumer.pausebook import PartitionKey, PauseBook
+from streamproc.consumer.pipeline import Outcome, Pipeline
+from streamproc.consumer.rebalance import Rebalancer
+from streamproc.consumer.turns import TurnPlanner
+from streamproc.dispatch import Dispatcher, WorkItem
+from streamproc.errors import SchemaRegistryUnavailableError, StreamprocError
+from streamproc.flow import FlowController
+from streamproc.handlers import AnyHandler
+from streamproc.lag import PAUSED_METADATA, RUNNING_METADATA, LagMonitor, LagSnapshot
+from streamproc.messages import coordinates, timestamp_ms
+from streamproc.metrics import ConsumerMetrics
+from streamproc.offsets import OffsetTracker
+from streamproc.registry import RegistrySchemaIds, registry_codec
+from streamproc.settings import ConsumerSettings
+from streamproc.workers import WorkerPool
+
+log = logging.getLogger(__name__)
+
+LATENCY_WINDOW = 4096
+# How often lag is measured and the flow policy runs (the loop itself turns far more often).
+FLOW_TICK_S = 0.01
+# While a revoke waits for running chunks, how often the other lane consumers are polled.
+HOLD_POLL_S = 0.05
+
+
+class StopConsumer(StreamprocError):
+    """Raised inside the loop when the error policy says stop: nothing past the failure commits."""
+
+    reason = "stopped"
+
+
+@dataclass(slots=True)
+class LaneStats:
+    """Running figures of one lane (for the live view and tests)."""
+
+    handled: int = 0
+    dead_lettered: int = 0
+    retried: int = 0
+    latencies_s: deque[float] = field(default_factory=lambda: deque(maxlen=LATENCY_WINDOW))
+
+
+@dataclass(slots=True)
+class ConsumerStats:
+    lanes: dict[str, LaneStats]
+    rebalances: int = 0
+    last_snapshot: LagSnapshot | None = None
+
+
+class PriorityConsumer:
+    """Consume every lane in one group, realtime first, pausing lower lanes while a higher lags.
+
+    Args:
+        settings: Connection, group, flow policy and error policy.
+        handler: A per-chunk callable or a :class:`~streamproc.handlers.BatchHandler`, sync or
+            ``async def``.
+        codec: Avro codec (built from the bundled schemas, or the registry, if omitted).
+        metrics: Where to record metrics (a private registry if omitted).
+        clients: Builds the Kafka clients (the real ones if omitted; fakes in unit tests).
+    """
+
+    def __init__(
+        self,
+        settings: ConsumerSettings,
+        handler: AnyHandler,
+        *,
+        codec: ChunkCodec | None = None,
+        metrics: ConsumerMetrics | None = None,
+        clients: ClientFactory | None = None,
+    ) -> None:
+        self.settings = settings
+        self.lanes = settings.topology
+        self._schema_ids: RegistrySchemaIds | None = None
+        if codec is None:
+            codec, self._schema_ids = registry_codec(settings.schema_registry(), self.lanes.topics)
+        self.codec = codec
+        self.metrics = metrics or ConsumerMetrics(lane.name for lane in self.lanes)
+        self.metrics.describe(consumer_group=settings.group_id, topic_prefix=settings.topic_prefix)
+        self.stats = ConsumerStats({lane.name: LaneStats() for lane in self.lanes})
+        clients = clients or KafkaClients()
+        self._stop = threading.Event()
+        self._signals = 0
+        self._closed = False
+        self._last_tick = time.monotonic()
+        self._last_flow_tick = 0.0
+        self._last_finish = time.monotonic()
+        self._broker_down_since: float | None = None
+        self._last_broker_probe = 0.0
+        self._stop_reason: str | None = None
+        self._paused_lanes: frozenset[str] = frozenset()
+        self._published_paused: frozenset[PartitionKey] = frozenset()
+        # Lanes in a starvation slice: they get turns although a more urgent lane has work.
+        self._slice_ranks: frozenset[int] = frozenset()
+        # Inside a revoke's wait, which polls the other lane consumers (not recursively).
+        self._settling = False
+        self._offsets: OffsetTracker[PartitionKey] = OffsetTracker()
+        self._epochs: dict[PartitionKey, int] = {}
+        self._pauses = PauseBook()
+        self._flow = FlowController([lane.name for lane in self.lanes], settings.flow_settings())
+
+        config = settings.to_librdkafka(self._on_error, self._on_commit)
+        self._lane_consumers = [
+            LaneConsumer(lane, clients.consumer(lane_config(config, lane))) for lane in self.lanes
+        ]
+        self._consumer_of_topic = {lc.lane.topic: lc for lc in self._lane_consumers}
+        self._admin = clients.admin(settings.admin_config())
+        self._dlq = clients.dead_letters(
+            settings.dead_letter_producer_config(), settings.dlq_flush_timeout_s
+        )
+        self._lag = LagMonitor(
+            {lc.lane.topic: lc.consumer for lc in self._lane_consumers},
+            self._admin,
+            self.lanes,
+            group_id=settings.group_id,
+            scope=settings.scope,
+            watermark_refresh_s=settings.watermark_refresh_s,
+            group_refresh_s=settings.group_refresh_s,
+            group_lag_slack=settings.group_lag_slack,
+            offset_reset=settings.auto_offset_reset,
+        )
+        self._planner = TurnPlanner(
+            len(self.lanes.all),
+            budget_s=settings.bulk_turn_ms / 1000,
+            most=settings.max_batch_messages,
+            slots=settings.concurrency,
+        )
+        dispatcher: Dispatcher[Message] = Dispatcher(
+            len(self.lanes.all),
+            concurrency=settings.concurrency,
+            ordering=settings.ordering,
+            reserved=settings.reserved_workers,
+        )
+        self._pipeline = Pipeline(
+            settings,
+            self.lanes.all,
+            codec,
+            handler,
+            self._dlq,
+            self.metrics,
+            self._planner,
+            self._stop,
+            # What the dispatcher holds (released while draining on shutdown and revoke).
+            held=lambda rank: rank in dispatcher.held_lanes,
+        )
+        self._pool: WorkerPool[Message, Outcome] = WorkerPool(
+            dispatcher,
+            run_sync=None if self._pipeline.is_async else self._pipeline.run,
+            run_async=self._pipeline.run_async if self._pipeline.is_async else None,
+            on_start=self._on_work_start,
+            batch_limit=self._planner.batch_limit,
+            given_back=lambda outcome: outcome.kind == "given_back",
+        )
+        self._rebalancer = Rebalancer(
+            cooperative=settings.assignor == "cooperative-sticky",
+            lag=self._lag,
+            pauses=self._pauses,
+            metrics=self.metrics,
+            settle=self._settle_revoked,
+            drop=self._drop_lost,
+            forget=self._forget,
+            apply_pauses=self._apply_pauses,
+            hold_for_priority=self._hold_for_priority,
+            commit=self._commit_sync,
+        )
+        # Evaluated at scrape time, so it always agrees with /readyz.
+        self.metrics.ready.set_function(lambda: 1.0 if self.ready()[0] else 0.0)
+
+    # -- public surface -------------------------------------------------------------------------
+
+    @property
+    def paused_lanes(self) -> frozenset[str]:
+        """Lanes the policy currently holds paused."""
+        return self._paused_lanes
+
+    @property
+    def paused_partitions(self) -> frozenset[PartitionKey]:
+        """Partitions the flow policy holds paused (backpressure pauses are not counted)."""
+        return self._pauses.held_for("priority")
+
+    @property
+    def concurrent(self) -> bool:
+        """More than one chunk may be in hand at once (concurrency > 1 or an async handler)."""
+        return self.settings.concurrency > 1 or self._pipeline.is_async
+
+    @property
+    def assignment(self) -> tuple[PartitionKey, ...]:
+        return self._lag.assignment
+
+    def stop(self) -> None:
+        """Ask the loop to finish the chunks in hand and shut down cleanly (thread-safe)."""
+        self._stop.set()
+
+    def healthy(self) -> tuple[bool, str]:
+        """The loop turned recently and, with chunks in hand, one finished recently."""
+        now = time.monotonic()
+        age = now - self._last_tick
+        limit = self.settings.health_max_tick_age_s
+        if age > limit:
+            return False, f"poll loop stalled for {age:.1f}s (limit {limit:.0f}s)"
+        if running := self._pool.running():
+            idle = now - self._last_finish
+            if idle > limit:
+                return False, (
+                    f"{running} chunks running, none finished for {idle:.1f}s (limit {limit:.0f}s)"
+                )
+        return True, f"last tick {age:.2f}s ago"
+
+    def ready(self) -> tuple[bool, str]:
+        """Assigned at least one partition and the broker reachable."""
+        down_since = self._broker_down_since
+        if down_since is not None and self._lag.last_broker_answer < down_since:
+            return False, "broker unreachable"
+        if not self._lag.assignment:
+            return False, "no partitions assigned"
+        return True, f"{len(self._lag.assignment)} partitions assigned"
+
+    def run(self, *, install_signal_handlers: bool = True) -> int:
+        """Run the loop until :meth:`stop` or a signal; return the process exit code.
+
+        Returns:
+            0 after a clean shutdown, 1 when the error policy stopped the consumer.
+        """
+        if install_signal_handlers and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        self.subscribe()
+        exit_code = 0
+        try:
+            while not self._stop.is_set():
+                self.tick()
+        except StopConsumer as exc:
+            log.error("stopping on error policy: %s", exc)
+            exit_code = 1
+        except SchemaRegistryUnavailableError as exc:
+            # Nothing is wrong with the message: stop without storing it, to be restarted.
+            log.error("stopping, schema registry unavailable: %s", exc)
+            exit_code = 1
+        finally:
+            self.close(commit=True)
+        return exit_code
+
+    def subscribe(self) -> None:
+        """Subscribe every lane consumer to its lane topic (:meth:`run` does it first; call it
+        yourself only to drive the loop with :meth:`tick`)."""
+        for lane_consumer in self._lane_consumers:
+            self._rebalancer.subscribe(lane_consumer)
+
+    def tick(self) -> None:
+        """One turn of the loop (see the module docstring)."""
+        self._collect()
+        if self._stop_reason is not None:
+            self._stop_on_policy()
+        took = self._take()
+        now = time.monotonic()
+        if now - self._last_flow_tick >= FLOW_TICK_S:
+            self._apply_flow(now)
+        self._keep_alive(now)
+        self._probe_broker()
+        self._last_tick = time.monotonic()
+        self.metrics.last_poll.set_to_current_time()
+        if not took:
+            self._wait()
+
+    def close(self, *, commit: bool = True) -> None:
+        """Finish taken chunks, flush dead letters, commit synchronously, leave the group."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._drain()
+            self._apply_flow(
+                time.monotonic()
+            )  # the figures as they are left, for stats and /metrics
+            self._dlq.close()
+            if commit:
+                for lane_consumer in self._lane_consumers:
+                    self._commit_sync(lane_consumer)
+        finally:
+            # Lowest lane first: rebalance callbacks served while a lane consumer closes may ask
+            # group-wide questions, which go through the top lane's consumer.
+            for lane_consumer in reversed(self._lane_consumers):
+                lane_consumer.close()
+            if self._schema_ids is not None:
+                self._schema_ids.close()
+
+    # -- taking work ----------------------------------------------------------------------------
+
+    def _take(self) -> bool:
+        """Realtime first, then one budgeted turn per free slot for the next lane; True if
+        anything was taken."""
+        limit = self.settings.in_flight_limit
+        sizes = self._pool.sizes()
+        top = self._lane_consumers[0]
+        took = False
+        room = limit - sizes[0]
+        if room > 0 and self._enqueue(
+            top, top.take(min(room, self.settings.max_batch_messages), 0)
+        ):
+            took = True
+        favoured = self._slice_ranks
+        for lane_consumer in self._lane_consumers[1:]:
+            rank = lane_consumer.lane.rank
+            if lane_consumer.lane.name in self._paused_lanes:
+                continue
+            if rank not in favoured and any(self._pool.ready(r) for r in range(rank)):
+                break  # a more urgent chunk waits for a slot: no turn for this lane
+            if self._pool.ready(rank) or self._pool.free_slots() <= 0:
+                break  # its last turn still waits for a slot, or every slot is busy
+            wanted = min(limit - sizes[rank], self._planner.turn_size(rank))
+            if wanted > 0 and self._enqueue(lane_consumer, lane_consumer.take(wanted, 0)):
+                took = True
+        return took
+
+    def _enqueue(self, lane_consumer: LaneConsumer, messages: list[Message]) -> bool:
+        if not messages:
+            return False
+        now = time.monotonic()
+        lane = lane_consumer.lane
+        items: list[WorkItem[Message]] = []
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                self._on_consume_error(error)
+                continue
+            topic, partition, offset = coordinates(message)
+            key = message.key()
+            self._offsets.taken((topic, partition), offset)
+            items.append(
+                WorkItem(
+                    lane.rank,
+                    topic,
+                    partition,
+                    offset,
+                    key.encode() if isinstance(key, str) else key,
+                    message,
+                    taken_at=now,
+                    epoch=self._epochs.get((topic, partition), 0),
+                )
+            )
+        if not items:
+            return False
+        self._broker_down_since = None
+        if not self._pool.running():
+            self._last_finish = now  # idle until now: the health clock starts with this work
+        self._pool.add(items)
+        return True
+
+    def _on_work_start(self, item: WorkItem[Message], now: float) -> None:
+        self.metrics.lanes[self.lanes.all[item.lane_rank].name].queue_wait.observe(
+            now - item.taken_at
+        )
+
+    def _wait(self) -> None:
+        """Sleep until there is something to do, without holding the GIL."""
+        timeout = self.settings.poll_timeout_s
+        if self._pool.free_slots() <= 0:
+            self._pool.wait_for_slot(timeout)
+            return
+        top = self._lane_consumers[0]
+        sizes = self._pool.sizes()
+        if any(sizes[1:]):
+            # Lower-lane work in hand: wake within a turn to give the next one its slot.
+            timeout = min(timeout, self._planner.budget_s)
+        room = self.settings.in_flight_limit - sizes[0]
+        if room > 0:
+            self._enqueue(top, top.take(min(room, self.settings.max_batch_messages), timeout))
+        else:
+            self._pool.wait_for_slot(timeout)
+
+    def _keep_alive(self, now: float) -> None:
+        """Poll every lane consumer at least once per ``poll_timeout_s`` (step 5)."""
+        limit = self.settings.in_flight_limit
+        interval = self.settings.poll_timeout_s
+        sizes = self._pool.sizes()
+        held = self._pauses.held_for("backpressure")
+        if held or max(sizes) >= limit:
+            self._apply_backpressure(sizes, held)
+        for lane_consumer in self._lane_consumers:
+            if now - lane_consumer.last_poll < interval:
+                continue
+            rank = lane_consumer.lane.rank
+            room = max(1, min(limit - sizes[rank], self._planner.turn_size(rank)))
+            self._enqueue(lane_consumer, lane_consumer.take(room, 0))
+
+    def _apply_backpressure(self, sizes: list[int], held: frozenset[PartitionKey]) -> None:
+        """Hold the partitions of lanes at their in-flight bound until they are back at half (no
+        pause/resume churn around the bound)."""
+        limit = self.settings.in_flight_limit
+        rank_of_topic = {lc.lane.topic: lc.lane.rank for lc in self._lane_consumers}
+        full = {key for key in self._lag.assignment if sizes[rank_of_topic[key[0]]] >= limit}
+        still_full = {key for key in held if sizes[rank_of_topic[key[0]]] > limit // 2}
+        if (backpressure := full | still_full) != held:
+            self._pauses.hold("backpressure", backpressure)
+            self._apply_pauses()
+
+    # -- finished work --------------------------------------------------------------------------
+
+    def _collect(self) -> None:
+        """Take finished work: count it, advance the offset trackers, store what is contiguous.
+
+        Runs on the loop thread (also inside rebalance callbacks); never raises: a stop outcome
+        is remembered and acted on by the next tick.
+        """
+        finished = self._pool.finished()
+        if not finished:
+            return
+        self._last_finish = time.monotonic()
+        now = time.time()
+        last_timestamp: dict[PartitionKey, int] = {}
+        for item, result in finished:
+            key = item.partition_key
+            if self._epochs.get(key, 0) != item.epoch:
+                continue  # the partition was revoked or lost meanwhile: someone else redoes it
+            outcome = (
+                result
+                if isinstance(result, Outcome)
+                else Outcome("stop", detail=f"worker failed: {result!r}")
+            )
+            if not outcome.finished:
+                # Not finished: the stored offset of its partition never passes it.
+                if outcome.kind == "stop" and self._stop_reason is None:
+                    self._stop_reason = outcome.detail
+                    self._pool.halt()
+                continue
+            lane = self.lanes.all[item.lane_rank]
+            lane_metrics = self.metrics.lanes[lane.name]
+            stats = self.stats.lanes[lane.name]
+            produced_ms = timestamp_ms(item.payload)
+            latency = max(0.0, now - produced_ms / 1000.0)
+            lane_metrics.latency.observe(latency)
+            stats.latencies_s.append(latency)
+            stats.handled += 1
+            if outcome.kind == "dead_lettered":
+                self.metrics.dead_letters.labels(lane=lane.name, reason=outcome.reason).inc()
+                lane_metrics.handled_dead_lettered.inc()
+                stats.dead_lettered += 1
+            else:
+                lane_metrics.handled_ok.inc()
+                if outcome.attempts > 1:
+                    stats.retried += 1
+                    lane_metrics.handled_retried.inc()
+            self._offsets.finished(key, item.offset)
+            last_timestamp[key] = produced_ms
+        sizes = self._pool.sizes()
+        for lane in self.lanes:
+            self.metrics.lanes[lane.name].in_flight.set(sizes[lane.rank])
+        self._store(self._offsets.to_store(), last_timestamp)
+
+    def _store(
+        self, to_store: dict[PartitionKey, int], last_timestamp: dict[PartitionKey, int]
+    ) -> None:
+        by_consumer: dict[str, dict[PartitionKey, int]] = {}
+        for key, offset in to_store.items():
+            by_consumer.setdefault(key[0], {})[key] = offset
+        for topic, offsets in by_consumer.items():
+            try:
+                self._consumer_of_topic[topic].store(offsets)
+            except KafkaException as exc:
+                # A partition gone in the same turn (lost): nothing to store for it any more.
+                log.warning("could not store offsets %s: %s", offsets, exc)
+                continue
+            for (t, p), offset in offsets.items():
+                self._lag.handled(t, p, offset - 1, last_timestamp.get((t, p), 0))
+
+    def _stop_on_policy(self) -> None:
+        """The error policy said stop: let running work finish, store what is contiguous, stop."""
+        self._pool.halt()
+        self._pool.wait_idle(self.settings.drain_timeout_s)
+        self._collect()
+        raise StopConsumer(self._stop_reason or "stopped")
+
+    def _drain(self) -> None:
+        """Shutdown: finish every taken chunk (bounded by ``drain_timeout_s``), store them.
+
+        Finishing the waiting chunks too, not only the running ones, keeps each partition's
+        finished run contiguous, so a clean stop leaves nothing to redeliver twice. Chunks still
+        unfinished at the deadline are not stored: they come back to the next owner.
+        """
+        if not self._pool.drain(None, self.settings.drain_timeout_s):
+            log.warning(
+                "chunks still in flight after %.0fs; not committed, they will be redelivered",
+                self.settings.drain_timeout_s,
+            )
+        self._pool.halt()
+        self._collect()
+        self._pool.close()
+
+    # -- rebalance hooks (inside a lane consumer's consume()) -----------------------------------
+
+    def _settle_revoked(self, keys: list[PartitionKey]) -> None:
+        """Finish the revoked partitions' taken chunks (bounded by ``revoke_timeout_s``), drop
+        what is left for the next owner, store what finished.
+
+        The other lane consumers are members of the group too: while this waits, they are polled
+        as usual, so they answer the same rebalance (an eager one revokes them all) in time
+        instead of being dropped from the group when this wait outlasts its timeout.
+        """
+        deadline = time.monotonic() + self.settings.revoke_timeout_s
+        revoking = {topic for topic, _ in keys}
+        while not self._pool.drain(keys, min(HOLD_POLL_S, max(0.0, deadline - time.monotonic()))):
+            if time.monotonic() >= deadline:
+                dropped = self._pool.drop_partitions(keys)
+                abandoned = self._pool.abandon_partitions(keys)
+                log.warning(
+                    "revoke: %d chunks still running and %d waiting after %.0fs: not committed",
+                    abandoned,
+                    len(dropped),
+                    self.settings.revoke_timeout_s,
+                )
+                break
+            self._poll_others_while_settling(revoking)
+        self._collect()
+
+    def _poll_others_while_settling(self, revoking: set[str]) -> None:
+        if self._settling:
+            return  # already inside another lane's revoke: that one polls
+        self._settling = True
+        try:
+            for lane_consumer in self._lane_consumers:
+                if lane_consumer.lane.topic not in revoking:
+                    # One message at most: this poll is for the membership, not for work.
+                    self._enqueue(lane_consumer, lane_consumer.take(1, 0))
+        finally:
+            self._settling = False
+
+    def _drop_lost(self, keys: list[PartitionKey]) -> None:
+        self._pool.drop_partitions(keys)
+        self._pool.abandon_partitions(keys)
+
+    def _forget(self, keys: list[PartitionKey]) -> None:
+        for key in keys:
+            # Results of this partition's work still running belong to the old epoch: ignored.
+            self._epochs[key] = self._epochs.get(key, 0) + 1
+        self._offsets.forget(keys)
+        self._published_paused -= set(keys)
+        self.stats.rebalances = self._rebalancer.count
+
+    def _commit_sync(self, lane_consumer: LaneConsumer) -> None:
+        committed = lane_consumer.commit_sync()
+        if committed is None:
+            return  # nothing stored since the last commit
+        self.metrics.commits.labels(outcome="ok" if committed else "failed").inc()
+        if not committed:
+            log.warning("synchronous commit of lane %s failed", lane_consumer.lane.name)
+
+    # -- flow control ---------------------------------------------------------------------------
+
+    def _apply_flow(self, now: float) -> None:
+        snapshot = self._lag.snapshot(set(self._pauses.paused))
+        decision = self._flow.update(snapshot.lanes, now)
+        elapsed = now - self._last_flow_tick if self._last_flow_tick else 0.0
+        self._last_flow_tick = now
+        paused_until_now = self._paused_lanes  # the interval just ended is booked to these
+        slice_ranks = frozenset(
+            lane.rank for lane in self.lanes if lane.name in decision.in_starvation_slice
+        )
+        if slice_ranks != self._slice_ranks:
+            self._slice_ranks = slice_ranks
+            self._pool.favour_lanes(slice_ranks)
+        if decision.paused != self._paused_lanes:
+            # Hold first (nothing of the lane starts from here on), then say so.
+            self._pool.hold_lanes(lane.rank for lane in self.lanes if lane.name in decision.paused)
+            for name in decision.paused - self._paused_lanes:
+                self.metrics.lanes[name].pauses.inc()
+                self.metrics.lanes[name].paused.set(1)
+                log.info("pausing lane %s: %s", name, decision.reasons.get(name, ""))
+            for name in self._paused_lanes - decision.paused:
+                self.metrics.lanes[name].resumes.inc()
+                self.metrics.lanes[name].paused.set(0)
+                log.info("resuming lane %s", name)
+            self._paused_lanes = decision.paused
+            self._hold_for_priority()
+            self._apply_pauses()
+        for lane in self.lanes:
+            lane_metrics = self.metrics.lanes[lane.name]
+            lag = snapshot.lanes[lane.name]
+            lane_metrics.lag.set(lag.lag_messages if lag.lag_messages is not None else float("nan"))
+            lane_metrics.delay.set(lag.delay_s if lag.delay_s is not None else float("nan"))
+            if lane.name in paused_until_now:
+                lane_metrics.paused_seconds.inc(elapsed)
+        self.metrics.set_partition_lags(
+            (p.lane, p.topic, p.partition, p.lag_messages) for p in snapshot.partitions
+        )
+        self.stats.last_snapshot = snapshot
+        self.stats.rebalances = self._rebalancer.count
+
+    def _hold_for_priority(self) -> None:
+        """The partitions of the lanes the flow policy holds, in the pause book."""
+        lane_of_topic = self._lag.lane_of_topic
+        self._pauses.hold(
+            "priority",
+            (key for key in self._lag.assignment if lane_of_topic[key[0]] in self._paused_lanes),
+        )
+
+    def _apply_pauses(self) -> None:
+        """Make the paused partitions match the pause book, lane consumer by lane consumer, and
+        publish priority pauses to the group."""
+        to_pause, to_resume = self._pauses.plan()
+        for lane_consumer in self._lane_consumers:
+            topic = lane_consumer.lane.topic
+            lane_consumer.pause(key for key in to_pause if key[0] == topic)
+            lane_consumer.resume(key for key in to_resume if key[0] == topic)
+        self._pauses.applied(to_pause, to_resume)
+        priority = self._pauses.held_for("priority")
+        if newly_paused := priority - self._published_paused:
+            self._publish_pause_state(newly_paused, paused=True)
+        if newly_running := self._published_paused - priority:
+            self._publish_pause_state(newly_running, paused=False)
+        self._published_paused = priority
+
+    def _publish_pause_state(self, keys: frozenset[PartitionKey], *, paused: bool) -> None:
+        """Commit the handled position with metadata saying paused or running.
+
+        ``streamproc lag`` reads it back from the group's offsets, so the pause state of every
+        member is visible from anywhere. The position committed is the next offset to handle,
+        never past anything unhandled, so this commit is as safe as the regular ones.
+        """
+        metadata = PAUSED_METADATA if paused else RUNNING_METADATA
+        by_topic: dict[str, list[TopicPartition]] = {}
+        for topic, partition in keys:
+            if (position := self._lag.start_offset(topic, partition)) >= 0:
+                by_topic.setdefault(topic, []).append(
+                    TopicPartition(topic, partition, position, metadata)
+                )
+        for topic, offsets in by_topic.items():
+            try:
+                self._consumer_of_topic[topic].commit_metadata(offsets)
+            except KafkaException as exc:
+                log.debug("could not publish pause state: %s", exc)
+
+    # -- librdkafka callbacks and signals -------------------------------------------------------
+
+    def _probe_broker(self) -> None:
+        """While the broker is believed down, ask it for metadata, at most once a second.
+
+        An idle consumer gets no message or commit to prove the broker back, and the admin
+        client's cached partition leaders can stay stale after a broker restart, so readiness
+        would never recover without an answer of its own.
+        """
+        now = time.monotonic()
+        if self._broker_down_since is None or now - self._last_broker_probe < 1.0:
+            return
+        self._last_broker_probe = now
+        try:
+            self._lane_consumers[0].consumer.list_topics(self.lanes.top.topic, timeout=0.5)
+        except KafkaException:
+            return
+        self._broker_down_since = None
+
+    def _on_error(self, error: KafkaError) -> None:
+        if error.code() == KafkaError._ALL_BROKERS_DOWN:
+            self._broker_down_since = self._broker_down_since or time.monotonic()
+        log.warning("kafka: %s", error.str())
+
+    def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        if error is None:
+            self._broker_down_since = None
+            self.metrics.commits.labels(outcome="ok").inc()
+        elif error.code() != KafkaError._NO_OFFSET:
+            self.metrics.commits.labels(outcome="failed").inc()
+
+    def _on_consume_error(self, error: KafkaError) -> None:
+        if error.code() == KafkaError._PARTITION_EOF:
+            return
+        if error.fatal():
+            raise StopConsumer(f"fatal consumer error: {error.str()}")
+        log.warning("consume error: %s", error.str())
+
+    def _on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self._signals += 1
+        if self._signals > 1:
+            log.warning("second signal: exiting now without committing")
+            os._exit(128 + signum)
+        log.info("signal %d: finishing in-flight work, committing, closing", signum)
+        self._stop.set()

@@ -1,0 +1,397 @@
+"""Handling one batch of one lane: decode, call the handler with retries, park what fails.
+
+The same steps for a sync and an ``async def`` handler; only the call and the sleep between
+retries differ. Every message of a batch ends with one :class:`Outcome`, in order:
+
+1. Decode each message (an undecodable or invalid one is parked in its dead-letter topic, or the
+   error policy says stop).
+2. Call the handler: a batch handler gets the decoded chunks at once, retried as a whole on
+   retriable errors; if it still fails, the chunks are handed over one by one so the bad one is
+   isolated. A per-chunk handler gets them one by one from the start.
+3. A chunk that still fails is parked (its dead letter acknowledged before the outcome says so),
+   or the policy says stop: that chunk and every later one of the batch end ``stop`` / ``skipped``
+   and are never stored, so they come back.
+
+Runs on worker threads (or the event loop); touches no consumer: outcomes go back to the poll
+thread, which stores offsets.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+import threading
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Literal, cast
+
+from confluent_kafka import Message
+
+from streamproc.codec import ChunkCodec
+from streamproc.consumer.turns import TurnPlanner
+from streamproc.deadletter import DeadLetterQueue, error_reason
+from streamproc.dispatch import WorkItem
+from streamproc.errors import (
+    ChunkValidationError,
+    DecodeError,
+    HandlerError,
+    ProduceError,
+    StreamprocError,
+)
+from streamproc.handlers import (
+    AnyHandler,
+    AsyncBatchHandler,
+    AsyncHandler,
+    BatchHandler,
+    ChunkRecord,
+    Handler,
+    MessageContext,
+    is_async,
+)
+from streamproc.lanes import Lane
+from streamproc.messages import coordinates, headers, timestamp_ms
+from streamproc.metrics import ConsumerMetrics
+from streamproc.settings import ConsumerSettings
+
+log = logging.getLogger(__name__)
+
+OutcomeKind = Literal["ok", "dead_lettered", "stop", "skipped", "given_back"]
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """How one message ended.
+
+    ``ok``: handled; ``dead_lettered``: parked and acknowledged; ``stop``: the error policy (or a
+    refused dead letter) says stop here; ``skipped``: after a stop in the same batch, not run;
+    ``given_back``: its lane was held after the batch was taken, before the handler ran: it goes
+    back to wait, in its place.
+    Only ``ok`` and ``dead_lettered`` count as finished (their offsets may be stored).
+    """
+
+    kind: OutcomeKind
+    attempts: int = 1
+    reason: str = ""
+    detail: str = ""
+
+    @property
+    def finished(self) -> bool:
+        return self.kind in ("ok", "dead_lettered")
+
+
+OK = Outcome("ok")
+SKIPPED = Outcome("skipped")
+GIVEN_BACK = Outcome("given_back")
+
+
+class Retry:
+    """Capped exponential backoff for retriable errors: one policy for sync and async calls."""
+
+    def __init__(self, settings: ConsumerSettings, stopping: threading.Event) -> None:
+        self._max_retries = settings.max_retries
+        self._first_s = settings.retry_backoff_s
+        self._max_s = settings.retry_backoff_max_s
+        self._stopping = stopping
+
+    @property
+    def most_attempts(self) -> int:
+        return self._max_retries + 1
+
+    def delay_after(self, attempt: int, error: BaseException) -> float | None:
+        """Seconds to wait before attempt ``attempt + 1``, or None to give up now."""
+        retriable = isinstance(error, StreamprocError) and error.retriable
+        if not retriable or attempt > self._max_retries or self._stopping.is_set():
+            return None
+        return float(min(self._first_s * 2 ** (attempt - 1), self._max_s))
+
+    def call(self, function: Callable[[], object]) -> int:
+        """Call until it succeeds or :meth:`delay_after` gives up; returns the attempts."""
+        attempt = 1
+        while True:
+            try:
+                function()
+            except StreamprocError as exc:
+                delay = self.delay_after(attempt, exc)
+                if delay is None:
+                    raise
+                time.sleep(delay)
+                attempt += 1
+                continue
+            return attempt
+
+    async def call_async(self, function: Callable[[], Awaitable[object]]) -> int:
+        """:meth:`call` for a coroutine function (the backoff does not block the loop)."""
+        attempt = 1
+        while True:
+            try:
+                await function()
+            except StreamprocError as exc:
+                delay = self.delay_after(attempt, exc)
+                if delay is None:
+                    raise
+                await asyncio.sleep(delay)
+                attempt += 1
+                continue
+            return attempt
+
+
+def wrap_handler_error(error: BaseException) -> StreamprocError:
+    """A handler's own exception as a :class:`HandlerError` (permanent), keeping the cause."""
+    if isinstance(error, StreamprocError):
+        return error
+    wrapped = HandlerError(f"{type(error).__name__}: {error}")
+    wrapped.__cause__ = error
+    return wrapped
+
+
+class Pipeline:
+    """Decode, handle and park one batch; see the module docstring for the steps.
+
+    Args:
+        settings: Retry and error policy.
+        lanes: The lanes by rank.
+        codec: Avro codec.
+        handler: Any handler shape (sync or async, per chunk or per batch).
+        dead_letters: Where failures are parked.
+        metrics: Handler duration and retries are recorded here.
+        planner: Told how long each batch took (sizes the next lower-lane turns).
+        stopping: Set on shutdown: retries give up at once.
+        held: True when the lane of this rank is held by the flow policy now: a batch decoded
+            meanwhile is given back instead of handed to the handler.
+    """
+
+    def __init__(
+        self,
+        settings: ConsumerSettings,
+        lanes: Sequence[Lane],
+        codec: ChunkCodec,
+        handler: AnyHandler,
+        dead_letters: DeadLetterQueue,
+        metrics: ConsumerMetrics,
+        planner: TurnPlanner,
+        stopping: threading.Event,
+        held: Callable[[int], bool] = lambda rank: False,
+    ) -> None:
+        self._settings = settings
+        self._held = held
+        self._lanes = lanes
+        self._codec = codec
+        self._dead_letters = dead_letters
+        self._metrics = metrics
+        self._planner = planner
+        self._retry = Retry(settings, stopping)
+        self._park_lock = threading.Lock()
+        self.is_async = is_async(handler)
+        self._batch_handler = isinstance(handler, BatchHandler)
+        self._handler = handler
+
+    # -- sync -----------------------------------------------------------------------------------
+
+    def run(self, items: list[WorkItem[Message]]) -> list[Outcome]:
+        """Handle a batch on a worker thread; one outcome per item, in order."""
+        started = time.perf_counter()
+        lane = self._lanes[items[0].lane_rank]
+        outcomes, records = self._decode_all(lane, items)
+        if records and self._give_back_if_held(lane, outcomes, records):
+            return [outcome or SKIPPED for outcome in outcomes]
+        if records:
+            if self._batch_handler and self._settled_as_batch(lane, [r for _, r in records]):
+                for index, _ in records:
+                    outcomes[index] = OK
+            else:
+                handle_one = self._sync_single()
+                for index, record in records:
+                    if outcomes[index] is not None:
+                        continue  # skipped after a stop
+                    outcome = self._one(lane, items[index], functools.partial(handle_one, record))
+                    outcomes[index] = outcome
+                    if outcome.kind == "stop":
+                        _skip_rest(outcomes, index)
+                        break
+        self._planner.record(items[0].lane_rank, len(items), time.perf_counter() - started)
+        return [outcome or SKIPPED for outcome in outcomes]
+
+    def _sync_single(self) -> Handler:
+        if self._batch_handler:
+            batch = cast(BatchHandler, self._handler).handle_batch
+            return lambda record: batch((record,))
+        return cast(Handler, self._handler)
+
+    def _settled_as_batch(self, lane: Lane, records: list[ChunkRecord]) -> bool:
+        """Hand ``records`` to the batch handler at once, with retries; False (after logging)
+        when it still failed: then they go one by one."""
+        handle_batch = cast(BatchHandler, self._handler).handle_batch
+        started = time.perf_counter()
+        try:
+            self._retry.call(lambda: handle_batch(records))
+        except Exception:  # noqa: BLE001  # any handler failure: isolate the culprit(s) one by one
+            log.warning("a %s batch failed; handling its chunks one by one", lane.name)
+            return False
+        finally:
+            self._metrics.lanes[lane.name].handler_duration.observe(time.perf_counter() - started)
+        return True
+
+    def _one(self, lane: Lane, item: WorkItem[Message], call: Callable[[], object]) -> Outcome:
+        started = time.perf_counter()
+        try:
+            attempts = self._retry.call(call)
+        except Exception as exc:  # noqa: BLE001  # handler code is the user's: anything goes
+            return self._failed(lane, item, exc)
+        finally:
+            self._metrics.lanes[lane.name].handler_duration.observe(time.perf_counter() - started)
+        return OK if attempts == 1 else Outcome("ok", attempts)
+
+    # -- async ----------------------------------------------------------------------------------
+
+    async def run_async(self, items: list[WorkItem[Message]]) -> list[Outcome]:
+        """Handle a batch on the event loop; parking (it blocks) runs on a thread."""
+        started = time.perf_counter()
+        lane = self._lanes[items[0].lane_rank]
+        loop = asyncio.get_running_loop()
+        outcomes, records = await loop.run_in_executor(None, self._decode_all, lane, items)
+        if records and self._give_back_if_held(lane, outcomes, records):
+            return [outcome or SKIPPED for outcome in outcomes]
+        if records:
+            done_as_batch = False
+            if self._batch_handler:
+                handle_batch = cast(AsyncBatchHandler, self._handler).handle_batch
+                batch = [r for _, r in records]
+                begun = time.perf_counter()
+                try:
+                    await self._retry.call_async(lambda: handle_batch(batch))
+                    done_as_batch = True
+                except Exception:  # noqa: BLE001  # isolate the culprit(s) one by one
+                    log.warning("a %s batch failed; handling its chunks one by one", lane.name)
+                finally:
+                    self._metrics.lanes[lane.name].handler_duration.observe(
+                        time.perf_counter() - begun
+                    )
+            if done_as_batch:
+                for index, _ in records:
+                    outcomes[index] = OK
+            else:
+                for index, record in records:
+                    if outcomes[index] is not None:
+                        continue
+                    outcome = await self._one_async(lane, items[index], record)
+                    outcomes[index] = outcome
+                    if outcome.kind == "stop":
+                        _skip_rest(outcomes, index)
+                        break
+        self._planner.record(items[0].lane_rank, len(items), time.perf_counter() - started)
+        return [outcome or SKIPPED for outcome in outcomes]
+
+    async def _one_async(self, lane: Lane, item: WorkItem[Message], record: ChunkRecord) -> Outcome:
+        if self._batch_handler:
+            batch = cast(AsyncBatchHandler, self._handler).handle_batch
+
+            def call() -> Awaitable[None]:
+                return batch((record,))
+        else:
+            single = cast(AsyncHandler, self._handler)
+
+            def call() -> Awaitable[None]:
+                return single(record)
+
+        started = time.perf_counter()
+        try:
+            attempts = await self._retry.call_async(call)
+        except Exception as exc:  # noqa: BLE001  # handler code is the user's: anything goes
+            failure: Exception = exc
+            return await asyncio.get_running_loop().run_in_executor(
+                None, lambda: self._failed(lane, item, failure)
+            )
+        finally:
+            self._metrics.lanes[lane.name].handler_duration.observe(time.perf_counter() - started)
+        return OK if attempts == 1 else Outcome("ok", attempts)
+
+    # -- shared steps ---------------------------------------------------------------------------
+
+    def _give_back_if_held(
+        self,
+        lane: Lane,
+        outcomes: list[Outcome | None],
+        records: list[tuple[int, ChunkRecord]],
+    ) -> bool:
+        """Nothing of a held lane reaches the handler: give the decoded chunks back."""
+        if lane.rank == 0 or not self._held(lane.rank):
+            return False
+        for index, _ in records:
+            outcomes[index] = GIVEN_BACK
+        return True
+
+    def _decode_all(
+        self, lane: Lane, items: list[WorkItem[Message]]
+    ) -> tuple[list[Outcome | None], list[tuple[int, ChunkRecord]]]:
+        """Decode a batch: the records to handle (with their index) and the outcomes so far
+        (parked or stopped messages; None for the ones still to handle)."""
+        outcomes: list[Outcome | None] = [None] * len(items)
+        records: list[tuple[int, ChunkRecord]] = []
+        for index, item in enumerate(items):
+            try:
+                records.append((index, self.decode(lane, item.payload)))
+            except (DecodeError, ChunkValidationError) as exc:
+                outcome = self._settle(lane, item.payload, exc, exc, attempts=1)
+                outcomes[index] = outcome
+                if outcome.kind == "stop":
+                    # The records before it are still handled; nothing after it is.
+                    _skip_rest(outcomes, index)
+                    break
+        return outcomes, records
+
+    def decode(self, lane: Lane, message: Message) -> ChunkRecord:
+        value = message.value()
+        if value is None:
+            raise DecodeError("message has no value (tombstone)", raw=None)
+        chunk = self._codec.decode(value)
+        topic, partition, offset = coordinates(message)
+        key = message.key()
+        context = MessageContext(
+            lane=lane.name,
+            lane_rank=lane.rank,
+            topic=topic,
+            partition=partition,
+            offset=offset,
+            timestamp_ms=timestamp_ms(message),
+            key=key.encode() if isinstance(key, str) else key,
+            headers=tuple(headers(message)),
+        )
+        return ChunkRecord(chunk, context)
+
+    def _failed(self, lane: Lane, item: WorkItem[Message], exc: BaseException) -> Outcome:
+        error = wrap_handler_error(exc)
+        attempts = self._retry.most_attempts if error.retriable else 1
+        return self._settle(lane, item.payload, exc, error, attempts=attempts)
+
+    def _settle(
+        self,
+        lane: Lane,
+        message: Message,
+        exc: BaseException,
+        error: BaseException,
+        *,
+        attempts: int,
+    ) -> Outcome:
+        """Park ``message`` (waiting for the ack), or say stop if the policy or the DLQ says so."""
+        topic, partition, offset = coordinates(message)
+        if self._settings.action_for(error) == "stop":
+            reason = getattr(error, "reason", "handler_error")
+            return Outcome("stop", detail=f"{reason} at {topic}[{partition}]@{offset}: {exc}")
+        reason = error_reason(exc)
+        log.warning("dead-lettering %s[%d]@%d (%s): %s", topic, partition, offset, reason, exc)
+        try:
+            with self._park_lock:  # one park at a time: each waits for its own acknowledgement
+                self._dead_letters.park(message, exc, lane=lane.name, attempts=attempts)
+        except ProduceError as produce_error:
+            # Not parked, so not handled: its offset must not be stored, nor any after it.
+            return Outcome(
+                "stop", detail=f"dead letter of {topic}[{partition}]@{offset}: {produce_error}"
+            )
+        return Outcome("dead_lettered", attempts, reason=reason)
+
+
+def _skip_rest(outcomes: list[Outcome | None], index: int) -> None:
+    for later in range(index + 1, len(outcomes)):
+        outcomes[later] = SKIPPED

@@ -1,0 +1,155 @@
+"""Rebalance callbacks of the lane consumers: assign, revoke, lost.
+
+Each lane consumer is its own member of the group and gets its own callbacks, inside its own
+``consume()``. The order of each protocol:
+
+* assign: ``incremental_assign`` (or ``assign`` for eager assignors), start tracking the
+  partitions' lag, then re-apply the pause book: a partition of a lane the flow policy holds is
+  paused at once (``pause()`` before the assignment would be a no-op).
+* revoke: finish the revoked partitions' taken chunks (for up to ``revoke_timeout_s``; what is
+  left goes back to the next owner), store what finished, commit synchronously, resume what we
+  paused of them (librdkafka keeps a pause flag across unassign), unassign, forget them.
+* lost: drop their taken chunks and forget them without committing (another member may own them
+  already).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from confluent_kafka import TopicPartition
+
+from streamproc.consumer.clients import LaneConsumer
+from streamproc.consumer.pausebook import PartitionKey, PauseBook
+from streamproc.lag import LagMonitor
+from streamproc.metrics import ConsumerMetrics
+
+log = logging.getLogger(__name__)
+
+
+def describe(partitions: list[TopicPartition]) -> str:
+    return ", ".join(f"{tp.topic}[{tp.partition}]" for tp in partitions) or "nothing"
+
+
+class Rebalancer:
+    """Carries out the rebalance protocols above for every lane consumer.
+
+    Args:
+        cooperative: The assignor is incremental (cooperative-sticky).
+        lag: Tracks the assignment and its lag.
+        pauses: The pause book, re-applied after each assignment.
+        metrics: Rebalance counters and assigned-partition gauges.
+        settle: Finish (or give up on) the taken chunks of revoked partitions and store what
+            finished.
+        drop: Drop the taken chunks of lost partitions, storing nothing.
+        forget: Forget partitions in the loop's own bookkeeping (offsets, epochs).
+        apply_pauses: Make the paused partitions match the pause book.
+        hold_for_priority: Put newly assigned partitions of held lanes into the pause book.
+        commit: Commit one lane consumer's stored offsets synchronously.
+    """
+
+    def __init__(
+        self,
+        *,
+        cooperative: bool,
+        lag: LagMonitor,
+        pauses: PauseBook,
+        metrics: ConsumerMetrics,
+        settle: Callable[[list[PartitionKey]], None],
+        drop: Callable[[list[PartitionKey]], None],
+        forget: Callable[[list[PartitionKey]], None],
+        apply_pauses: Callable[[], None],
+        hold_for_priority: Callable[[], None],
+        commit: Callable[[LaneConsumer], None],
+    ) -> None:
+        self._cooperative = cooperative
+        self._lag = lag
+        self._pauses = pauses
+        self._metrics = metrics
+        self._settle = settle
+        self._drop = drop
+        self._forget = forget
+        self._apply_pauses = apply_pauses
+        self._hold_for_priority = hold_for_priority
+        self._commit = commit
+        self.count = 0
+
+    def subscribe(self, lane_consumer: LaneConsumer) -> None:
+        """Subscribe ``lane_consumer`` to its lane topic with these callbacks."""
+
+        def on_assign(consumer: Any, partitions: list[TopicPartition]) -> None:
+            self.assigned(lane_consumer, partitions)
+
+        def on_revoke(consumer: Any, partitions: list[TopicPartition]) -> None:
+            self.revoked(lane_consumer, partitions)
+
+        def on_lost(consumer: Any, partitions: list[TopicPartition]) -> None:
+            self.lost(lane_consumer, partitions)
+
+        lane_consumer.subscribe(on_assign, on_revoke, on_lost)
+
+    def _count(self, kind: str, partitions: list[TopicPartition]) -> None:
+        """Count a rebalance callback that moved partitions. An incremental rebalance calls every
+        member, most with nothing to assign: those are not counted."""
+        if partitions:
+            self._metrics.rebalances.labels(kind=kind).inc()
+            self.count += 1
+
+    def assigned(self, lane_consumer: LaneConsumer, partitions: list[TopicPartition]) -> None:
+        self._count("assign", partitions)
+        consumer = lane_consumer.consumer
+        if self._cooperative:
+            consumer.incremental_assign(partitions)
+        else:
+            consumer.assign(partitions)
+            # An eager assign replaces the consumer's whole assignment, pause flags included.
+            self._pauses.unapplied(
+                key for key in self._pauses.paused if key[0] == lane_consumer.lane.topic
+            )
+        self._lag.assigned(partitions)
+        self._hold_for_priority()
+        self._apply_pauses()
+        self.update_gauges()
+        log.info("assigned %s", describe(partitions))
+
+    def revoked(self, lane_consumer: LaneConsumer, partitions: list[TopicPartition]) -> None:
+        self._count("revoke", partitions)
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        self._settle(keys)
+        self._commit(lane_consumer)
+        self._release(lane_consumer, partitions, keys)
+        log.info("revoked %s", describe(partitions))
+
+    def lost(self, lane_consumer: LaneConsumer, partitions: list[TopicPartition]) -> None:
+        self._count("lost", partitions)
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        self._drop(keys)
+        self._release(lane_consumer, partitions, keys)
+        log.warning("lost %s (not committed)", describe(partitions))
+
+    def _release(
+        self,
+        lane_consumer: LaneConsumer,
+        partitions: list[TopicPartition],
+        keys: list[PartitionKey],
+    ) -> None:
+        """Resume what we paused of ``partitions``, unassign them, forget them."""
+        lane_consumer.resume(self._pauses.forget(keys))
+        if self._cooperative:
+            lane_consumer.consumer.incremental_unassign(partitions)
+        else:
+            lane_consumer.consumer.unassign()
+        self._forget(keys)
+        self._lag.revoked(partitions)
+        self.update_gauges()
+
+    def update_gauges(self) -> None:
+        counts = dict.fromkeys(self._metrics.lanes, 0)
+        lane_of_topic = self._lag.lane_of_topic
+        for topic, _ in self._lag.assignment:
+            counts[lane_of_topic[topic]] += 1
+        for name, count in counts.items():
+            self._metrics.lanes[name].assigned.set(count)
+        self._metrics.partition_lag.clear()

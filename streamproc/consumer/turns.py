@@ -1,0 +1,115 @@
+"""How much a lower lane may take in one turn: a time budget over measured handling time.
+
+Pure, no Kafka, no threads. Realtime is always taken first and in whole batches. A lower lane
+gets a turn only when a worker slot is free and no more urgent chunk waits, and a turn is sized so
+it ends within ``budget_s``: a realtime chunk arriving meanwhile waits for at most that long.
+
+A batch costs a fixed part (a sink's transaction and commit, an fsync) plus a part per chunk
+(decode, the handler's own work). :class:`BatchCost` fits both to the measured batches (a moving
+least-squares line of seconds over chunks); the turn is what fits in the budget after the fixed
+part. When the fixed part alone fills the budget, fewer chunks would not make the turn any
+shorter, only bulk slower: the turn then takes as many chunks as the fixed part costs in chunk
+time, so the fixed part stays at most half of every turn. At least one chunk per turn.
+
+With one worker slot a turn is one batch (a batch handler gets it at once). With several slots
+every chunk is a batch of its own, as the concurrency asks, and a turn holds a budget's worth for
+every slot.
+"""
+
+from __future__ import annotations
+
+import math
+
+# Below this variance of batch sizes (chunks squared) the line is not fitted: cost per chunk only.
+_MIN_SIZE_VARIANCE = 0.25
+
+
+class BatchCost:
+    """Exponentially weighted least-squares fit of batch seconds = fixed + per_chunk x chunks.
+
+    Args:
+        first_guess_s: Per-chunk cost assumed before anything was measured.
+        weight: Weight of a new measurement (0 < weight <= 1).
+    """
+
+    def __init__(self, first_guess_s: float, weight: float) -> None:
+        self._weight = weight
+        self._n = 1.0
+        self._t = first_guess_s
+        self._nn = 1.0
+        self._nt = first_guess_s
+
+    def record(self, chunks: int, seconds: float) -> None:
+        w = self._weight
+        self._n += w * (chunks - self._n)
+        self._t += w * (seconds - self._t)
+        self._nn += w * (chunks * chunks - self._nn)
+        self._nt += w * (chunks * seconds - self._nt)
+
+    def fit(self) -> tuple[float, float]:
+        """``(fixed_s, per_chunk_s)``: both at least 0, ``per_chunk_s`` above 0."""
+        variance = self._nn - self._n * self._n
+        if variance > _MIN_SIZE_VARIANCE:
+            per_chunk = (self._nt - self._n * self._t) / variance
+            if per_chunk > 0:
+                return max(0.0, self._t - per_chunk * self._n), per_chunk
+        return 0.0, max(self._t / max(self._n, 1e-9), 1e-9)
+
+
+class TurnPlanner:
+    """Batch sizes per lane rank.
+
+    Args:
+        lanes: How many lanes (ranks ``0..lanes-1``).
+        budget_s: Longest a lower-lane turn should take.
+        most: Largest batch of any lane (``max_batch_messages``).
+        slots: Worker slots (``concurrency``).
+        first_guess_s: Per-chunk handling time assumed before anything was measured.
+        weight: Weight of a new measurement in the moving fit (0 < weight <= 1).
+    """
+
+    def __init__(
+        self,
+        lanes: int,
+        *,
+        budget_s: float,
+        most: int,
+        slots: int = 1,
+        first_guess_s: float = 0.001,
+        weight: float = 0.2,
+    ) -> None:
+        if budget_s <= 0 or most < 1 or not 0 < weight <= 1:
+            raise ValueError("budget_s > 0, most >= 1 and 0 < weight <= 1 are required")
+        self.budget_s = budget_s
+        self.most = most
+        self.slots = max(1, slots)
+        self._costs = [BatchCost(first_guess_s, weight) for _ in range(lanes)]
+
+    def record(self, rank: int, chunks: int, seconds: float) -> None:
+        """A batch of ``chunks`` of lane ``rank`` took ``seconds`` to handle."""
+        if chunks >= 1 and seconds >= 0:
+            self._costs[rank].record(chunks, seconds)
+
+    def cost(self, rank: int) -> tuple[float, float]:
+        """The fitted ``(fixed_s, per_chunk_s)`` of a batch of lane ``rank``."""
+        return self._costs[rank].fit()
+
+    def turn_size(self, rank: int) -> int:
+        """Chunks of lane ``rank`` to take at once: all of ``most`` for the top lane; for a lower
+        lane, what every slot handles within the budget (see the module docstring), at least one
+        and at most ``most``."""
+        if rank == 0:
+            return self.most
+        fixed, per_chunk = self.cost(rank)
+        if self.slots > 1:
+            fixed = 0.0  # one chunk a batch: the fixed part is part of every chunk's cost
+            per_chunk = sum(self.cost(rank))
+        room = self.budget_s - fixed
+        # The tolerance keeps a measurement a hair above an exact fit from losing a whole chunk.
+        chunks = room / per_chunk if room > fixed else fixed / per_chunk
+        return max(1, min(self.most, math.floor(chunks * self.slots + 1e-6)))
+
+    def batch_limit(self, rank: int) -> int:
+        """Most chunks of lane ``rank`` one slot runs at once: a whole turn with one slot, one
+        chunk with several (they run side by side)."""
+        return self.turn_size(rank) if self.slots == 1 else 1

@@ -1,0 +1,241 @@
+"""In-memory stand-ins for the Kafka clients, to drive the consumer loop without a broker.
+
+Only what :class:`~streamproc.consumer.PriorityConsumer` calls is modelled, and simply: one
+member per consumer, which gets every partition of its subscribed topics on its first
+``consume()``; positions start at the group's committed offset; ``consume()`` takes from assigned,
+unpaused partitions in turn. Every call that matters is recorded in ``calls`` so tests can check
+the order of a protocol (store, commit, resume, unassign). The real broker proves the
+integration (tests/integration); these prove the loop's decisions in milliseconds.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
+
+from confluent_kafka import (
+    OFFSET_INVALID,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
+
+Key = tuple[str, int]
+Callback = Callable[[Any, list[TopicPartition]], None]
+
+
+@dataclass
+class FakeBroker:
+    """Partition logs and the group's committed offsets."""
+
+    partitions: dict[str, int]
+    logs: dict[Key, list[Message]] = field(default_factory=dict)
+    committed: dict[Key, int] = field(default_factory=dict)
+
+    def produce(
+        self, topic: str, partition: int, value: bytes | None, key: bytes | None = None
+    ) -> None:
+        log = self.logs.setdefault((topic, partition), [])
+        log.append(
+            Message(
+                topic=topic,
+                partition=partition,
+                offset=len(log),
+                key=key,
+                value=value,
+                timestamp=(1, int(time.time() * 1000)),
+            )
+        )
+
+    def high(self, key: Key) -> int:
+        return len(self.logs.get(key, []))
+
+
+class FakeConsumer:
+    """One member: see the module docstring."""
+
+    def __init__(self, broker: FakeBroker, config: dict[str, Any]) -> None:
+        self.broker = broker
+        self.config = config
+        self.client_id: str = config["client.id"]
+        self.topics: list[str] = []
+        self.callbacks: dict[str, Callback] = {}
+        self.assigned: set[Key] = set()
+        self.paused: set[Key] = set()
+        self.positions: dict[Key, int] = {}
+        self.stored: dict[Key, int] = {}
+        self.stored_since_commit = False
+        self.calls: list[tuple[str, Any]] = []
+        self.polls: list[float] = []
+        self.pending: list[tuple[str, list[TopicPartition]]] = []
+        self.closed = False
+
+    # -- what the consumer calls ------------------------------------------------------------
+
+    def subscribe(self, topics: list[str], **callbacks: Callback) -> None:
+        self.topics = topics
+        self.callbacks = callbacks
+        everything = [
+            TopicPartition(topic, partition)
+            for topic in topics
+            for partition in range(self.broker.partitions[topic])
+        ]
+        self.pending.append(("on_assign", everything))
+
+    def consume(self, num_messages: int = 1, timeout: float = -1) -> list[Message]:
+        self.polls.append(time.monotonic())
+        while self.pending:
+            name, partitions = self.pending.pop(0)
+            self.callbacks[name](self, partitions)
+        taken: list[Message] = []
+        runnable = sorted(self.assigned - self.paused)
+        progress = True
+        while len(taken) < num_messages and progress:
+            progress = False
+            for key in runnable:
+                position = self.positions[key]
+                log = self.broker.logs.get(key, [])
+                if position < len(log) and len(taken) < num_messages:
+                    taken.append(log[position])
+                    self.positions[key] = position + 1
+                    progress = True
+        if not taken and timeout and timeout > 0:
+            time.sleep(min(timeout, 0.002))
+        return taken
+
+    def incremental_assign(self, partitions: list[TopicPartition]) -> None:
+        self.calls.append(("assign", _keys(partitions)))
+        for key in _keys(partitions):
+            self.assigned.add(key)
+            self.positions[key] = max(0, self.broker.committed.get(key, 0))
+
+    assign = incremental_assign
+
+    def incremental_unassign(self, partitions: list[TopicPartition]) -> None:
+        self.calls.append(("unassign", _keys(partitions)))
+        for key in _keys(partitions):
+            self.assigned.discard(key)
+            self.positions.pop(key, None)
+            self.stored.pop(key, None)
+
+    def unassign(self) -> None:
+        self.incremental_unassign([TopicPartition(t, p) for t, p in self.assigned])
+
+    def pause(self, partitions: list[TopicPartition]) -> None:
+        self.calls.append(("pause", _keys(partitions)))
+        self.paused.update(_keys(partitions))
+
+    def resume(self, partitions: list[TopicPartition]) -> None:
+        self.calls.append(("resume", _keys(partitions)))
+        self.paused.difference_update(_keys(partitions))
+
+    def seek(self, partition: TopicPartition) -> None:
+        self.positions[(partition.topic, partition.partition)] = partition.offset
+
+    def store_offsets(self, offsets: list[TopicPartition]) -> None:
+        for tp in offsets:
+            key = (tp.topic, tp.partition)
+            if key not in self.assigned:
+                raise KafkaException(KafkaError(KafkaError._STATE))
+            self.stored[key] = tp.offset
+            self.stored_since_commit = True
+        self.calls.append(("store", {(tp.topic, tp.partition): tp.offset for tp in offsets}))
+
+    def commit(
+        self, offsets: list[TopicPartition] | None = None, asynchronous: bool = True
+    ) -> None:
+        if offsets is not None:
+            self.calls.append(("commit_metadata", _keys(offsets)))
+            for tp in offsets:
+                self.broker.committed[(tp.topic, tp.partition)] = tp.offset
+            return
+        if not self.stored_since_commit:
+            raise KafkaException(KafkaError(KafkaError._NO_OFFSET))
+        self.calls.append(("commit", dict(self.stored)))
+        self.broker.committed.update(self.stored)
+        self.stored_since_commit = False
+
+    def committed(self, partitions: list[TopicPartition], timeout: float = -1) -> list[Any]:
+        return [
+            TopicPartition(
+                tp.topic,
+                tp.partition,
+                self.broker.committed.get((tp.topic, tp.partition), OFFSET_INVALID),
+            )
+            for tp in partitions
+        ]
+
+    def get_watermark_offsets(
+        self, partition: TopicPartition, timeout: float | None = None, cached: bool = False
+    ) -> tuple[int, int]:
+        return 0, self.broker.high((partition.topic, partition.partition))
+
+    def list_topics(self, topic: str | None = None, timeout: float = -1) -> Any:
+        assert topic is not None
+        partitions = dict.fromkeys(range(self.broker.partitions[topic]))
+        return SimpleNamespace(topics={topic: SimpleNamespace(partitions=partitions, error=None)})
+
+    def close(self) -> None:
+        self.calls.append(("close", None))
+        self.closed = True
+
+    # -- what tests do --------------------------------------------------------------------------
+
+    def revoke(self, keys: list[Key], *, lost: bool = False) -> None:
+        """Deliver a revoke (or lost) of ``keys`` inside the next ``consume()``."""
+        self.pending.append(
+            ("on_lost" if lost else "on_revoke", [TopicPartition(t, p) for t, p in keys])
+        )
+
+
+class FakeAdmin:
+    def __init__(self, broker: FakeBroker) -> None:
+        self.broker = broker
+
+    def list_offsets(self, request: dict[TopicPartition, Any], **_: Any) -> dict[Any, Future[Any]]:
+        answers: dict[Any, Future[Any]] = {}
+        for tp in request:
+            future: Future[Any] = Future()
+            future.set_result(SimpleNamespace(offset=self.broker.high((tp.topic, tp.partition))))
+            answers[tp] = future
+        return answers
+
+
+class FakeDeadLetters:
+    def __init__(self) -> None:
+        self.parked: list[tuple[Message, str]] = []
+
+    def park(self, message: Message, error: BaseException, *, lane: str, attempts: int = 1) -> None:
+        self.parked.append((message, lane))
+
+    def close(self) -> None:
+        pass
+
+
+class FakeClients:
+    """A :class:`~streamproc.consumer.ClientFactory` of fakes on one :class:`FakeBroker`."""
+
+    def __init__(self, broker: FakeBroker) -> None:
+        self.broker = broker
+        self.consumers: dict[str, FakeConsumer] = {}
+        self.dlq = FakeDeadLetters()
+
+    def consumer(self, config: dict[str, Any]) -> Any:
+        consumer = FakeConsumer(self.broker, config)
+        self.consumers[consumer.client_id] = consumer
+        return consumer
+
+    def admin(self, config: dict[str, Any]) -> Any:
+        return FakeAdmin(self.broker)
+
+    def dead_letters(self, config: dict[str, Any], flush_timeout_s: float) -> Any:
+        return self.dlq
+
+
+def _keys(partitions: list[TopicPartition]) -> list[Key]:
+    return [(tp.topic, tp.partition) for tp in partitions]

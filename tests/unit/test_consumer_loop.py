@@ -1,0 +1,289 @@
+"""The consumer loop against in-memory Kafka clients: priority, turns, pauses, rebalances, stop.
+
+These drive :class:`~streamproc.consumer.PriorityConsumer` through ``subscribe()`` and ``tick()``
+(or ``run()`` on a thread) with the fakes of ``fake_kafka``; the same behaviours are proven against
+the real broker in tests/integration and tests/fault.
+"""
+
+from __future__ import annotations
+
+import itertools
+import statistics
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import pytest
+from fake_kafka import FakeBroker, FakeClients, FakeConsumer
+
+from streamproc.chunk import Chunk
+from streamproc.codec import ChunkCodec
+from streamproc.consumer import PriorityConsumer
+from streamproc.handlers import ChunkRecord
+from streamproc.settings import ConsumerSettings
+
+REALTIME, BULK = "chunks.realtime", "chunks.bulk"
+CODEC = ChunkCodec()
+
+
+def broker(realtime: int = 0, bulk: int = 0, partitions: int = 2) -> FakeBroker:
+    fake = FakeBroker({REALTIME: partitions, BULK: partitions})
+    for topic, count in ((REALTIME, realtime), (BULK, bulk)):
+        for index in range(count):
+            value = CODEC.encode(Chunk(tracking_id=f"{topic}-{index}"))
+            fake.produce(topic, index % partitions, value, key=f"{topic}-{index}".encode())
+    return fake
+
+
+class Recorder:
+    """A batch handler that records every batch (lane, size) and can be slowed or blocked."""
+
+    def __init__(self, cost_s: Callable[[str], float] = lambda lane: 0.0) -> None:
+        self.batches: list[tuple[str, int]] = []
+        self.handled: dict[str, int] = {"realtime": 0, "bulk": 0}
+        self.cost_s = cost_s
+        self.gate: threading.Event | None = None
+        self.on_batch: Callable[[str, int], None] | None = None
+
+    def handle_batch(self, records: Sequence[ChunkRecord]) -> None:
+        lane = records[0].context.lane
+        if self.on_batch is not None:
+            self.on_batch(lane, len(records))
+        if self.gate is not None:
+            self.gate.wait(5)
+        time.sleep(self.cost_s(lane) * len(records))
+        self.batches.append((lane, len(records)))
+        self.handled[lane] += len(records)
+
+
+def consumer_on(
+    fake: FakeBroker, handler: Any, **overrides: Any
+) -> tuple[PriorityConsumer, FakeClients]:
+    settings = ConsumerSettings(bootstrap_servers="fake:9092", poll_timeout_s=0.02, **overrides)
+    clients = FakeClients(fake)
+    return PriorityConsumer(settings, handler, codec=CODEC, clients=clients), clients
+
+
+def lane_consumer(clients: FakeClients, lane: str) -> FakeConsumer:
+    return clients.consumers[f"streamproc-{lane}"]
+
+
+def run_until(
+    consumer: PriorityConsumer, done: Callable[[], bool], timeout_s: float = 10.0
+) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not done():
+        assert time.monotonic() < deadline, "timed out"
+        consumer.tick()
+
+
+def test_each_lane_has_its_own_consumer_in_the_group_subscribed_to_its_topic_only() -> None:
+    consumer, clients = consumer_on(broker(), Recorder(), group_id="indexer")
+    consumer.subscribe()
+    assert set(clients.consumers) == {"streamproc-realtime", "streamproc-bulk"}
+    for lane, topic in (("realtime", REALTIME), ("bulk", BULK)):
+        fake = lane_consumer(clients, lane)
+        assert fake.topics == [topic]
+        assert fake.config["group.id"] == "indexer"
+        assert fake.config["enable.auto.offset.store"] is False
+    consumer.close()
+
+
+def test_static_membership_gets_one_instance_id_per_lane_consumer() -> None:
+    _, clients = consumer_on(broker(), Recorder(), librdkafka_extra={"group.instance.id": "pod-0"})
+    ids = {c.config["group.instance.id"] for c in clients.consumers.values()}
+    assert ids == {"pod-0-realtime", "pod-0-bulk"}
+
+
+def test_realtime_is_handled_before_a_bulk_backlog_taken_at_the_same_time() -> None:
+    fake = broker(realtime=20, bulk=200)
+    handler = Recorder()
+    consumer, _ = consumer_on(fake, handler)
+    consumer.subscribe()
+    run_until(
+        consumer, lambda: handler.handled["bulk"] == 200 and handler.handled["realtime"] == 20
+    )
+    consumer.close()
+    assert handler.batches[0] == ("realtime", 20)
+    assert all(lane == "bulk" for lane, _ in handler.batches[1:])
+
+
+def test_bulk_turns_are_sized_by_the_time_budget() -> None:
+    fake = broker(bulk=300)
+    handler = Recorder(cost_s=lambda lane: 0.002)  # 2 ms a chunk, budget 10 ms: 5 a turn
+    consumer, _ = consumer_on(fake, handler, bulk_turn_ms=10)
+    consumer.subscribe()
+    run_until(consumer, lambda: handler.handled["bulk"] == 300, timeout_s=20)
+    consumer.close()
+    sizes = [size for _, size in handler.batches]
+    # The first turn uses the 1 ms first guess (10 chunks); then the measured 2 ms rules.
+    assert sizes[0] <= 10
+    assert max(sizes[3:]) <= 6, sizes
+    # 2 ms of sleep plus decoding and scheduling: 4 or 5 chunks fit in 10 ms.
+    assert 4 <= statistics.median(sizes[3:]) <= 5, sizes
+
+
+def test_realtime_arriving_during_bulk_waits_at_most_one_turn() -> None:
+    fake = broker(bulk=400)
+    handler = Recorder(cost_s=lambda lane: 0.001)
+    consumer, _ = consumer_on(fake, handler, bulk_turn_ms=5)
+    arrived: list[int] = []
+
+    def produce_realtime_once(lane: str, size: int) -> None:
+        if lane == "bulk" and len(handler.batches) == 10 and not arrived:
+            arrived.append(len(handler.batches))
+            fake.produce(REALTIME, 0, CODEC.encode(Chunk(tracking_id="live")), key=b"live")
+
+    handler.on_batch = produce_realtime_once
+    consumer.subscribe()
+    run_until(consumer, lambda: handler.handled["realtime"] == 1, timeout_s=10)
+    consumer.close()
+    realtime_at = handler.batches.index(("realtime", 1))
+    # Produced while batch 10 ran (it was not recorded yet): only that bulk turn may finish first.
+    assert realtime_at <= arrived[0] + 1, handler.batches[: realtime_at + 1]
+
+
+def test_flow_control_pauses_bulk_partitions_while_realtime_lags_and_resumes_when_drained() -> None:
+    fake = broker(realtime=600, bulk=100)
+    handler = Recorder(cost_s=lambda lane: 0.0002 if lane == "realtime" else 0.0)
+    consumer, clients = consumer_on(fake, handler, pause_lag=100, max_batch_messages=50)
+    bulk = lane_consumer(clients, "bulk")
+    bulk_while_paused = []
+    handler.on_batch = lambda lane, size: (
+        bulk_while_paused.append(size) if lane == "bulk" and consumer.paused_lanes else None
+    )
+    consumer.subscribe()
+    # The bulk consumer gets its partitions on its first poll, paused at once if bulk is held.
+    run_until(consumer, lambda: bulk.paused == {(BULK, 0), (BULK, 1)})
+    assert "bulk" in consumer.paused_lanes
+    assert consumer.paused_partitions == {(BULK, 0), (BULK, 1)}
+    run_until(consumer, lambda: handler.handled["bulk"] == 100 and not consumer.paused_lanes)
+    consumer.close()
+    assert bulk.paused == set()
+    assert bulk_while_paused == []
+    assert consumer.metrics.lanes["bulk"].pauses._value.get() >= 1
+    # The pause state is published to the group as commit metadata on the bulk consumer.
+    assert any(name == "commit_metadata" for name, _ in bulk.calls)
+
+
+def test_every_lane_consumer_is_polled_while_a_handler_blocks() -> None:
+    fake = broker(realtime=1, bulk=50)
+    handler = Recorder()
+    handler.gate = threading.Event()
+    consumer, clients = consumer_on(fake, handler)
+    thread = threading.Thread(target=consumer.run, kwargs={"install_signal_handlers": False})
+    thread.start()
+    time.sleep(0.6)  # the first batch is blocked on the gate all along
+    handler.gate.set()
+    deadline = time.monotonic() + 5
+    while handler.handled["bulk"] < 50 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    consumer.stop()
+    thread.join(5)
+    for lane in ("realtime", "bulk"):
+        polls = lane_consumer(clients, lane).polls
+        gaps = [later - earlier for earlier, later in itertools.pairwise(polls)]
+        assert max(gaps) < 0.25, f"{lane} consumer not polled for {max(gaps):.2f}s"
+    assert handler.handled == {"realtime": 1, "bulk": 50}
+
+
+def test_revoke_stores_and_commits_finished_work_then_resumes_and_unassigns() -> None:
+    fake = broker(realtime=300, bulk=40)
+    handler = Recorder(cost_s=lambda lane: 0.0002 if lane == "realtime" else 0.0)
+    consumer, clients = consumer_on(fake, handler, pause_lag=50, max_batch_messages=20)
+    bulk = lane_consumer(clients, "bulk")
+    consumer.subscribe()
+    run_until(consumer, lambda: bool(bulk.paused))
+    bulk.revoke([(BULK, 0), (BULK, 1)])
+    run_until(consumer, lambda: not any(key[0] == BULK for key in consumer.assignment))
+    names = [name for name, _ in bulk.calls]
+    revoke_calls = names[names.index("pause") :]
+    # Paused partitions are resumed before they go (librdkafka keeps the flag across unassign).
+    assert revoke_calls.index("resume") < revoke_calls.index("unassign")
+    assert bulk.paused == set()
+    consumer.close()
+
+
+def test_revoke_commits_what_finished_before_the_partitions_go() -> None:
+    fake = broker(bulk=30, partitions=1)
+    handler = Recorder()
+    consumer, clients = consumer_on(fake, handler)
+    consumer.subscribe()
+    run_until(consumer, lambda: handler.handled["bulk"] == 30)
+    bulk = lane_consumer(clients, "bulk")
+    bulk.revoke([(BULK, 0)])
+    run_until(consumer, lambda: not consumer.assignment or (BULK, 0) not in consumer.assignment)
+    names = [name for name, _ in bulk.calls]
+    assert names.index("commit") < names.index("unassign")
+    assert fake.committed[(BULK, 0)] == 30
+    consumer.close()
+
+
+def test_lost_partitions_are_not_committed() -> None:
+    fake = broker(bulk=30, partitions=1)
+    handler = Recorder()
+    consumer, clients = consumer_on(fake, handler)
+    consumer.subscribe()
+    bulk = lane_consumer(clients, "bulk")
+    run_until(consumer, lambda: handler.handled["bulk"] == 30)
+    commits_before = [call for call in bulk.calls if call[0] == "commit"]
+    bulk.revoke([(BULK, 0)], lost=True)
+    run_until(consumer, lambda: (BULK, 0) not in consumer.assignment)
+    assert [call for call in bulk.calls if call[0] == "commit"] == commits_before
+    consumer.close()
+
+
+def test_stop_policy_stores_nothing_past_the_failure_and_exits_1() -> None:
+    fake = broker(partitions=1)
+    for index in range(3):
+        fake.produce(REALTIME, 0, CODEC.encode(Chunk(tracking_id=f"ok-{index}")))
+    fake.produce(REALTIME, 0, b"garbage")
+    fake.produce(REALTIME, 0, CODEC.encode(Chunk(tracking_id="after")))
+    handler = Recorder()
+    consumer, _ = consumer_on(fake, handler, error_actions={"undecodable": "stop"})
+    assert consumer.run(install_signal_handlers=False) == 1
+    assert handler.handled["realtime"] == 3
+    assert fake.committed[(REALTIME, 0)] == 3
+
+
+def test_undecodable_message_is_parked_and_the_rest_goes_on() -> None:
+    fake = broker(partitions=1)
+    fake.produce(BULK, 0, b"garbage")
+    fake.produce(BULK, 0, CODEC.encode(Chunk(tracking_id="fine", low_priority=True)))
+    handler = Recorder()
+    consumer, clients = consumer_on(fake, handler)
+    consumer.subscribe()
+    run_until(consumer, lambda: handler.handled["bulk"] == 1)
+    consumer.close()
+    assert [(m.offset(), lane) for m, lane in clients.dlq.parked] == [(0, "bulk")]
+    assert fake.committed[(BULK, 0)] == 2
+
+
+def test_close_finishes_taken_work_commits_each_lane_consumer_and_closes_it() -> None:
+    fake = broker(realtime=10, bulk=10, partitions=1)
+    handler = Recorder()
+    consumer, clients = consumer_on(fake, handler)
+    consumer.subscribe()
+    consumer.tick()
+    consumer.close()
+    assert handler.handled["realtime"] == 10
+    assert fake.committed[(REALTIME, 0)] == 10
+    for fake_consumer in clients.consumers.values():
+        assert fake_consumer.closed
+
+
+@pytest.mark.parametrize("concurrency", [1, 4])
+def test_async_and_threaded_handlers_take_the_same_path(concurrency: int) -> None:
+    fake = broker(realtime=50, bulk=50)
+    seen: list[str] = []
+
+    async def handle(record: ChunkRecord) -> None:
+        seen.append(record.context.lane)
+
+    consumer, _ = consumer_on(fake, handle, concurrency=concurrency)
+    consumer.subscribe()
+    run_until(consumer, lambda: len(seen) == 100)
+    consumer.close()
+    assert fake.committed[(REALTIME, 0)] == fake.committed[(REALTIME, 1)] == 25
+    assert fake.committed[(BULK, 0)] == fake.committed[(BULK, 1)] == 25

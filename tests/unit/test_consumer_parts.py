@@ -1,0 +1,110 @@
+"""Pure parts of the consumer: the pause book and the turn planner."""
+
+from __future__ import annotations
+
+import pytest
+
+from streamproc.consumer.pausebook import PauseBook
+from streamproc.consumer.turns import TurnPlanner
+
+A, B, C = ("chunks.bulk", 0), ("chunks.bulk", 1), ("chunks.bulk", 2)
+
+
+def test_a_partition_is_paused_while_any_reason_holds_it() -> None:
+    book = PauseBook()
+    book.hold("priority", [A, B])
+    book.hold("backpressure", [B, C])
+    to_pause, to_resume = book.plan()
+    assert (to_pause, to_resume) == ({A, B, C}, set())
+    book.applied(to_pause, to_resume)
+    book.hold("priority", [])
+    assert book.plan() == (set(), {A})  # B is still held by backpressure
+    book.applied(*book.plan())
+    assert book.paused == {B, C}
+    assert book.held_for("priority") == frozenset()
+
+
+def test_plan_is_a_diff_against_what_was_applied() -> None:
+    book = PauseBook()
+    book.hold("priority", [A])
+    book.applied(*book.plan())
+    assert book.plan() == (set(), set())
+    book.hold("priority", [A, B])
+    assert book.plan() == ({B}, set())
+
+
+def test_forget_drops_every_reason_and_names_what_must_be_resumed_first() -> None:
+    book = PauseBook()
+    book.hold("priority", [A, B])
+    book.hold("backpressure", [A])
+    book.applied({A}, set())  # B was never applied
+    assert book.forget([A, B]) == {A}
+    assert book.desired == frozenset()
+    assert book.paused == frozenset()
+
+
+def test_an_eager_assign_forgets_the_applied_pauses() -> None:
+    book = PauseBook()
+    book.hold("priority", [A])
+    book.applied(*book.plan())
+    book.unapplied([A])
+    assert book.plan() == ({A}, set())  # re-applied after the assignment
+
+
+def test_top_lane_takes_whole_batches_and_lower_lanes_a_budget() -> None:
+    planner = TurnPlanner(2, budget_s=0.005, most=500, first_guess_s=0.001)
+    assert planner.turn_size(0) == 500
+    assert planner.turn_size(1) == 5
+    for size in [4, 12, 8, 16, 10] * 40:
+        planner.record(1, size, 0.0005 * size)  # 0.5 ms a chunk, no fixed part
+    fixed, per_chunk = planner.cost(1)
+    assert per_chunk == pytest.approx(0.0005, rel=0.01)
+    assert fixed == pytest.approx(0.0, abs=1e-6)
+    assert planner.turn_size(1) == 10
+
+
+def test_a_fixed_cost_per_batch_is_fitted_and_leaves_the_rest_of_the_budget() -> None:
+    planner = TurnPlanner(2, budget_s=0.010, most=500)
+    for size in [5, 20, 10, 40, 15] * 40:
+        planner.record(1, size, 0.002 + 0.0001 * size)  # a 2 ms commit + 0.1 ms a chunk
+    fixed, per_chunk = planner.cost(1)
+    assert fixed == pytest.approx(0.002, rel=0.01)
+    assert per_chunk == pytest.approx(0.0001, rel=0.01)
+    assert planner.turn_size(1) == 80  # (10 ms - 2 ms) / 0.1 ms
+
+
+def test_a_fixed_cost_over_the_budget_is_amortised_not_repeated() -> None:
+    planner = TurnPlanner(2, budget_s=0.005, most=500)
+    for size in [5, 20, 10, 40, 15] * 40:
+        planner.record(1, size, 0.008 + 0.0001 * size)  # an 8 ms fsync per batch
+    # Fewer chunks cannot make a turn shorter than 8 ms: take what the fsync costs in chunk time.
+    assert planner.turn_size(1) == 80
+
+
+def test_a_turn_is_at_least_one_chunk_and_at_most_a_batch() -> None:
+    planner = TurnPlanner(3, budget_s=0.005, most=50, first_guess_s=1.0)
+    assert planner.turn_size(2) == 1
+    fast = TurnPlanner(3, budget_s=0.005, most=50, first_guess_s=1e-7)
+    assert fast.turn_size(2) == 50
+
+
+def test_several_slots_run_one_chunk_each_and_a_turn_holds_a_budget_per_slot() -> None:
+    planner = TurnPlanner(2, budget_s=0.01, most=500, slots=4, first_guess_s=0.001)
+    assert planner.batch_limit(1) == 1
+    assert planner.batch_limit(0) == 1
+    assert planner.turn_size(1) == 40
+    single = TurnPlanner(2, budget_s=0.01, most=500, slots=1, first_guess_s=0.001)
+    assert single.batch_limit(1) == single.turn_size(1) == 10
+    assert single.batch_limit(0) == 500
+
+
+def test_empty_measurements_are_ignored() -> None:
+    planner = TurnPlanner(2, budget_s=0.005, most=500, first_guess_s=0.001)
+    planner.record(1, 0, 1.0)
+    planner.record(1, 5, -1.0)
+    assert planner.cost(1) == (0.0, 0.001)
+
+
+def test_invalid_planner_settings_are_refused() -> None:
+    with pytest.raises(ValueError, match="budget_s"):
+        TurnPlanner(2, budget_s=0, most=10)
