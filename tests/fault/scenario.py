@@ -131,7 +131,9 @@ class PacedProducer:
                 self.producer.produce(chunk)
                 self.ledger.produced += 1
                 next_at += self._interval
-                self.producer.poll(max(0.0, next_at - time.monotonic()))
+                # poll returns as soon as it served a delivery report: wait out the interval.
+                while (wait_s := next_at - time.monotonic()) > 0:
+                    self.producer.poll(wait_s)
             self.producer.flush(180)
         except BaseException as exc:  # noqa: BLE001  # reported by join()
             self.error = exc
