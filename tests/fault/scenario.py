@@ -5,6 +5,7 @@ sampling the flow state child consumers publish on /metrics."""
 from __future__ import annotations
 
 import bisect
+import http.client
 import json
 import os
 import signal
@@ -188,6 +189,18 @@ def committed(cluster: Cluster, group: str) -> dict[PartitionKey, int]:
     return found
 
 
+def partition_owners(cluster: Cluster, group: str) -> dict[PartitionKey, str]:
+    """The client id of the group member each lane partition is assigned to, as the coordinator
+    tells it (a partition of no member is left out)."""
+    future = cluster.admin.describe_consumer_groups([group], request_timeout=10)[group]
+    description = future.result()
+    return {
+        (tp.topic, tp.partition): member.client_id
+        for member in description.members or ()
+        for tp in (member.assignment.topic_partitions if member.assignment else ())
+    }
+
+
 def committed_via(consumer: Consumer, keys: list[PartitionKey]) -> dict[PartitionKey, int]:
     """Committed offsets asked with an OffsetFetch of a consumer that never joins the group.
 
@@ -363,7 +376,8 @@ class MetricsSampler:
         while not self._stop.wait(self._interval_s):
             try:
                 self.samples[pid].append(scrape_flow(port))
-            except OSError:  # not listening yet, or gone
+            # Not listening yet, or gone (a kill can cut an answer short: a truncated body).
+            except (OSError, http.client.HTTPException, ValueError):
                 continue
 
     def stop(self) -> None:

@@ -42,6 +42,7 @@ from tests.fault.scenario import (
     committed,
     free_port,
     high_watermarks,
+    partition_owners,
     produce,
     producer_for,
     signal_and_wait,
@@ -141,6 +142,8 @@ def test_13_member_killed_mid_flood_realtime_stays_isolated(
         "STREAMPROC_TEST_HANDLER_CHUNK_S": str(CHUNK_COST_S),
         "STREAMPROC_TEST_TIMED": "1",
     }
+    # Client ids name the members (a member's clients may add a suffix, one per lane).
+    names = ["k13-survivor", "k13-victim"]
     ports = [free_port(), free_port()]
     members = [
         spawn_consumer(
@@ -149,10 +152,10 @@ def test_13_member_killed_mid_flood_realtime_stays_isolated(
             group,
             tmp_path,
             batch=BATCH,
-            extra_env=env,
+            extra_env={**env, "STREAMPROC_CLIENT_ID": name},
             metrics_port=port,
         )
-        for port in ports
+        for name, port in zip(names, ports, strict=True)
     ]
     survivor, victim = members
     sampler = MetricsSampler({m.pid: port for m, port in zip(members, ports, strict=True)})
@@ -190,6 +193,12 @@ def test_13_member_killed_mid_flood_realtime_stays_isolated(
             survivor.pid,
             victim.pid,
         }, "both members must be handling bulk when one is killed"
+        realtime_topic = cluster.lanes.by_name("realtime").topic
+        victim_partitions = {
+            partition
+            for (topic, partition), owner in partition_owners(cluster, group).items()
+            if topic == realtime_topic and owner.startswith(names[1])
+        }
         killed_at = time.time()
         victim.kill()
         victim.wait(10)
@@ -220,14 +229,14 @@ def test_13_member_killed_mid_flood_realtime_stays_isolated(
 
     started = read_started(tmp_path)
     realtime = [e for e in first_starts(started).values() if e.lane == "realtime"]
-    victim_partitions = {e.partition for e in realtime if e.pid == victim.pid}
     takeover = [
         e.started_at
         for e in started
         if e.pid == survivor.pid and e.lane == "realtime" and e.partition in victim_partitions
         if e.started_at > killed_at
     ]
-    assert victim_partitions and takeover, "the killed member owned realtime partitions"
+    assert victim_partitions, "the killed member must have owned realtime partitions"
+    assert takeover, "the survivor never handled the killed member's realtime partitions"
     taken_over_at = min(takeover)
 
     def kind(chunk: Started) -> str:
