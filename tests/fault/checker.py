@@ -134,6 +134,7 @@ def check(
     faults: Iterable[Fault] = (),
     commit_samples: Iterable[list[str]] = (),
     priority_violations: int | None = None,
+    objectives: Mapping[str, list[str]] | None = None,
     invariants: Iterable[str] = ("I1", "I2", "I3", "I4", "I5"),
     notes: Mapping[str, object] | None = None,
     record: bool = True,
@@ -152,6 +153,8 @@ def check(
         faults: Hard kills or lost sessions, with the offsets committed right after each.
         commit_samples: Violations of I3 found while the scenario ran.
         priority_violations: I6: bulk chunks handled while bulk had to be paused.
+        objectives: Misses of the scenario's own objectives (a latency bound...), by name;
+            reported like violated invariants, so the results file says the run failed.
         invariants: Which invariants the scenario claims (reported in the figure line).
         notes: Extra figures of the scenario (rebalances, pauses, latency...).
         record: Print the figure line and write the results file (off for the checker's tests).
@@ -218,6 +221,9 @@ def check(
         violations["I6"].append(
             f"{priority_violations} bulk chunks handled while bulk was due paused"
         )
+
+    for name, misses in (objectives or {}).items():
+        violations[name].extend(misses)
 
     figures = Figures(
         scenario=scenario,

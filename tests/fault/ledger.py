@@ -1,6 +1,6 @@
 """The ledgers of a fault scenario: append-only, fsynced lines that survive SIGKILL.
 
-Three files in a scenario's directory (RELIABILITY.md, "the ledger"):
+Three files in a scenario's directory (RELIABILITY.md, "the ledger"), a fourth if it times chunks:
 
 * ``acked.tsv``: ``id, topic, partition, offset``, one line per delivery report that said the
   broker acknowledged the message (written by :class:`AckLedger`, the producer's callback);
@@ -8,7 +8,10 @@ Three files in a scenario's directory (RELIABILITY.md, "the ledger"):
   written and fsynced before the handler returns (:class:`LedgerHandler`);
 * ``dlq.tsv``: ``id, topic, partition, offset, reason``, one line per dead letter found in the
   ``<topic>.dlq`` topics after the scenario (:func:`record_dead_letters`), coordinates being those
-  of the original message.
+  of the original message;
+* ``started.tsv``: ``id, lane, topic, partition, offset, pid,
+  produced_at, started_at``, one line per chunk as its handler call starts, the two times being
+  Unix seconds (the message timestamp, and the handler's clock) (:class:`StartLedger`).
 
 The id of a message is its key (a chunk's ``tracking_id``). A line cut short by SIGKILL mid-write
 has too few fields and is ignored: that chunk's handler never returned.
@@ -35,6 +38,7 @@ from tests.integration.kafka_helpers import Cluster, read_topic
 ACKED = "acked.tsv"
 PROCESSED = "processed.tsv"
 DEAD_LETTERED = "dlq.tsv"
+STARTED = "started.tsv"
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,12 +67,34 @@ class DeadLettered:
     reason: str
 
 
-class LedgerFile:
-    """One append-only ledger file; every :meth:`append` is written and fsynced at once."""
+@dataclass(frozen=True, slots=True)
+class Started:
+    id: str
+    lane: str
+    topic: str
+    partition: int
+    offset: int
+    pid: int
+    produced_at: float
+    started_at: float
 
-    def __init__(self, path: Path) -> None:
+    @property
+    def latency_s(self) -> float:
+        """From the message timestamp (produce time) to the start of its handler call."""
+        return self.started_at - self.produced_at
+
+
+class LedgerFile:
+    """One append-only ledger file; every :meth:`append` is written and fsynced at once.
+
+    ``sync=False`` skips the fsync: a write still survives SIGKILL of the writer (the kernel has
+    it), only not a crash of the machine, which no scenario does.
+    """
+
+    def __init__(self, path: Path, *, sync: bool = True) -> None:
         self.path = path
         self._fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        self._sync = sync
         self._lock = threading.Lock()
 
     def append(self, rows: Iterable[Sequence[object]]) -> None:
@@ -77,7 +103,8 @@ class LedgerFile:
             return
         with self._lock:
             os.write(self._fd, text.encode())
-            os.fsync(self._fd)
+            if self._sync:
+                os.fsync(self._fd)
 
     def close(self) -> None:
         os.close(self._fd)
@@ -105,6 +132,44 @@ def read_dead_lettered(directory: Path) -> list[DeadLettered]:
         DeadLettered(r[0], r[1], int(r[2]), int(r[3]), r[4])
         for r in _rows(directory / DEAD_LETTERED, 5)
     ]
+
+
+def read_started(directory: Path) -> list[Started]:
+    return [
+        Started(r[0], r[1], r[2], int(r[3]), int(r[4]), int(r[5]), float(r[6]), float(r[7]))
+        for r in _rows(directory / STARTED, 8)
+    ]
+
+
+class StartLedger:
+    """A ``before`` hook of :class:`LedgerHandler`: one ``started.tsv`` line per chunk of a call.
+
+    Written before the chunk is recorded as processed, so a chunk whose handler started is timed
+    even when a kill stops the call before it returns.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self._file = LedgerFile(directory / STARTED, sync=False)
+        self._pid = os.getpid()
+
+    def __call__(self, records: Sequence[ChunkRecord]) -> None:
+        started_at = time.time()
+        self._file.append(
+            (
+                r.chunk.key,
+                r.context.lane,
+                r.context.topic,
+                r.context.partition,
+                r.context.offset,
+                self._pid,
+                f"{r.context.timestamp_ms / 1000:.3f}",
+                f"{started_at:.6f}",
+            )
+            for r in records
+        )
+
+    def close(self) -> None:
+        self._file.close()
 
 
 class AckLedger:

@@ -1,8 +1,11 @@
 """Building blocks of the fault scenarios: a private broker, producing with a ledger, child
-consumers, committed offsets, the drain, and sampling commit safety while a scenario runs."""
+consumers, committed offsets, the drain, sampling commit safety while a scenario runs, and
+sampling the flow state child consumers publish on /metrics."""
 
 from __future__ import annotations
 
+import bisect
+import http.client
 import json
 import os
 import signal
@@ -11,10 +14,13 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterable
+import urllib.request
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 
 from confluent_kafka import Consumer, KafkaException, TopicPartition
+from prometheus_client.parser import text_string_to_metric_families
 
 from streamproc.chunk import Chunk
 from streamproc.producer import ChunkProducer
@@ -26,6 +32,10 @@ from tests.fault.proxy import TcpProxy
 from tests.integration.kafka_helpers import Cluster, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
+
+# I6 allows one policy tick plus one poll (poll_timeout_s, 0.1 s by default, is both) between
+# realtime lag going over pause_lag and bulk being paused; chunks started within that are fine.
+PRIORITY_GRACE_S = 0.2
 
 
 def free_port() -> int:
@@ -131,7 +141,9 @@ class PacedProducer:
                 self.producer.produce(chunk)
                 self.ledger.produced += 1
                 next_at += self._interval
-                self.producer.poll(max(0.0, next_at - time.monotonic()))
+                # poll returns as soon as it served a delivery report: wait out the interval.
+                while (wait_s := next_at - time.monotonic()) > 0:
+                    self.producer.poll(wait_s)
             self.producer.flush(180)
         except BaseException as exc:  # noqa: BLE001  # reported by join()
             self.error = exc
@@ -175,6 +187,18 @@ def committed(cluster: Cluster, group: str) -> dict[PartitionKey, int]:
         for partition, offset in cluster.committed(group, topic).items():
             found[(topic, partition)] = max(offset, 0)
     return found
+
+
+def partition_owners(cluster: Cluster, group: str) -> dict[PartitionKey, str]:
+    """The client id of the group member each lane partition is assigned to, as the coordinator
+    tells it (a partition of no member is left out)."""
+    future = cluster.admin.describe_consumer_groups([group], request_timeout=10)[group]
+    description = future.result()
+    return {
+        (tp.topic, tp.partition): member.client_id
+        for member in description.members or ()
+        for tp in (member.assignment.topic_partitions if member.assignment else ())
+    }
 
 
 def committed_via(consumer: Consumer, keys: list[PartitionKey]) -> dict[PartitionKey, int]:
@@ -253,8 +277,12 @@ def spawn_consumer(
     sleep_s: float = 0.0,
     batch: int = 50,
     extra_env: dict[str, str] | None = None,
+    metrics_port: int = 0,
 ) -> subprocess.Popen[bytes]:
-    """``streamproc consume`` as a child process with the ledger handler."""
+    """``streamproc consume`` as a child process with the ledger handler.
+
+    ``metrics_port`` 0 runs it without /metrics; :class:`MetricsSampler` reads a port given here.
+    """
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO),
@@ -267,7 +295,7 @@ def spawn_consumer(
         sys.executable, "-m", "streamproc", "consume",
         "--bootstrap-servers", bootstrap, "--topic-prefix", prefix, "--group", group,
         "--handler", "tests.fault.child_handler:ChildLedgerHandler",
-        "--metrics-port", "0", "--log-level", "INFO",
+        "--metrics-port", str(metrics_port), "--log-level", "INFO",
     ]  # fmt: skip
     log = directory / f"{group}-{time.monotonic_ns()}.log"
     with log.open("wb") as out:
@@ -279,3 +307,112 @@ def signal_and_wait(
 ) -> int:
     process.send_signal(sig)
     return process.wait(timeout_s)
+
+
+@dataclass(frozen=True, slots=True)
+class FlowSample:
+    """One scrape of a child consumer's /metrics: its flow state at ``at`` (Unix seconds)."""
+
+    at: float
+    bulk_paused: bool
+    realtime_lag: float | None  # the lag the flow policy sees; None while unknown (NaN)
+    assigned: Mapping[str, int]  # partitions assigned, per lane
+
+    def bulk_due_paused(self, pause_lag: int) -> bool:
+        """I6: bulk held paused, or realtime lag over ``pause_lag`` (bulk must pause)."""
+        return self.bulk_paused or (self.realtime_lag is not None and self.realtime_lag > pause_lag)
+
+
+def scrape_flow(port: int, timeout_s: float = 1.0) -> FlowSample:
+    """Read the documented flow series of one consumer: lane paused, lane lag, assignment."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        text = response.read().decode()
+    at = time.time()
+    values: dict[tuple[str, str], float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if "lane" in sample.labels:
+                values[(sample.name, sample.labels["lane"])] = sample.value
+    lag = values.get(("streamproc_lane_lag_messages", "realtime"))
+    return FlowSample(
+        at=at,
+        bulk_paused=values.get(("streamproc_lane_paused", "bulk"), 0.0) == 1.0,
+        realtime_lag=None if lag is None or lag != lag else lag,  # NaN != NaN: unknown
+        assigned={
+            lane: int(value)
+            for (name, lane), value in values.items()
+            if name == "streamproc_assigned_partitions"
+        },
+    )
+
+
+class MetricsSampler:
+    """Scrape the /metrics of child consumers every ``interval_s``, keeping each one's samples.
+
+    One thread per child, so a slow answer of one does not thin out the other's samples. A child
+    that stopped answering (killed, exiting) simply gets no more samples.
+    """
+
+    def __init__(self, ports: Mapping[int, int], interval_s: float = 0.05) -> None:
+        self._interval_s = interval_s
+        self.samples: dict[int, list[FlowSample]] = {pid: [] for pid in ports}
+        self._stop = threading.Event()
+        self._threads = [
+            threading.Thread(target=self._run, args=(pid, port), daemon=True)
+            for pid, port in ports.items()
+        ]
+
+    def start(self) -> MetricsSampler:
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def latest(self, pid: int) -> FlowSample | None:
+        found = self.samples[pid]
+        return found[-1] if found else None
+
+    def _run(self, pid: int, port: int) -> None:
+        while not self._stop.wait(self._interval_s):
+            try:
+                self.samples[pid].append(scrape_flow(port))
+            # Not listening yet, or gone (a kill can cut an answer short: a truncated body).
+            except (OSError, http.client.HTTPException, ValueError):
+                continue
+
+    def stop(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(10)
+
+
+def bulk_started_while_due_paused(
+    samples: list[FlowSample], bulk_starts: Iterable[tuple[float, int]], pause_lag: int
+) -> int:
+    """I6 from outside a member: bulk chunks it started while bulk had been due paused.
+
+    ``bulk_starts`` are (start time, chunks) of the member's bulk handler calls. A call counts
+    when the scrapes on both sides of its start say bulk was due paused, and the run of such
+    scrapes before it began more than :data:`PRIORITY_GRACE_S` earlier. Scrapes only see a state
+    after it began, so the run is never taken for longer than it was; a start with no scrape
+    after it (the member was killed) is not judged.
+    """
+    times = [sample.at for sample in samples]
+    due = [sample.bulk_due_paused(pause_lag) for sample in samples]
+    run_began: list[float] = []
+    for index, now_due in enumerate(due):
+        if not now_due:
+            run_began.append(float("inf"))
+        elif index > 0 and due[index - 1]:
+            run_began.append(run_began[-1])
+        else:
+            run_began.append(times[index])
+    violations = 0
+    for started_at, chunks in bulk_starts:
+        after = bisect.bisect_left(times, started_at)
+        before = after - 1
+        if before < 0 or after >= len(times) or not (due[before] and due[after]):
+            continue
+        if started_at - run_began[before] > PRIORITY_GRACE_S:
+            violations += chunks
+    return violations

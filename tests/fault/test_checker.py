@@ -1,4 +1,4 @@
-"""The checker itself: each invariant is reported when hand-made ledgers break it."""
+"""The checker itself: each invariant is reported when hand-made ledgers or scrapes break it."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 from tests.fault.checker import Fault, check, commit_safety_violations, contiguous_end
 from tests.fault.ledger import ACKED, DEAD_LETTERED, PROCESSED, LedgerFile
+from tests.fault.scenario import FlowSample, bulk_started_while_due_paused
 
 TOPIC = "t.realtime"
 
@@ -74,3 +75,37 @@ def test_commit_safety_sample_and_contiguous_end(tmp_path: Path) -> None:
     ledgers(tmp_path, [("a0", 0, 1), ("a1", 1, 1)])
     assert commit_safety_violations({(TOPIC, 0): 2}, tmp_path) == []
     assert commit_safety_violations({(TOPIC, 0): 3}, tmp_path) != []
+
+
+def test_objective_misses_are_reported_like_violations(tmp_path: Path) -> None:
+    ledgers(tmp_path, [(f"a{i}", i, 1) for i in range(5)])
+    assert run(tmp_path, 5, objectives={"isolation": []}) == {}
+    assert run(tmp_path, 5, objectives={"isolation": ["p99 2s > 0.4s"]}) == {
+        "isolation": ["p99 2s > 0.4s"]
+    }
+
+
+def flow(at: float, *, paused: bool = False, lag: float | None = 0) -> FlowSample:
+    return FlowSample(at=at, bulk_paused=paused, realtime_lag=lag, assigned={})
+
+
+def test_priority_from_outside_counts_bulk_started_once_due_paused_past_the_grace() -> None:
+    # Realtime over pause_lag (10) from the scrape at 1.0 to the one at 2.0; scrapes every 0.1 s.
+    samples = [flow(t / 10, lag=50 if 10 <= t < 20 else 3) for t in range(30)]
+    starts = [
+        (0.95, 5),  # before the run
+        (1.05, 7),  # inside the grace
+        (1.55, 11),  # well inside the run: counted
+        (1.98, 13),  # the scrape after it (2.0) says the run is over: not judged a violation
+        (2.5, 17),  # after
+    ]
+    assert bulk_started_while_due_paused(samples, starts, pause_lag=10) == 11
+    assert bulk_started_while_due_paused(samples, starts, pause_lag=100) == 0
+
+
+def test_priority_from_outside_held_paused_unknown_lag_and_no_scrape_after() -> None:
+    held = [flow(t / 10, paused=True, lag=None) for t in range(10)]
+    assert bulk_started_while_due_paused(held, [(0.55, 3)], pause_lag=10) == 3
+    assert bulk_started_while_due_paused(held, [(0.95, 3)], pause_lag=10) == 0  # killed after
+    unknown = [flow(t / 10, lag=None) for t in range(10)]
+    assert bulk_started_while_due_paused(unknown, [(0.55, 3)], pause_lag=10) == 0

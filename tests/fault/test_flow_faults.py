@@ -18,6 +18,7 @@ from streamproc.samples import sample_chunks
 from tests.fault.checker import check, scenario_id
 from tests.fault.ledger import AckLedger, LedgerHandler
 from tests.fault.scenario import (
+    PRIORITY_GRACE_S,
     PacedProducer,
     committed,
     high_watermarks,
@@ -30,11 +31,6 @@ from tests.integration.kafka_helpers import Cluster, ThreadedConsumer, wait_unti
 # The product's realtime objective: 99% of realtime chunks handled within 5 s of being produced
 # (the StreamprocRealtimeLatencyObjectiveBreached alert of the Helm chart).
 REALTIME_P99_OBJECTIVE_S = 5.0
-
-
-# I6 allows one policy tick plus one poll (poll_timeout_s, 0.1 s by default, is both) between
-# realtime lag going over pause_lag and bulk being paused; chunks started within that are fine.
-PRIORITY_GRACE_S = 0.2
 
 
 @dataclass
