@@ -1,8 +1,9 @@
 """The Helm chart: lint, schema-valid manifests, and the rendered content that matters.
 
 Core kinds are validated with kubernetes-validate (offline schemas of a pinned Kubernetes
-version); custom resources against the CRDs in ``../shared/schemas/crds`` next to the repository,
-read at test time, with unknown fields refused as the API server's strict field validation does.
+version); custom resources against the upstream CRDs of the KEDA and Prometheus Operator releases
+the chart targets (``scripts/crd-schemas``: their pinned Go modules), with unknown fields refused
+as the API server's strict field validation does.
 """
 
 from __future__ import annotations
@@ -25,8 +26,8 @@ from helmchart import (
     KUBERNETES_VERSION,
     NAMESPACE,
     RELEASE,
-    REPO,
     Rendered,
+    crd_directory,
     render,
     render_error,
     run_helm,
@@ -38,7 +39,6 @@ from streamproc.settings import ConsumerSettings
 
 pytestmark = pytest.mark.usefixtures("helm")
 
-CRD_DIR = REPO.parent / "shared" / "schemas" / "crds"
 CUSTOM_KINDS = {
     "ServiceMonitor",
     "PodMonitor",
@@ -84,11 +84,9 @@ def test_lint_strict(values: Path) -> None:
 
 @functools.cache
 def crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
-    """(apiVersion, kind) -> openAPIV3Schema of every CRD in ../shared/schemas/crds."""
-    if not CRD_DIR.is_dir():
-        pytest.fail(f"CRD schemas not found at {CRD_DIR} (shared/ must sit next to the repo)")
+    """(apiVersion, kind) -> openAPIV3Schema of every CRD that scripts/crd-schemas fetched."""
     schemas: dict[tuple[str, str], dict[str, Any]] = {}
-    for path in sorted(CRD_DIR.glob("*.yaml")):
+    for path in sorted(crd_directory().glob("*.yaml")):
         for crd in yaml.safe_load_all(path.read_text()):
             if not crd or crd.get("kind") != "CustomResourceDefinition":
                 continue
@@ -168,11 +166,46 @@ def test_ci_values_cover_every_kind() -> None:
     assert expected <= kinds
 
 
-def test_crd_check_refuses_unknown_fields() -> None:
-    monitor = copy.deepcopy(render(ALL).one("ServiceMonitor"))
-    monitor["spec"]["endpoints"][0]["intervall"] = "30s"
-    with pytest.raises(AssertionError, match="intervall"):
-        validate_manifest(monitor, KUBERNETES_VERSION)
+def test_crds_are_the_pinned_releases() -> None:
+    versions = dict(
+        line.split() for line in (crd_directory() / ".complete").read_text().splitlines()
+    )
+    assert versions == {"keda": "v2.20.2", "prometheus-operator": "v0.93.1"}
+    assert set(crd_schemas()) == {
+        ("keda.sh/v1alpha1", "ScaledObject"),
+        ("keda.sh/v1alpha1", "TriggerAuthentication"),
+        ("monitoring.coreos.com/v1", "ServiceMonitor"),
+        ("monitoring.coreos.com/v1", "PodMonitor"),
+        ("monitoring.coreos.com/v1", "PrometheusRule"),
+    }
+    monitors = crd_directory() / "monitoring.coreos.com_servicemonitors.yaml"
+    crd = yaml.safe_load(monitors.read_text())
+    assert crd["metadata"]["annotations"]["operator.prometheus.io/version"] == "0.93.1"
+
+
+@pytest.mark.parametrize(
+    ("kind", "path", "value", "message"),
+    [
+        ("ServiceMonitor", ("spec", "endpoints", 0, "intervall"), "30s", "intervall"),
+        ("ServiceMonitor", ("spec", "endpoints", 0, "scheme"), "gopher", "'gopher' is not one of"),
+        ("ScaledObject", ("spec", "minReplicaCountt"), 0, "minReplicaCountt"),
+        ("ScaledObject", ("spec", "minReplicaCount"), "zero", "'zero' is not of type 'integer'"),
+        ("ScaledObject", ("spec", "triggers", 0, "metadata", "lagThreshold"), 50, "50 is not"),
+        ("PrometheusRule", ("spec", "groups", 0, "rules", 0, "for"), "5 minutes", "5 minutes"),
+    ],
+)
+def test_crd_check_refuses_invalid_custom_resources(
+    kind: str, path: tuple[str | int, ...], value: Any, message: str
+) -> None:
+    """Unknown fields, wrong types, values off an enum or a pattern: each fails the check."""
+    manifest = copy.deepcopy(render(ALL).one(kind))
+    validate_manifest(manifest, KUBERNETES_VERSION)
+    node: Any = manifest
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(AssertionError, match=message):
+        validate_manifest(manifest, KUBERNETES_VERSION)
 
 
 # -- environment ----------------------------------------------------------------------------
