@@ -305,6 +305,17 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
     drain_timeout_s: float = Field(
         30.0, ge=0, description="On shutdown, how long to finish the chunks already taken."
     )
+    group_instance_id: str | None = Field(
+        None,
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9._-]+$",
+        description=(
+            "Static group membership (group.instance.id), unique per member, e.g. the pod name:"
+            " a member restarted within session_timeout_ms gets its partitions back without a"
+            " rebalance. Each lane's consumer appends -<lane>. Unset: dynamic membership."
+        ),
+    )
 
     @property
     def in_flight_limit(self) -> int:
@@ -332,8 +343,18 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
         self,
         error_cb: Callable[[Any], None] | None = None,
         on_commit: Callable[[Any, Any], None] | None = None,
+        *,
+        lane: str | None = None,
     ) -> dict[str, Any]:
-        """The consumer configuration. Manual offset storage cannot be overridden."""
+        """The consumer configuration. Manual offset storage cannot be overridden.
+
+        Args:
+            error_cb: librdkafka's error callback.
+            on_commit: librdkafka's commit callback.
+            lane: the lane this consumer reads, when each lane has its own consumer: its
+                ``group.instance.id`` is then ``<group_instance_id>-<lane>``, since two members
+                of one group must never share an instance id.
+        """
         conf: dict[str, Any] = {
             "auto.offset.reset": self.auto_offset_reset,
             "partition.assignment.strategy": self.assignor,
@@ -359,6 +380,9 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
             "enable.auto.commit": True,
             "enable.partition.eof": False,
         }
+        if self.group_instance_id is not None:
+            instance = self.group_instance_id
+            conf["group.instance.id"] = instance if lane is None else f"{instance}-{lane}"
         if error_cb is not None:
             conf["error_cb"] = error_cb
         if on_commit is not None:

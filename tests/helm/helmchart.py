@@ -1,8 +1,10 @@
 """Rendering the Helm chart for tests: the pinned helm from ``scripts/helm``, renders cached.
 
 No cluster and no broker: ``helm template`` and ``helm lint`` only. The helm binary is built once
-by ``scripts/helm`` (``go install`` of a pinned version into ~/.cache/streamproc); without Go the
-chart tests are skipped, except in CI (``CI`` set), where a missing helm is a failure.
+by ``scripts/helm`` (``go install`` of a pinned version into ~/.cache/streamproc), and the KEDA and
+Prometheus Operator CRDs come from ``scripts/crd-schemas`` (their pinned Go module releases, cached
+there too); without Go the chart tests are skipped, except in CI (``CI`` set), where that is a
+failure.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ REPO = Path(__file__).resolve().parents[2]
 CHART = REPO / "helm" / "streamproc"
 CI_VALUES = sorted((CHART / "ci").glob("*-values.yaml"))
 HELM_WRAPPER = REPO / "scripts" / "helm"
+CRD_SCRIPT = REPO / "scripts" / "crd-schemas"
 # Kubernetes version manifests are rendered for and validated against (kubernetes-validate ships
 # its schemas offline). The chart's kubeVersion floor is checked too.
 KUBERNETES_VERSION = "1.37.0"
@@ -43,30 +46,48 @@ class HelmError(Exception):
 @functools.cache
 def helm_binary() -> str:
     """Path of the pinned helm, built by scripts/helm on first use (minutes, once)."""
-    if shutil.which("go") is None and not _cached_helm_exists():
+    pinned = _pinned(HELM_WRAPPER, "HELM_VERSION")
+    return _print_path(HELM_WRAPPER, _cache() / f"helm-{pinned}" / "helm", "build helm")
+
+
+@functools.cache
+def crd_directory() -> Path:
+    """Directory of the pinned KEDA and Prometheus Operator CRD files (scripts/crd-schemas)."""
+    keda = _pinned(CRD_SCRIPT, "KEDA_VERSION")
+    operator = _pinned(CRD_SCRIPT, "PROMETHEUS_OPERATOR_VERSION")
+    cached = _cache() / f"crds-keda-{keda}-prometheus-operator-{operator}" / ".complete"
+    return Path(_print_path(CRD_SCRIPT, cached, "fetch the CRDs"))
+
+
+def _print_path(script: Path, cached: Path, what: str) -> str:
+    """Run ``script --print-path``; skip without Go unless its result is cached or CI is set."""
+    if shutil.which("go") is None and not cached.is_file():
         if os.environ.get("CI"):
-            pytest.fail("Go is needed to build the pinned helm (scripts/helm) and CI is set")
-        pytest.skip("Go is not installed: scripts/helm cannot build the pinned helm")
+            pytest.fail(f"Go is needed to {what} (scripts/{script.name}) and CI is set")
+        pytest.skip(f"Go is not installed: scripts/{script.name} cannot {what}")
     result = subprocess.run(
-        [str(HELM_WRAPPER), "--print-path"],
+        [str(script), "--print-path"],
         capture_output=True,
         text=True,
         check=False,
         timeout=1800,
     )
     if result.returncode != 0:
-        pytest.fail(f"scripts/helm could not build helm:\n{result.stderr}")
+        pytest.fail(f"scripts/{script.name} could not {what}:\n{result.stderr}")
     return result.stdout.strip().splitlines()[-1]
 
 
-def _cached_helm_exists() -> bool:
-    """True when scripts/helm already built its pinned version (no Go needed then)."""
-    pinned = re.search(r'^HELM_VERSION="([^"]+)"', HELM_WRAPPER.read_text(), re.MULTILINE)
-    if pinned is None:
-        return False
+def _pinned(script: Path, variable: str) -> str:
+    """The value of ``VARIABLE="..."`` in one of the scripts."""
+    pinned = re.search(rf'^{variable}="([^"]+)"', script.read_text(), re.MULTILINE)
+    assert pinned is not None, f"{variable} not found in {script}"
+    return pinned.group(1)
+
+
+def _cache() -> Path:
+    """The scripts' cache: STREAMPROC_CACHE, else $XDG_CACHE_HOME/streamproc."""
     cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
-    cache = Path(os.environ.get("STREAMPROC_CACHE") or cache_home / "streamproc")
-    return (cache / f"helm-{pinned.group(1)}" / "helm").is_file()
+    return Path(os.environ.get("STREAMPROC_CACHE") or cache_home / "streamproc")
 
 
 def run_helm(*args: str) -> str:

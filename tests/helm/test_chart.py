@@ -1,8 +1,9 @@
 """The Helm chart: lint, schema-valid manifests, and the rendered content that matters.
 
 Core kinds are validated with kubernetes-validate (offline schemas of a pinned Kubernetes
-version); custom resources against the CRDs in ``../shared/schemas/crds`` next to the repository,
-read at test time, with unknown fields refused as the API server's strict field validation does.
+version); custom resources against the upstream CRDs of the KEDA and Prometheus Operator releases
+the chart targets (``scripts/crd-schemas``: their pinned Go modules), with unknown fields refused
+as the API server's strict field validation does.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from helmchart import (
     RELEASE,
     REPO,
     Rendered,
+    crd_directory,
     render,
     render_error,
     run_helm,
@@ -38,7 +41,6 @@ from streamproc.settings import ConsumerSettings
 
 pytestmark = pytest.mark.usefixtures("helm")
 
-CRD_DIR = REPO.parent / "shared" / "schemas" / "crds"
 CUSTOM_KINDS = {
     "ServiceMonitor",
     "PodMonitor",
@@ -49,8 +51,11 @@ CUSTOM_KINDS = {
 FULLNAME = f"{RELEASE}-streamproc"
 ALL = "all-features-values.yaml"
 KEDA = "keda-values.yaml"
+SCALE_TO_ZERO = "keda-scale-to-zero-values.yaml"
+STATIC = "static-membership-values.yaml"
 SASL = "sasl-existing-secret-values.yaml"
 DEFAULTS = "defaults-values.yaml"
+CHART_VERSION = yaml.safe_load((CHART / "Chart.yaml").read_text())["version"]
 
 
 def ci_values(name: str) -> dict[str, Any]:
@@ -60,6 +65,11 @@ def ci_values(name: str) -> dict[str, Any]:
 
 def env_name(field: str) -> str:
     return f"STREAMPROC_{field.upper()}"
+
+
+def pod_spec(rendered: Rendered) -> dict[str, Any]:
+    spec: dict[str, Any] = rendered.one("Deployment")["spec"]["template"]["spec"]
+    return spec
 
 
 def consumer_container(rendered: Rendered) -> dict[str, Any]:
@@ -84,11 +94,9 @@ def test_lint_strict(values: Path) -> None:
 
 @functools.cache
 def crd_schemas() -> dict[tuple[str, str], dict[str, Any]]:
-    """(apiVersion, kind) -> openAPIV3Schema of every CRD in ../shared/schemas/crds."""
-    if not CRD_DIR.is_dir():
-        pytest.fail(f"CRD schemas not found at {CRD_DIR} (shared/ must sit next to the repo)")
+    """(apiVersion, kind) -> openAPIV3Schema of every CRD that scripts/crd-schemas fetched."""
     schemas: dict[tuple[str, str], dict[str, Any]] = {}
-    for path in sorted(CRD_DIR.glob("*.yaml")):
+    for path in sorted(crd_directory().glob("*.yaml")):
         for crd in yaml.safe_load_all(path.read_text()):
             if not crd or crd.get("kind") != "CustomResourceDefinition":
                 continue
@@ -168,11 +176,46 @@ def test_ci_values_cover_every_kind() -> None:
     assert expected <= kinds
 
 
-def test_crd_check_refuses_unknown_fields() -> None:
-    monitor = copy.deepcopy(render(ALL).one("ServiceMonitor"))
-    monitor["spec"]["endpoints"][0]["intervall"] = "30s"
-    with pytest.raises(AssertionError, match="intervall"):
-        validate_manifest(monitor, KUBERNETES_VERSION)
+def test_crds_are_the_pinned_releases() -> None:
+    versions = dict(
+        line.split() for line in (crd_directory() / ".complete").read_text().splitlines()
+    )
+    assert versions == {"keda": "v2.20.2", "prometheus-operator": "v0.93.1"}
+    assert set(crd_schemas()) == {
+        ("keda.sh/v1alpha1", "ScaledObject"),
+        ("keda.sh/v1alpha1", "TriggerAuthentication"),
+        ("monitoring.coreos.com/v1", "ServiceMonitor"),
+        ("monitoring.coreos.com/v1", "PodMonitor"),
+        ("monitoring.coreos.com/v1", "PrometheusRule"),
+    }
+    monitors = crd_directory() / "monitoring.coreos.com_servicemonitors.yaml"
+    crd = yaml.safe_load(monitors.read_text())
+    assert crd["metadata"]["annotations"]["operator.prometheus.io/version"] == "0.93.1"
+
+
+@pytest.mark.parametrize(
+    ("kind", "path", "value", "message"),
+    [
+        ("ServiceMonitor", ("spec", "endpoints", 0, "intervall"), "30s", "intervall"),
+        ("ServiceMonitor", ("spec", "endpoints", 0, "scheme"), "gopher", "'gopher' is not one of"),
+        ("ScaledObject", ("spec", "minReplicaCountt"), 0, "minReplicaCountt"),
+        ("ScaledObject", ("spec", "minReplicaCount"), "zero", "'zero' is not of type 'integer'"),
+        ("ScaledObject", ("spec", "triggers", 0, "metadata", "lagThreshold"), 50, "50 is not"),
+        ("PrometheusRule", ("spec", "groups", 0, "rules", 0, "for"), "5 minutes", "5 minutes"),
+    ],
+)
+def test_crd_check_refuses_invalid_custom_resources(
+    kind: str, path: tuple[str | int, ...], value: Any, message: str
+) -> None:
+    """Unknown fields, wrong types, values off an enum or a pattern: each fails the check."""
+    manifest = copy.deepcopy(render(ALL).one(kind))
+    validate_manifest(manifest, KUBERNETES_VERSION)
+    node: Any = manifest
+    for key in path[:-1]:
+        node = node[key]
+    node[path[-1]] = value
+    with pytest.raises(AssertionError, match=message):
+        validate_manifest(manifest, KUBERNETES_VERSION)
 
 
 # -- environment ----------------------------------------------------------------------------
@@ -288,13 +331,11 @@ def test_labels_and_selectors_agree() -> None:
         "app.kubernetes.io/name": "streamproc",
         "app.kubernetes.io/instance": RELEASE,
         "app.kubernetes.io/managed-by": "Helm",
-        "helm.sh/chart": "streamproc-0.1.0",
+        "helm.sh/chart": f"streamproc-{CHART_VERSION}",
         "team": "search",
     }
     for manifest in rendered.manifests:
-        if manifest["kind"] in ("NetworkPolicy",) or manifest["metadata"]["name"].endswith(
-            "search-indexer-config"
-        ):
+        if "search-indexer-config" in manifest["metadata"]["name"]:
             continue  # extraObjects carry their own labels
         labels = manifest["metadata"]["labels"]
         assert standard.items() <= labels.items(), manifest["metadata"]["name"]
@@ -360,7 +401,9 @@ def test_keda_scales_on_the_realtime_topic_and_the_group() -> None:
     assert trigger["type"] == "kafka"
     assert trigger["metadata"]["topic"] == f"{values['kafka']['topicPrefix']}.realtime"
     assert trigger["metadata"]["consumerGroup"] == values["consumer"]["groupId"]
-    assert trigger["metadata"]["lagThreshold"] == "50"
+    assert trigger["metadata"]["lagThreshold"] == "2000"  # derived from the chart's defaults
+    assert trigger["metadata"]["offsetResetPolicy"] == "earliest"
+    assert trigger["metadata"]["ensureEvenDistributionOfPartitions"] == "true"
     assert "authenticationRef" not in trigger
     assert "replicas" not in rendered.one("Deployment")["spec"]
     assert "TriggerAuthentication" not in rendered.kinds
@@ -370,6 +413,132 @@ def test_keda_bulk_trigger_only_when_configured() -> None:
     triggers = render(ALL).one("ScaledObject")["spec"]["triggers"]
     assert [t["metadata"]["topic"] for t in triggers] == ["search.realtime", "search.bulk"]
     assert {t["metadata"]["consumerGroup"] for t in triggers} == {"search-indexer"}
+    realtime, bulk = (t["metadata"] for t in triggers)
+    assert realtime["excludePersistentLag"] == "false"
+    # The bulk lane's own rules: held-paused partitions left out, only partitions in work count.
+    assert bulk["excludePersistentLag"] == "true"
+    assert bulk["limitToPartitionsWithLag"] == "true"
+    assert bulk["ensureEvenDistributionOfPartitions"] == "false"
+    assert bulk["allowIdleConsumers"] == "false"
+
+
+def lag_threshold_formula(values: dict[str, Any]) -> int:
+    """docs/deploy.md: max(pauseLag, 2 x (maxBatchMessages + rate x commit interval))."""
+    consumer, keda = values["consumer"], values["autoscaling"]["keda"]
+    between_commits = math.ceil(keda["ratePerReplica"] * consumer["autoCommitIntervalMs"] / 1000)
+    floor = consumer["maxBatchMessages"] + between_commits
+    return int(max(values["flow"]["pauseLag"], 2 * floor))
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [
+        [],
+        ["flow.pauseLag=5000"],
+        ["consumer.maxBatchMessages=100", "autoscaling.keda.ratePerReplica=150"],
+        ["consumer.autoCommitIntervalMs=1500", "autoscaling.keda.ratePerReplica=333"],
+    ],
+)
+def test_keda_lag_threshold_is_derived_from_the_committed_lag_floor_and_pause_lag(
+    sets: list[str],
+) -> None:
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    for item in sets:
+        path, value = item.split("=")
+        *sections, key = path.split(".")
+        node = values
+        for part in sections:
+            node = node[part]
+        node[key] = yaml.safe_load(value)
+    (trigger,) = render(KEDA, sets=sets).one("ScaledObject")["spec"]["triggers"]
+    assert int(trigger["metadata"]["lagThreshold"]) == lag_threshold_formula(values)
+    explicit = render(KEDA, sets=[*sets, "autoscaling.keda.lagThreshold=750"])
+    assert explicit.one("ScaledObject")["spec"]["triggers"][0]["metadata"]["lagThreshold"] == "750"
+
+
+def test_keda_offset_reset_policy_follows_the_consumer() -> None:
+    for policy in ("earliest", "latest"):
+        rendered = render(SCALE_TO_ZERO, sets=[f"consumer.autoOffsetReset={policy}"])
+        triggers = rendered.one("ScaledObject")["spec"]["triggers"]
+        assert {t["metadata"]["offsetResetPolicy"] for t in triggers} == {policy}
+        assert config_env(rendered)["STREAMPROC_AUTO_OFFSET_RESET"] == policy
+    error = render_error(KEDA, sets=["autoscaling.keda.offsetResetPolicy=latest"])
+    assert "additional properties 'offsetResetPolicy' not allowed" in error
+
+
+@pytest.mark.parametrize(
+    "sets",
+    [
+        ["autoscaling.keda.minReplicaCount=0"],
+        ["autoscaling.keda.idleReplicaCount=0"],
+        [
+            "autoscaling.keda.minReplicaCount=0",
+            "autoscaling.keda.bulkLane.enabled=true",
+            "autoscaling.keda.bulkLane.excludePersistentLag=false",
+        ],
+    ],
+)
+def test_schema_refuses_scale_to_zero_without_the_bulk_trigger(sets: list[str]) -> None:
+    error = render_error(KEDA, sets=sets)
+    assert "values don't meet the specifications of the schema" in error
+    assert "at '/autoscaling/keda/bulkLane/" in error
+
+
+def test_scale_to_zero_with_the_bulk_trigger() -> None:
+    spec = render(SCALE_TO_ZERO).one("ScaledObject")["spec"]
+    assert spec["minReplicaCount"] == 0
+    assert [t["name"] for t in spec["triggers"]] == ["realtime-lag", "bulk-lag"]
+    assert spec["triggers"][1]["metadata"]["excludePersistentLag"] == "true"
+    assert spec["initialCooldownPeriod"] == 300
+    assert spec["fallback"] == {"failureThreshold": 3, "replicas": 2}
+    plain = render(KEDA, sets=["autoscaling.keda.bulkLane.enabled=true"]).one("ScaledObject")
+    assert "idleReplicaCount" not in plain["spec"] and "fallback" not in plain["spec"]
+    assert render(ALL).one("ScaledObject")["spec"]["idleReplicaCount"] == 0
+
+
+@pytest.mark.parametrize(
+    ("sets", "message"),
+    [
+        (
+            [
+                "autoscaling.keda.allowIdleConsumers=true",
+                "autoscaling.keda.limitToPartitionsWithLag=true",
+                "autoscaling.keda.ensureEvenDistributionOfPartitions=false",
+            ],
+            "allowIdleConsumers and autoscaling.keda.limitToPartitionsWithLag cannot both be true",
+        ),
+        (
+            ["autoscaling.keda.limitToPartitionsWithLag=true"],
+            "limitToPartitionsWithLag and autoscaling.keda.ensureEvenDistributionOfPartitions",
+        ),
+        (
+            ["autoscaling.keda.minReplicaCount=7"],
+            "minReplicaCount (7) must not exceed maxReplicaCount (6)",
+        ),
+        (["autoscaling.keda.fallback.replicas=2"], "at '/autoscaling/keda"),
+        (["autoscaling.keda.idleReplicaCount=1"], "at '/autoscaling/keda/idleReplicaCount'"),
+    ],
+)  # fmt: skip
+def test_keda_combinations_keda_would_refuse_fail_at_render(sets: list[str], message: str) -> None:
+    assert message in render_error(KEDA, sets=sets)
+
+
+def test_default_scaling_behaviour_takes_one_pod_down_at_a_time() -> None:
+    keda = render(KEDA).one("ScaledObject")["spec"]["advanced"]["horizontalPodAutoscalerConfig"]
+    hpa = render(SASL).one("HorizontalPodAutoscaler")["spec"]
+    for behavior in (keda["behavior"], hpa["behavior"]):
+        down = behavior["scaleDown"]
+        (policy,) = down["policies"]
+        assert (policy["type"], policy["value"]) == ("Pods", 1)
+        assert 60 <= policy["periodSeconds"] <= 120
+        assert down["stabilizationWindowSeconds"] >= 60
+        assert behavior["scaleUp"]["policies"][0]["type"] == "Pods"
+    # advanced.horizontalPodAutoscalerConfig.behavior of the values wins, the rest is kept.
+    advanced = render(ALL).one("ScaledObject")["spec"]["advanced"]
+    assert advanced["restoreToOriginalReplicaCount"] is True
+    assert advanced["horizontalPodAutoscalerConfig"]["behavior"] == {
+        "scaleDown": {"stabilizationWindowSeconds": 600}
+    }
 
 
 def test_keda_authenticates_with_the_existing_secrets() -> None:
@@ -392,6 +561,12 @@ def test_keda_and_hpa_are_mutually_exclusive() -> None:
     assert "autoscaling.keda.enabled and autoscaling.hpa.enabled are mutually exclusive" in error
 
 
+def test_keda_defaults_are_documented_in_deploy_md() -> None:
+    deploy = (REPO / "docs" / "deploy.md").read_text()
+    assert "lagThreshold = max(flow.pauseLag, 2" in deploy
+    assert "excludePersistentLag" in deploy
+
+
 def test_hpa_targets_the_deployment() -> None:
     rendered = render(SASL)
     hpa = rendered.one("HorizontalPodAutoscaler")
@@ -406,7 +581,11 @@ def test_existing_secrets_replace_the_chart_secret() -> None:
     rendered = render(SASL)
     assert "Secret" not in rendered.kinds
     container = consumer_container(rendered)
-    refs = {e["name"]: e["valueFrom"]["secretKeyRef"] for e in container["env"]}
+    refs = {
+        e["name"]: e["valueFrom"]["secretKeyRef"]
+        for e in container["env"]
+        if "secretKeyRef" in e.get("valueFrom", {})
+    }
     assert refs["STREAMPROC_SASL_USERNAME"] == {"name": "streamproc-kafka-user", "key": "username"}
     assert refs["STREAMPROC_SASL_PASSWORD"] == {"name": "streamproc-kafka-user", "key": "password"}
     volumes = rendered.one("Deployment")["spec"]["template"]["spec"]["volumes"]
@@ -491,3 +670,145 @@ def test_core_check_refuses_bad_manifests() -> None:
     deployment["spec"]["template"]["spec"]["terminationGracePeriod"] = 60
     with pytest.raises(AssertionError, match="terminationGracePeriod"):
         validate_manifest(deployment, KUBERNETES_VERSION)
+
+
+# -- membership and client ids ----------------------------------------------------------------
+
+
+def container_env(rendered: Rendered) -> dict[str, dict[str, Any]]:
+    return {e["name"]: e for e in consumer_container(rendered).get("env", [])}
+
+
+def test_client_id_is_per_pod_by_default() -> None:
+    env = container_env(render(DEFAULTS))
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert env["STREAMPROC_CLIENT_ID"]["value"] == "streamproc-$(POD_NAME)"
+    assert "STREAMPROC_GROUP_INSTANCE_ID" not in env
+    named = container_env(render(ALL))["STREAMPROC_CLIENT_ID"]["value"]
+    assert named == "search-consumer-$(POD_NAME)"
+    shared = container_env(render(DEFAULTS, sets=["kafka.clientIdPerPod=false"]))
+    assert "STREAMPROC_CLIENT_ID" not in shared and "POD_NAME" not in shared
+
+
+def test_static_membership_gives_every_lane_consumer_its_own_instance_id(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rendered = render(STATIC)
+    env = container_env(rendered)
+    names = list(env)
+    assert names.index("POD_NAME") < names.index("STREAMPROC_GROUP_INSTANCE_ID")
+    assert env["STREAMPROC_GROUP_INSTANCE_ID"]["value"] == "$(POD_NAME)"
+    # What the kubelet makes of it for two pods of the Deployment, read by the consumer settings.
+    instance_ids = set()
+    for pod in ("sp-streamproc-6c9f7d5b8-2xk4q", "sp-streamproc-6c9f7d5b8-w7tzm"):
+        for name, value in config_env(rendered).items():
+            monkeypatch.setenv(name, value)
+        for name in ("STREAMPROC_GROUP_INSTANCE_ID", "STREAMPROC_CLIENT_ID"):
+            monkeypatch.setenv(name, env[name]["value"].replace("$(POD_NAME)", pod))
+        monkeypatch.setenv("STREAMPROC_SASL_USERNAME", "u")
+        monkeypatch.setenv("STREAMPROC_SASL_PASSWORD", "p")
+        settings = ConsumerSettings()
+        assert settings.client_id == f"indexer-{pod}"
+        for lane in settings.lanes:
+            instance_ids.add(settings.to_librdkafka(lane=lane)["group.instance.id"])
+    assert len(instance_ids) == 4
+    assert "sp-streamproc-6c9f7d5b8-2xk4q-realtime" in instance_ids
+
+
+# -- probes, spread, policy, rollout ---------------------------------------------------------
+
+
+def test_startup_probe_guards_the_first_join() -> None:
+    container = consumer_container(render(DEFAULTS))
+    startup = container["startupProbe"]
+    assert startup["httpGet"] == {"path": "/healthz", "port": "metrics"}
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 60
+    assert container["livenessProbe"]["initialDelaySeconds"] == 0
+
+
+def test_pods_spread_softly_over_zones_and_hosts() -> None:
+    rendered = render(DEFAULTS)
+    deployment = rendered.one("Deployment")
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    constraints = pod_spec(rendered)["topologySpreadConstraints"]
+    assert [c["topologyKey"] for c in constraints] == [
+        "topology.kubernetes.io/zone",
+        "kubernetes.io/hostname",
+    ]
+    for constraint in constraints:
+        assert constraint["whenUnsatisfiable"] == "ScheduleAnyway"
+        selector = constraint["labelSelector"]["matchLabels"]
+        assert selector == deployment["spec"]["selector"]["matchLabels"]
+        assert selector.items() <= pod_labels.items()
+        assert constraint["matchLabelKeys"] == ["pod-template-hash"]
+    own = pod_spec(render(ALL))["topologySpreadConstraints"]
+    assert len(own) == 1
+    assert own[0]["labelSelector"]["matchLabels"] == {"app.kubernetes.io/instance": RELEASE}
+    off = pod_spec(render(DEFAULTS, sets=["defaultTopologySpread.enabled=false"]))
+    assert "topologySpreadConstraints" not in off
+
+
+def test_network_policy_opens_the_metrics_port_and_the_brokers_only() -> None:
+    rendered = render(STATIC)
+    policy = rendered.one("NetworkPolicy")
+    pod_labels = rendered.one("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    (ingress,) = policy["spec"]["ingress"]
+    assert ingress["ports"] == [{"port": "metrics", "protocol": "TCP"}]
+    test_pod_labels = rendered.one("Pod")["metadata"]["labels"]
+    test_peer = ingress["from"][-1]["podSelector"]["matchLabels"]
+    assert test_peer.items() <= test_pod_labels.items()
+    dns, kafka = policy["spec"]["egress"]
+    assert {p["port"] for p in dns["ports"]} == {53}
+    assert kafka["ports"] == [{"port": 9092, "protocol": "TCP"}]
+    assert kafka["to"] == ci_values(STATIC)["networkPolicy"]["kafkaTo"]
+    assert render(ALL).one("NetworkPolicy")["spec"]["egress"][0] == {}
+    assert "NetworkPolicy" not in render(DEFAULTS).kinds
+
+
+def test_existing_secret_rotation_rolls_the_pods() -> None:
+    static = render(STATIC).one("Deployment")
+    assert static["metadata"]["annotations"] == {
+        "secret.reloader.stakater.com/reload": "indexer-kafka-user"
+    }
+    sasl = render(SASL).one("Deployment")
+    assert "checksum/existing-secrets" in sasl["spec"]["template"]["metadata"]["annotations"]
+    assert "annotations" not in sasl["metadata"]
+    plain = render(DEFAULTS).one("Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert "checksum/existing-secrets" not in plain
+    off = render(SASL, sets=["secretRollout.lookupChecksum=false"]).one("Deployment")
+    assert "checksum/existing-secrets" not in off["spec"]["template"]["metadata"]["annotations"]
+
+
+def test_helm_test_pod_uses_the_release_configuration() -> None:
+    rendered = render(SASL)
+    pod = rendered.one("Pod")
+    assert pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
+    container = pod["spec"]["containers"][0]
+    assert container["envFrom"] == [{"configMapRef": {"name": FULLNAME}}]
+    assert container_env(rendered)["STREAMPROC_SASL_PASSWORD"] in container["env"]
+    assert container["securityContext"]["readOnlyRootFilesystem"] is True
+    assert "kafka-tls" in {m["name"] for m in container["volumeMounts"]}
+    script = container["command"][-1]
+    assert '"streamproc", "topics", "describe"' in script
+    assert "/metrics" not in script  # these values turn the metrics Service off
+    assert "/metrics" in render(DEFAULTS).one("Pod")["spec"]["containers"][0]["command"][-1]
+    assert "Pod" not in render(DEFAULTS, sets=["tests.enabled=false"]).kinds
+
+
+# -- repository files a chart maintainer ships ------------------------------------------------
+
+
+def test_chart_metadata_readme_license_and_ct_config() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["home"] and chart["sources"] and chart["maintainers"][0]["name"]
+    readme = run_helm("show", "readme", str(CHART))
+    assert readme.startswith("# streamproc")
+    for value in ("autoscaling.keda.lagThreshold", "consumer.staticMembership", "networkPolicy"):
+        assert value in readme, value
+    license_text = (REPO / "LICENSE").read_text()
+    assert "Apache License" in license_text and "Version 2.0, January 2004" in license_text
+    assert "END OF TERMS AND CONDITIONS" in license_text
+    ct = yaml.safe_load((REPO / "ct.yaml").read_text())
+    assert [REPO / d for d in ct["chart-dirs"]] == [CHART.parent]
+    assert ct["check-version-increment"] is True

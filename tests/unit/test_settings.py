@@ -10,6 +10,7 @@ from pydantic import SecretStr, ValidationError
 
 from streamproc.errors import ConfigError
 from streamproc.flow import FlowSettings
+from streamproc.lanes import BULK, REALTIME
 from streamproc.settings import (
     ConsumerSettings,
     KafkaSettings,
@@ -252,3 +253,21 @@ def test_concurrency_settings_defaults_and_bounds(monkeypatch: pytest.MonkeyPatc
         ConsumerSettings(concurrency=0)
     with pytest.raises(ValueError, match="ordering"):
         ConsumerSettings(ordering="random")
+
+
+def test_static_membership_is_off_by_default_and_distinct_per_lane_consumer() -> None:
+    assert "group.instance.id" not in ConsumerSettings().to_librdkafka()
+    settings = ConsumerSettings(
+        group_instance_id="sp-streamproc-7d9f-x2k4",
+        librdkafka_extra={"group.instance.id": "from-extras"},
+    )
+    assert settings.to_librdkafka()["group.instance.id"] == "sp-streamproc-7d9f-x2k4"
+    lanes = (REALTIME, BULK)
+    per_lane = {lane: settings.to_librdkafka(lane=lane)["group.instance.id"] for lane in lanes}
+    assert per_lane == {lane: f"sp-streamproc-7d9f-x2k4-{lane}" for lane in lanes}
+
+
+@pytest.mark.parametrize("instance_id", ["", "has space", "a/b", "x" * 201])
+def test_group_instance_id_must_be_a_legal_kafka_id(instance_id: str) -> None:
+    with pytest.raises(ValidationError, match="group_instance_id"):
+        ConsumerSettings(group_instance_id=instance_id)

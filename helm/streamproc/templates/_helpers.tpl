@@ -71,6 +71,37 @@ app.kubernetes.io/component: consumer
 {{- printf "%s.bulk" .Values.kafka.topicPrefix }}
 {{- end }}
 
+{{/*
+KEDA's lagThreshold for the realtime trigger: the value when set, else
+max(flow.pauseLag, 2 x committed-lag floor), the floor being what one healthy replica always has
+committed behind the log end: a batch being handled plus what it handles between two commits.
+Twice the floor keeps steady traffic at half the target, below the HPA's 10 % tolerance band, so
+it never adds a replica; pauseLag is the lag a replica itself calls "behind".
+*/}}
+{{- define "streamproc.kedaLagThreshold" -}}
+{{- $keda := .Values.autoscaling.keda }}
+{{- if not (kindIs "invalid" $keda.lagThreshold) }}
+{{- int64 $keda.lagThreshold }}
+{{- else }}
+{{- $c := .Values.consumer }}
+{{- $betweenCommits := ceil (divf (mulf $keda.ratePerReplica $c.autoCommitIntervalMs) 1000.0) | int64 }}
+{{- $floor := add (int64 $c.maxBatchMessages) $betweenCommits }}
+{{- max (int64 .Values.flow.pauseLag) (mul 2 $floor) }}
+{{- end }}
+{{- end }}
+
+{{/* The Secrets the chart does not own but reads (SASL and TLS existingSecret), sorted. */}}
+{{- define "streamproc.existingSecrets" -}}
+{{- $names := list }}
+{{- if and (include "streamproc.saslPassword" .) .Values.kafka.sasl.existingSecret }}
+{{- $names = append $names .Values.kafka.sasl.existingSecret }}
+{{- end }}
+{{- if and .Values.kafka.tls.existingSecret (include "streamproc.tlsFiles" . | fromYaml) }}
+{{- $names = append $names .Values.kafka.tls.existingSecret }}
+{{- end }}
+{{- $names | uniq | sortAlpha | join "," }}
+{{- end }}
+
 {{/* -- Credentials ---------------------------------------------------------------------- */}}
 
 {{/* "true" when the SASL mechanism authenticates with a username and password. */}}
@@ -207,6 +238,28 @@ data). Unset optional values (null) are left out so streamproc's own defaults ap
 {{- toYaml $env }}
 {{- end }}
 
+{{/*
+Per-pod variables of the consumer, from the downward API: the pod name, the client.id with it
+(kafka.clientIdPerPod) and the static membership's base instance id (each lane's consumer appends
+-<lane>). They come before the Secret and extra env, and win over the ConfigMap's values.
+*/}}
+{{- define "streamproc.podEnv" -}}
+{{- if or .Values.kafka.clientIdPerPod .Values.consumer.staticMembership.enabled }}
+- name: POD_NAME
+  valueFrom:
+    fieldRef:
+      fieldPath: metadata.name
+{{- end }}
+{{- if .Values.kafka.clientIdPerPod }}
+- name: STREAMPROC_CLIENT_ID
+  value: {{ printf "%s-$(POD_NAME)" (default "streamproc" .Values.kafka.clientId) | quote }}
+{{- end }}
+{{- if .Values.consumer.staticMembership.enabled }}
+- name: STREAMPROC_GROUP_INSTANCE_ID
+  value: "$(POD_NAME)"
+{{- end }}
+{{- end }}
+
 {{/* Secret-backed variables (SASL username and password), as container env entries. */}}
 {{- define "streamproc.secretEnv" -}}
 {{- if include "streamproc.saslPassword" . }}
@@ -284,7 +337,20 @@ data). Unset optional values (null) are left out so streamproc's own defaults ap
 {{- if and $v.metrics.serviceMonitor.enabled (not $v.metrics.service.enabled) }}
 {{- fail "metrics.serviceMonitor.enabled needs metrics.service.enabled (a ServiceMonitor selects a Service); or use metrics.podMonitor." }}
 {{- end }}
-{{- if and $v.autoscaling.keda.enabled (eq $kafka.sasl.mechanism "OAUTHBEARER") (not $v.autoscaling.keda.authenticationRef) }}
+{{- $keda := $v.autoscaling.keda }}
+{{- if and $keda.enabled $keda.allowIdleConsumers $keda.limitToPartitionsWithLag }}
+{{- fail "autoscaling.keda.allowIdleConsumers and autoscaling.keda.limitToPartitionsWithLag cannot both be true (KEDA refuses the trigger)." }}
+{{- end }}
+{{- if and $keda.enabled $keda.limitToPartitionsWithLag $keda.ensureEvenDistributionOfPartitions }}
+{{- fail "autoscaling.keda.limitToPartitionsWithLag and autoscaling.keda.ensureEvenDistributionOfPartitions cannot both be true (KEDA refuses the trigger): set ensureEvenDistributionOfPartitions=false." }}
+{{- end }}
+{{- if and $keda.enabled (not (kindIs "invalid" $keda.idleReplicaCount)) (ge (int64 $keda.idleReplicaCount) (int64 $keda.minReplicaCount)) }}
+{{- fail (printf "autoscaling.keda.idleReplicaCount (%v) must be lower than minReplicaCount (%v)." $keda.idleReplicaCount $keda.minReplicaCount) }}
+{{- end }}
+{{- if and $keda.enabled (gt (int64 $keda.minReplicaCount) (int64 $keda.maxReplicaCount)) }}
+{{- fail (printf "autoscaling.keda.minReplicaCount (%v) must not exceed maxReplicaCount (%v)." $keda.minReplicaCount $keda.maxReplicaCount) }}
+{{- end }}
+{{- if and $keda.enabled (eq $kafka.sasl.mechanism "OAUTHBEARER") (not $keda.authenticationRef) }}
 {{- fail "autoscaling.keda with kafka.sasl.mechanism OAUTHBEARER needs autoscaling.keda.authenticationRef: the name of a TriggerAuthentication you manage with the OAuth settings." }}
 {{- end }}
 {{- end }}
