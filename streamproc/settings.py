@@ -351,9 +351,10 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
         Args:
             error_cb: librdkafka's error callback.
             on_commit: librdkafka's commit callback.
-            lane: the lane this consumer reads, when each lane has its own consumer: its
-                ``group.instance.id`` is then ``<group_instance_id>-<lane>``, since two members
-                of one group must never share an instance id.
+            lane: the lane this consumer reads (each lane has its own consumer, a member of
+                the group of its own): ``client.id`` and a static ``group.instance.id`` (from
+                :attr:`group_instance_id` or ``librdkafka_extra``) get ``-<lane>`` appended,
+                since two members of one group must never share an instance id.
         """
         conf: dict[str, Any] = {
             "auto.offset.reset": self.auto_offset_reset,
@@ -380,8 +381,9 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
             "enable.auto.commit": True,
             "enable.partition.eof": False,
         }
-        if self.group_instance_id is not None:
-            instance = self.group_instance_id
+        if lane is not None:
+            conf["client.id"] = f"{conf.get('client.id', self.client_id)}-{lane}"
+        if instance := self.group_instance_id or conf.get("group.instance.id"):
             conf["group.instance.id"] = instance if lane is None else f"{instance}-{lane}"
         if error_cb is not None:
             conf["error_cb"] = error_cb

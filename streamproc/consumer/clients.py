@@ -49,22 +49,13 @@ class KafkaClients:
         return DeadLetterQueue(config, flush_timeout_s=flush_timeout_s)
 
 
-def lane_config(config: dict[str, Any], lane: Lane) -> dict[str, Any]:
-    """One lane consumer's configuration: ``client.id`` (and a static ``group.instance.id``)
-    suffixed by the lane name, so every lane consumer is a member of its own."""
-    config = dict(config)
-    config["client.id"] = f"{config.get('client.id', 'streamproc')}-{lane.name}"
-    if config.get("group.instance.id"):
-        config["group.instance.id"] = f"{config['group.instance.id']}-{lane.name}"
-    return config
-
-
 class LaneConsumer:
     """One lane's consumer: a thin layer over a ``confluent_kafka.Consumer``.
 
     Args:
         lane: The lane it reads.
-        consumer: A consumer configured for the shared group (see :func:`lane_config`).
+        consumer: A consumer configured for the shared group
+            (``ConsumerSettings.to_librdkafka(lane=...)``).
     """
 
     def __init__(self, lane: Lane, consumer: Consumer) -> None:

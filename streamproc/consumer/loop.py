@@ -46,7 +46,7 @@ from types import FrameType
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from streamproc.codec import ChunkCodec
-from streamproc.consumer.clients import ClientFactory, KafkaClients, LaneConsumer, lane_config
+from streamproc.consumer.clients import ClientFactory, KafkaClients, LaneConsumer
 from streamproc.consumer.pausebook import PartitionKey, PauseBook
 from streamproc.consumer.pipeline import Outcome, Pipeline
 from streamproc.consumer.rebalance import Rebalancer
@@ -146,9 +146,14 @@ class PriorityConsumer:
         self._pauses = PauseBook()
         self._flow = FlowController([lane.name for lane in self.lanes], settings.flow_settings())
 
-        config = settings.to_librdkafka(self._on_error, self._on_commit)
         self._lane_consumers = [
-            LaneConsumer(lane, clients.consumer(lane_config(config, lane))) for lane in self.lanes
+            LaneConsumer(
+                lane,
+                clients.consumer(
+                    settings.to_librdkafka(self._on_error, self._on_commit, lane=lane.name)
+                ),
+            )
+            for lane in self.lanes
         ]
         self._consumer_of_topic = {lc.lane.topic: lc for lc in self._lane_consumers}
         self._admin = clients.admin(settings.admin_config())

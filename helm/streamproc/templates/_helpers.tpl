@@ -214,6 +214,7 @@ data). Unset optional values (null) are left out so streamproc's own defaults ap
   "STREAMPROC_DLQ_FLUSH_TIMEOUT_S" $c.dlqFlushTimeoutS
   "STREAMPROC_REVOKE_TIMEOUT_S" $c.revokeTimeoutS
   "STREAMPROC_DRAIN_TIMEOUT_S" $c.drainTimeoutS
+  "STREAMPROC_BULK_TURN_MS" $c.bulkTurnMs
   "STREAMPROC_PAUSE_DELAY_S" $f.pauseDelayS
   "STREAMPROC_MAX_PAUSE_S" $f.maxPauseS
   "STREAMPROC_STARVATION_SLICE_S" $f.starvationSliceS
