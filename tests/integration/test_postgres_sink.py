@@ -378,6 +378,6 @@ def test_a_row_the_server_refuses_is_dead_lettered_and_its_batch_written(
     assert sorted(stored(postgres_url, table)) == sorted(str(c.tracking_id) for c in good)
     parked = cluster.read_all(f"{topic}.dlq")
     assert len(parked) == 1
-    headers = dict(parked[0].headers())  # type: ignore[attr-defined]  # confluent Message
+    headers = dict(parked[0].headers())
     assert headers[HEADER_ERROR_REASON] == b"handler_error"
-    assert parked[0].key() == refused.key.encode()  # type: ignore[attr-defined]
+    assert parked[0].key() == refused.key.encode()
