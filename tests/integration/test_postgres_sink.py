@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -381,3 +382,28 @@ def test_a_row_the_server_refuses_is_dead_lettered_and_its_batch_written(
     headers = dict(parked[0].headers())
     assert headers[HEADER_ERROR_REASON] == b"handler_error"
     assert parked[0].key() == refused.key.encode()
+
+
+def test_demo_runs_with_the_postgresql_sink(
+    kafka_bootstrap: str, postgres_url: str, table: str
+) -> None:
+    command = [
+        sys.executable, "-m", "streamproc", "demo", "--bootstrap-servers", kafka_bootstrap,
+        "--bulk-count", "2000", "--realtime-seconds", "2", "--realtime-rate", "50",
+        "--burst-size", "100", "--burst-every-s", "1", "--sink", sink_uri(postgres_url, table),
+    ]  # fmt: skip
+    result = subprocess.run(
+        command,
+        env={**os.environ, "COLUMNS": "200"},
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "complete: every produced chunk was handled" in result.stdout
+    held = re.search(r"postgresql sink holds ([\d,]+) chunks", result.stdout)
+    assert held is not None, result.stdout
+    rows = int(held.group(1).replace(",", ""))
+    assert rows > 2000  # the bulk backlog (distinct chunks) and the realtime stream
+    assert row_count(postgres_url, table) == rows
