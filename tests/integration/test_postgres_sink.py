@@ -413,3 +413,40 @@ def test_demo_runs_with_the_postgresql_sink(
     rows = int(held.group(1).replace(",", ""))
     assert rows > 2000  # the bulk backlog (distinct chunks) and the realtime stream
     assert row_count(postgres_url, table) == rows
+
+
+def test_sink_unavailable_stop_policy_exits_without_committing_or_parking(
+    cluster: Cluster, postgres_url: str, table: str, tmp_path: Path
+) -> None:
+    cluster.create_topics(partitions=1)
+    topic = cluster.lanes.top.topic
+    now = int(time.time() * 1000)
+    produce_at(cluster, ((copy(f"s-{i}", "realtime", bulk=False), now) for i in range(200)))
+    uri = sink_uri(postgres_url, table, wait_s=1)
+    consumer = start_cli_consumer(
+        cluster, "stop-policy", uri, tmp_path,
+        STREAMPROC_ON_ERROR="sink_unavailable=stop", STREAMPROC_MAX_RETRIES="1",
+    )  # fmt: skip
+    try:
+        wait_until(lambda: row_count(postgres_url, table) == 200, what="the first chunks")
+        postgres_local("stop")
+        produce_at(cluster, ((copy(f"s-{i}", "realtime", bulk=False), now)
+                             for i in range(200, 300)))  # fmt: skip
+        exit_code = consumer.wait(60)
+    finally:
+        if consumer.poll() is None:
+            consumer.kill()
+        postgres_local("start", "--keep-data")
+    assert exit_code != 0, "the consumer stops when the sink stays unavailable"
+    assert cluster.committed("stop-policy", topic)[0] <= 200, "nothing unwritten is committed"
+    assert row_count(postgres_url, table) == 200
+
+    second = start_cli_consumer(cluster, "stop-policy", uri, tmp_path)
+    wait_until(lambda: row_count(postgres_url, table) == 300, what="the rest after the restart")
+    wait_until(
+        lambda: cluster.committed("stop-policy", topic) == {0: 300}, what="the commit to the end"
+    )
+    assert stop(second) == 0
+    dead_letter_topics = cluster.admin.list_topics(timeout=10).topics
+    if f"{topic}.dlq" in dead_letter_topics:
+        assert sum(cluster.high_watermarks(f"{topic}.dlq").values()) == 0, "nothing parked"
