@@ -239,6 +239,12 @@ def blocked_upserts(postgres_url: str, table: str) -> int:
     return int(found[0]) if found else 0
 
 
+def release(postgres_url: str, prepared: str) -> None:
+    """Roll the prepared transaction ``prepared`` back (it holds its locks until then)."""
+    with psycopg.connect(postgres_url, autocommit=True) as connection:
+        connection.execute(f"ROLLBACK PREPARED '{prepared}'")
+
+
 @pytest.mark.parametrize("fault", ["restart", "crash"])
 def test_server_restart_mid_stream_loses_nothing(
     cluster: Cluster,
@@ -274,13 +280,17 @@ def test_server_restart_mid_stream_loses_nothing(
             time.sleep(0.1)
         producing.clear()
 
+    hold = f"hold-{table}"
     streamer = threading.Thread(target=stream, daemon=True)
     streamer.start()
     try:
         wait_until(lambda: row_count(postgres_url, table) >= 600, what="the stream to start")
-        # Hold the table so the next batch's transaction is open on the server when it goes.
-        locker = psycopg.connect(postgres_url)
-        locker.execute(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
+        # Hold the table in a prepared transaction, so the next batch's transaction waits, open,
+        # when the server goes, and nothing (not even the end of the session that took the
+        # lock) releases it before then; it survives the restart and is released after it.
+        with psycopg.connect(postgres_url) as locker:
+            locker.execute(f"LOCK TABLE {table} IN EXCLUSIVE MODE")
+            locker.execute(f"PREPARE TRANSACTION '{hold}'")
         wait_until(lambda: blocked_upserts(postgres_url, table) > 0, what="a batch in flight")
         assert producing.is_set(), "the fault must come mid-stream"
         if fault == "restart":
@@ -288,13 +298,14 @@ def test_server_restart_mid_stream_loses_nothing(
         else:
             postgres_local("kill")  # immediate shutdown, no checkpoint: WAL recovery on start
             postgres_local("start", "--keep-data")
-        with contextlib.suppress(psycopg.Error):
-            locker.close()
+        release(postgres_url, hold)
         streamer.join(60)
         total = rounds * per_round
         wait_until(lambda: row_count(postgres_url, table) == total, what="every chunk stored")
         wait_until(lambda: handled(consumer) == total, what="the consumer to finish")
     finally:
+        with contextlib.suppress(psycopg.Error):
+            release(postgres_url, hold)  # if the test failed before releasing it
         threaded.stop()
         sink.sink.close()
     assert sink.errors, "the batch in flight failed with the server"

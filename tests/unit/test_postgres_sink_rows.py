@@ -1,6 +1,7 @@
 """The PostgreSQL sink's pure parts: URI options, the winning row of a batch, error typing.
 
-What it does against a server is in tests/integration/test_postgres_sink.py.
+What it does against a server is in tests/integration/test_postgres_sink.py (a distinct module
+name: test modules are imported by basename).
 """
 
 from __future__ import annotations
