@@ -54,7 +54,7 @@ except ImportError as exc:  # the optional extra is missing
         "the postgresql sink needs psycopg 3 and psycopg-pool: pip install 'streamproc[postgresql]'"
     ) from exc
 
-__all__ = ["COLUMNS", "PostgresSink", "PostgresSinkOptions", "Row", "winning_rows"]
+__all__ = ["COLUMNS", "PostgresSink", "PostgresSinkOptions", "Row", "redacted", "winning_rows"]
 
 SCHEMES: Final = ("postgresql", "postgres")
 DEFAULT_TABLE: Final = "chunks"
@@ -182,8 +182,9 @@ class PostgresSinkOptions:
             ConfigError: not a ``postgresql://`` URI, or a sink parameter is malformed.
         """
         parts = urlsplit(uri)
+        shown = redacted(uri)
         if parts.scheme not in SCHEMES or not uri.startswith(f"{parts.scheme}://"):
-            raise ConfigError(f"sink {uri!r}: expected postgresql://[user@]host[:port]/dbname")
+            raise ConfigError(f"sink {shown!r}: expected postgresql://[user@]host[:port]/dbname")
         query = parse_qsl(parts.query, keep_blank_values=True)
         ours = {key: value for key, value in query if key in SINK_PARAMETERS}
         libpq = [(key, value) for key, value in query if key not in SINK_PARAMETERS]
@@ -195,10 +196,19 @@ class PostgresSinkOptions:
             pool_max = int(ours.get("pool_max", DEFAULT_POOL_MAX))
             wait_s = float(ours.get("wait_s", DEFAULT_WAIT_S))
         except ValueError as exc:
-            raise ConfigError(f"sink {uri!r}: pool_max and wait_s must be numbers") from exc
+            raise ConfigError(f"sink {shown!r}: pool_max and wait_s must be numbers") from exc
         if pool_max < 1 or not wait_s > 0:
-            raise ConfigError(f"sink {uri!r}: pool_max must be >= 1 and wait_s > 0")
+            raise ConfigError(f"sink {shown!r}: pool_max must be >= 1 and wait_s > 0")
         return cls(conninfo, table, pool_max, wait_s)
+
+
+def redacted(uri: str) -> str:
+    """``uri`` with its password, if any, replaced by ``***`` (for messages and logs)."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    host = parts.netloc.rpartition("@")[2]
+    return urlunsplit(parts._replace(netloc=f"{parts.username or ''}:***@{host}"))
 
 
 class PostgresSink:

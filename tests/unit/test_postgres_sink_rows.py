@@ -13,7 +13,13 @@ from psycopg_pool import PoolTimeout
 
 from streamproc.errors import ConfigError, HandlerError, SinkUnavailableError
 from streamproc.handlers import open_sink
-from streamproc.postgres_sink import PostgresSinkOptions, Row, translate, winning_rows
+from streamproc.postgres_sink import (
+    PostgresSinkOptions,
+    Row,
+    redacted,
+    translate,
+    winning_rows,
+)
 
 
 def row(key: str, version: int, lane_rank: int, offset: int = 0, dataset: str = "d") -> Row:
@@ -57,6 +63,17 @@ def test_options_defaults() -> None:
 def test_options_reject_malformed_uris(uri: str) -> None:
     with pytest.raises(ConfigError):
         PostgresSinkOptions.from_uri(uri)
+
+
+def test_messages_never_show_the_password() -> None:
+    assert (
+        redacted("postgresql://u:s3cret@h:5432/db?table=t")
+        == "postgresql://u:***@h:5432/db?table=t"
+    )
+    assert redacted("postgresql://u@h/db") == "postgresql://u@h/db"
+    with pytest.raises(ConfigError) as raised:
+        PostgresSinkOptions.from_uri("postgresql://u:s3cret@h/db?pool_max=x")
+    assert "s3cret" not in str(raised.value)
 
 
 def test_open_sink_names_postgresql_among_the_sinks() -> None:
