@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv lint format test unit integration broker broker-stop registry registry-stop demo bench docs helm helm-lint promtool clean
+.PHONY: help venv lint format test unit integration broker broker-stop registry registry-stop postgres postgres-stop demo bench docs helm helm-lint promtool clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -44,6 +44,12 @@ broker:  ## start the local Apache Kafka broker (KRaft, Maven Central jars); pri
 broker-stop:  ## stop the local broker
 	@scripts/kafka-local stop
 
+postgres:  ## start a local PostgreSQL server (the machine's packages); prints its connection URL
+	@scripts/postgres-local start
+
+postgres-stop:  ## stop the local PostgreSQL server
+	@scripts/postgres-local stop
+
 demo: $(STAMP)  ## end to end on the local broker: topics, bulk backlog + realtime stream, live lag view
 	$(BIN)/streamproc demo --bootstrap-servers "$$(scripts/kafka-local start)"
 
@@ -76,4 +82,5 @@ helm-lint:  ## helm lint --strict the chart with every helm/streamproc/ci/*-valu
 clean:  ## remove the virtualenv, caches and local broker state
 	-scripts/kafka-local stop
 	-scripts/registry-local stop
+	-scripts/postgres-local stop
 	rm -rf $(VENV) site .streamproc .mypy_cache .ruff_cache .pytest_cache .hypothesis

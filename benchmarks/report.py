@@ -78,6 +78,15 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
         "Concurrency",
         "Handler concurrency (see the concurrency benchmark's own notes).",
     ),
+    (
+        "sinks",
+        "Sinks: PostgreSQL and SQLite",
+        "Chunks written per second by the built-in PostgreSQL sink (a local server from "
+        "scripts/postgres-local) and the SQLite sink in the same run: the sink alone, "
+        "handle_batch from one thread at several batch sizes, and a PriorityConsumer draining "
+        "a preloaded bulk topic into each sink at concurrency 1 (whole batches) and higher "
+        "(one chunk per call, several at once). Every run writes a fresh table or file.",
+    ),
 )
 
 

@@ -4,7 +4,8 @@
 
 Each benchmark runs as its own process (``python -m benchmarks.<name>``) and writes
 ``<output-dir>/<name>.json``. The consumer capacity calibrated by ``latency`` is handed to
-``flood_shapes`` so it is measured once. ``benchmarks/concurrency.py`` runs too when it exists.
+``flood_shapes`` so it is measured once. ``benchmarks/concurrency.py`` runs too when it exists;
+``sinks`` starts ``scripts/postgres-local`` unless ``STREAMPROC_BENCH_POSTGRES_URL`` is set.
 ``--quick`` shrinks every run to a smoke test of a minute or two (its figures mean little).
 A failing benchmark does not stop the others; the exit code says whether all succeeded.
 """
@@ -35,6 +36,7 @@ BENCHMARKS: tuple[tuple[str, list[str], list[str]], ...] = (
     ("flood_shapes", [], ["--bulk-count", "30000", "--seconds", "6", "--tail", "2"]),
     ("pause_reaction", [], ["--trials", "6", "--bulk-count", "40000"]),
     ("concurrency", [], []),
+    ("sinks", [], ["--count", "3000", "--repeats", "1"]),
 )
 
 

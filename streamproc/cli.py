@@ -435,7 +435,10 @@ def consume(
         _option("Handler to call, 'package.module:function' (overrides --sink).", "HANDLER"),
     ] = None,
     sink: Annotated[
-        str, _option("Built-in sink: sqlite:PATH, jsonl:PATH, jsonl:- or null.", "SINK")
+        str,
+        _option(
+            "Built-in sink: sqlite:PATH, postgresql://..., jsonl:PATH, jsonl:- or null.", "SINK"
+        ),
     ] = "sqlite:streamproc.sqlite",
     pause_lag: Annotated[
         int | None, _option("Pause lower lanes when a lane's lag exceeds this.", "PAUSE_LAG")
@@ -517,7 +520,7 @@ def consume(
         list[str] | None,
         _option(
             "REASON=dead_letter|stop, repeatable (reasons: undecodable, unknown_schema, "
-            "invalid, handler_error, ...).",
+            "invalid, handler_error, sink_unavailable, ...).",
             "ON_ERROR",
         ),
     ] = None,
@@ -661,6 +664,15 @@ def demo(
     sqlite_path: Annotated[Path, typer.Option(help="Where the SQLite sink writes.")] = Path(
         ".streamproc/demo.sqlite"
     ),
+    sink: Annotated[
+        str | None,
+        typer.Option(
+            help=(
+                "Built-in sink instead of the SQLite file: sqlite:PATH, postgresql://..., "
+                "jsonl:PATH or null."
+            )
+        ),
+    ] = None,
 ) -> None:
     """Run the whole job on a broker: bulk backlog, realtime stream, live lag view, summary.
 
@@ -678,6 +690,7 @@ def demo(
         pause_lag=pause_lag,
         partitions=partitions,
         sqlite_path=sqlite_path,
+        sink=sink,
     )
     try:
         result = Demo(config, out).run()

@@ -1,7 +1,8 @@
 """``streamproc demo``: the whole job end to end on a real broker, with a live lag view.
 
 1. Create fresh lane topics (a unique prefix per run).
-2. Start a :class:`~streamproc.consumer.PriorityConsumer` with the SQLite sink on its own thread.
+2. Start a :class:`~streamproc.consumer.PriorityConsumer` with a sink (SQLite by default, any
+   built-in sink URI such as ``postgresql://...``) on its own thread.
 3. Produce a bulk backlog (low-priority chunks), then a steady realtime stream with periodic
    bursts over the pause threshold: each burst makes the consumer pause bulk until realtime is
    drained, then bulk resumes.
@@ -17,7 +18,7 @@ import statistics
 import threading
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +30,8 @@ from rich.table import Table
 from rich.text import Text
 
 from streamproc.consumer import PriorityConsumer
-from streamproc.handlers import ChunkRecord, SqliteSink
+from streamproc.errors import ConfigError
+from streamproc.handlers import BatchHandler, ChunkRecord, SqliteSink, open_sink
 from streamproc.producer import ChunkProducer
 from streamproc.samples import sample_chunks
 from streamproc.settings import ConsumerSettings, KafkaSettings, ProducerSettings
@@ -49,6 +51,8 @@ class DemoConfig:
     partitions: int = 3
     pause_lag: int = 1_000
     sqlite_path: Path = Path(".streamproc/demo.sqlite")
+    # A built-in sink URI (sqlite:PATH, postgresql://..., jsonl:PATH, null); None: sqlite_path.
+    sink: str | None = None
     timeout_s: float = 170.0
 
 
@@ -56,7 +60,7 @@ class DemoConfig:
 class LatencyRecorder:
     """Wraps the sink: records end-to-end latency of every handled chunk, per lane."""
 
-    sink: SqliteSink
+    sink: BatchHandler
     latencies_s: dict[str, list[float]] = field(default_factory=dict)
     first_handled: dict[str, float] = field(default_factory=dict)
     last_handled: dict[str, float] = field(default_factory=dict)
@@ -81,7 +85,8 @@ class DemoResult:
     bulk_drain_s: float
     pauses: int
     paused_s: float
-    sqlite_rows: int
+    sink_rows: int | None  # None for sinks that cannot be counted (jsonl, null)
+    sink_name: str
     complete: bool
 
 
@@ -112,10 +117,7 @@ class Demo:
         TopicAdmin(AdminClient(kafka.admin_config()), kafka.topology).create(
             partitions=config.partitions
         )
-        config.sqlite_path.parent.mkdir(parents=True, exist_ok=True)
-        for suffix in ("", "-wal", "-shm"):
-            Path(f"{config.sqlite_path}{suffix}").unlink(missing_ok=True)
-        sink = SqliteSink(str(config.sqlite_path))
+        sink, count_sink_rows = self._open_sink()
         recorder = LatencyRecorder(sink)
         consumer = PriorityConsumer(
             ConsumerSettings(
@@ -147,8 +149,12 @@ class Demo:
             consumer.stop()
             consumer_thread.join()
             producer_thread.join(timeout=10)
-        sink.close()
-        rows = count_rows(config.sqlite_path)
+        try:
+            rows = count_sink_rows()
+        finally:
+            close = getattr(sink, "close", None)
+            if callable(close):
+                close()
         if self.producer_error is not None:
             raise self.producer_error
         handled = {name: stats.handled for name, stats in consumer.stats.lanes.items()}
@@ -163,9 +169,32 @@ class Demo:
             bulk_drain_s=bulk_last - bulk_first,
             pauses=pauses,
             paused_s=paused_s,
-            sqlite_rows=rows,
+            sink_rows=rows,
+            sink_name=(config.sink or "sqlite").partition(":")[0],
             complete=all(handled[lane] >= self.produced[lane] for lane in self.produced),
         )
+
+    def _open_sink(self) -> tuple[BatchHandler, Callable[[], int | None]]:
+        """The demo's sink and how to count its rows for this run.
+
+        SQLite starts from an empty file; a PostgreSQL table is kept, and only the rows last
+        written from this run's topics are counted.
+        """
+        uri = self.config.sink
+        path = self.config.sqlite_path
+        if uri is not None and uri.startswith("sqlite:"):
+            path = Path(uri.removeprefix("sqlite:"))
+        elif uri is not None:
+            sink = open_sink(uri)
+            if not isinstance(sink, BatchHandler):
+                raise ConfigError(f"demo sink {uri!r} is not a batch sink")
+            count = getattr(sink, "count", None)
+            prefix = self.prefix
+            return sink, (lambda: int(count(prefix))) if callable(count) else (lambda: None)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        return SqliteSink(str(path)), lambda: count_rows(path)
 
     def _drained(self, consumer: PriorityConsumer) -> bool:
         return all(
@@ -281,7 +310,8 @@ def summary_lines(result: DemoResult) -> list[str]:
         f"while bulk drained {result.handled.get('bulk', 0):,} chunks "
         f"in {result.bulk_drain_s:.1f}s ({bulk_rate:,.0f}/s)",
         f"bulk paused {result.pauses} times, {result.paused_s:.1f}s in all; "
-        f"SQLite sink holds {result.sqlite_rows:,} chunks",
+        f"{result.sink_name} sink holds "
+        + ("(not countable)" if result.sink_rows is None else f"{result.sink_rows:,} chunks"),
         "complete: every produced chunk was handled"
         if result.complete
         else "INCOMPLETE: not every produced chunk was handled before the timeout",

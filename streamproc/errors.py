@@ -98,6 +98,16 @@ class RetriableHandlerError(HandlerError):
     reason = "handler_retriable"
 
 
+class SinkUnavailableError(RetriableHandlerError):
+    """A built-in sink's server could not be reached, restarted, or failed transiently.
+
+    Retried with backoff like any retriable handler error. Configure ``sink_unavailable=stop`` to
+    stop the consumer (without committing) instead of parking chunks once retries run out.
+    """
+
+    reason = "sink_unavailable"
+
+
 class SchemaRegistryUnavailableError(StreamprocError):
     """The schema registry could not be reached or failed; the value itself may be fine.
 

@@ -18,7 +18,8 @@ policy).
 User handlers load from ``module:function`` (or ``module:Class`` for a zero-argument class).
 
 Built-in sinks, chosen with a URI: ``sqlite:PATH`` (the default), ``jsonl:PATH`` or ``jsonl:-``
-(stdout), ``null``.
+(stdout), ``null``, and ``postgresql://...`` (:mod:`streamproc.postgres_sink`, the
+``postgresql`` extra).
 """
 
 from __future__ import annotations
@@ -298,12 +299,18 @@ class SqliteSink:
 
 
 def open_sink(uri: str) -> AnyHandler:
-    """Build a built-in sink from its URI: ``sqlite:PATH``, ``jsonl:PATH``, ``jsonl:-``, ``null``.
+    """Build a built-in sink from its URI: ``sqlite:PATH``, ``jsonl:PATH``, ``jsonl:-``, ``null``,
+    ``postgresql://...``.
 
     Raises:
         ConfigError: unknown scheme or missing path.
+        SinkUnavailableError: the PostgreSQL server did not answer in time.
     """
     scheme, _, target = uri.partition(":")
+    if scheme in ("postgresql", "postgres"):
+        from streamproc.postgres_sink import PostgresSink  # psycopg: imported only when used
+
+        return PostgresSink.from_uri(uri)
     if scheme == "null" and not target:
         return NullSink()
     if scheme in ("sqlite", "jsonl") and not target:
@@ -312,4 +319,6 @@ def open_sink(uri: str) -> AnyHandler:
         return SqliteSink(target)
     if scheme == "jsonl":
         return JsonlSink(target)
-    raise ConfigError(f"unknown sink {uri!r}; use sqlite:PATH, jsonl:PATH, jsonl:- or null")
+    raise ConfigError(
+        f"unknown sink {uri!r}; use sqlite:PATH, jsonl:PATH, jsonl:-, null or postgresql://..."
+    )

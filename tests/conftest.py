@@ -7,13 +7,19 @@ The broker is chosen in this order:
 
 Tests under ``tests/integration`` are marked ``integration`` automatically, so
 ``pytest -m "not integration"`` needs no broker at all.
+
+The PostgreSQL server of the sink's tests is ``STREAMPROC_TEST_POSTGRES_URL`` if set, else
+``scripts/postgres-local`` with its state in ``STREAMPROC_TEST_POSTGRES_HOME`` (default: a
+directory under the system temp dir, keyed by the repository's path).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -25,7 +31,21 @@ KAFKA_LOCAL = REPO / "scripts" / "kafka-local"
 TEST_BROKER_HOME = REPO / ".streamproc" / "kafka-test"
 REGISTRY_LOCAL = REPO / "scripts" / "registry-local"
 TEST_REGISTRY_HOME = REPO / ".streamproc" / "registry-test"
-_HOME_VARIABLE = {KAFKA_LOCAL: "STREAMPROC_KAFKA_HOME", REGISTRY_LOCAL: "STREAMPROC_REGISTRY_HOME"}
+POSTGRES_LOCAL = REPO / "scripts" / "postgres-local"
+# Outside the repository: when the tests run as root the server runs as the postgres user, which
+# must reach its data directory.
+TEST_POSTGRES_HOME = Path(
+    os.environ.get(
+        "STREAMPROC_TEST_POSTGRES_HOME",
+        Path(tempfile.gettempdir())
+        / f"streamproc-postgres-test-{os.getuid()}-{hashlib.sha256(bytes(REPO)).hexdigest()[:10]}",
+    )
+)
+_HOME_VARIABLE = {
+    KAFKA_LOCAL: "STREAMPROC_KAFKA_HOME",
+    REGISTRY_LOCAL: "STREAMPROC_REGISTRY_HOME",
+    POSTGRES_LOCAL: "STREAMPROC_POSTGRES_HOME",
+}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -56,7 +76,8 @@ def _docker_engine_answers() -> bool:
 def run_local(script: Path, home: Path, command: str, *extra: str) -> str:
     """Run ``scripts/<script> COMMAND`` for the service kept in ``home``; return its last line.
 
-    ``script`` is ``KAFKA_LOCAL`` or ``REGISTRY_LOCAL``; raises if the command fails.
+    ``script`` is ``KAFKA_LOCAL``, ``REGISTRY_LOCAL`` or ``POSTGRES_LOCAL``; raises if the command
+    fails.
     """
     result = _run_local(script, home, command, *extra)
     if result.returncode != 0:
@@ -128,3 +149,22 @@ def schema_registry_url() -> Iterator[str]:
         yield configured
         return
     yield from _session_service(REGISTRY_LOCAL, TEST_REGISTRY_HOME)
+
+
+def postgres_local(command: str, *extra: str) -> str:
+    """Run ``scripts/postgres-local COMMAND`` for the tests' server; return its last line."""
+    return run_local(POSTGRES_LOCAL, TEST_POSTGRES_HOME, command, *extra)
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """Connection URL of the session's real PostgreSQL server.
+
+    ``STREAMPROC_TEST_POSTGRES_URL`` if set (nothing started or stopped); else
+    ``scripts/postgres-local``, stopped afterwards if started here.
+    """
+    configured = os.environ.get("STREAMPROC_TEST_POSTGRES_URL")
+    if configured:
+        yield configured
+        return
+    yield from _session_service(POSTGRES_LOCAL, TEST_POSTGRES_HOME)
