@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import bisect
+import inspect
 import json
 import logging
 import multiprocessing
@@ -27,6 +28,7 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -323,11 +325,12 @@ def paced_produce(
     """Produce on a schedule, stamping each message with its send time (ns) in a header.
 
     Waits until wall-clock ``start_at``, then runs the segments in order. Reports
-    ``{"sent": n, "acked": [acked_at_s, ...]}`` (wall clock, in acknowledgement order) on
-    ``report`` when done.
+    ``{"sent": n, "sent_ns": [stamp, ...], "acked": [acked_at_s, ...]}`` (the header stamps of
+    every message sent; wall clock of every acknowledgement, in order) on ``report`` when done.
     """
     producer = Producer(producer_config(bootstrap, linger_ms=linger_ms))
     acked: list[float] = []
+    sent_ns: list[int] = []
 
     def on_delivery(err: Any, _msg: Any) -> None:
         if err is None:
@@ -356,9 +359,8 @@ def paced_produce(
                     producer.poll(min(wait, 0.002))
                     continue
                 index = sent % len(values)
-                headers: list[tuple[str, str | bytes | None]] = [
-                    (SENT_HEADER, str(time.time_ns()).encode())
-                ]
+                stamp = time.time_ns()
+                headers: list[tuple[str, str | bytes | None]] = [(SENT_HEADER, str(stamp).encode())]
                 try:
                     producer.produce(
                         topic, values[index], keys[index], headers=headers, on_delivery=on_delivery
@@ -367,11 +369,12 @@ def paced_produce(
                     producer.poll(QUEUE_FULL_POLL_S)
                     continue
                 producer.poll(0)
+                sent_ns.append(stamp)
                 sent += 1
                 produced_here += 1
         segment_start = segment_end
     producer.flush(30)
-    report.put({"sent": sent, "acked": acked})
+    report.put({"sent": sent, "sent_ns": sent_ns, "acked": acked})
 
 
 class PacedProducer:
@@ -434,6 +437,7 @@ class RecordingHandler:
         self.handled_at: dict[str, list[float]] = {}
         self.latencies: list[tuple[float, float]] = []  # (handled at, latency s)
         self.realtime_started: list[tuple[float, float]] = []  # (sent at, handling started at)
+        self.sent_ns_handled: list[int] = []  # the sent stamps of the realtime chunks handled
         self.stop_after = stop_after
         self.total = 0
         self.done = threading.Event()
@@ -461,9 +465,16 @@ class RecordingHandler:
             if sent_ns is not None:
                 self.latencies.append((now_ns / 1e9, (now_ns - sent_ns) / 1e9))
                 self.realtime_started.append((sent_ns / 1e9, started))
+                self.sent_ns_handled.append(sent_ns)
             self.total += 1
             if self.stop_after is not None and self.total >= self.stop_after:
                 self.done.set()
+
+    def unhandled_sent(self, sent_ns: Sequence[int]) -> list[float]:
+        """Send times (wall clock, s) of the chunks in ``sent_ns`` this handler never saw."""
+        with self._lock:
+            missing = Counter(sent_ns) - Counter(self.sent_ns_handled)
+        return sorted(stamp / 1e9 for stamp in missing.elements())
 
     def count(self, lane: str, start: float, end: float) -> int:
         with self._lock:
@@ -557,7 +568,12 @@ class RunningConsumer:
         self._thread.start()
 
     def _run(self) -> None:
-        self.exit_code = self.consumer.run(install_signal_handlers=False)
+        # Signal handlers can only be installed from the main thread: say so where the consumer
+        # takes the parameter, call it plainly where it does not.
+        if "install_signal_handlers" in inspect.signature(self.consumer.run).parameters:
+            self.exit_code = self.consumer.run(install_signal_handlers=False)
+        else:
+            self.exit_code = self.consumer.run()
 
     def ready(self) -> bool:
         """The consumer's readiness (``/readyz``), or its ``streamproc_ready`` gauge."""

@@ -288,10 +288,14 @@ def run_on(
     latencies = [
         latency for handled, latency in handler.latencies if handled - latency >= measured_from
     ]
-    # Chunks never handled count with the smallest latency they can have had: the time from the
-    # end of the stream to the end of the run (a lower bound, so percentiles stay honest).
-    unhandled = report["sent"] - len(handler.latencies)
-    latencies += [args.tail] * max(0, unhandled)
+    # Chunks never handled count with the smallest latency they can have had: the time from their
+    # send to the end of the run (a lower bound, so percentiles stay honest).
+    run_end = end + args.tail
+    latencies += [
+        run_end - sent
+        for sent in handler.unhandled_sent(report["sent_ns"])
+        if sent >= measured_from
+    ]
     during = end - measured_from
     bulk = lanes.bottom.name
     return Outcome(
@@ -633,8 +637,9 @@ def explain(
                     notes.append(
                         f"{runs.config.key} {outcome.variant.label}:"
                         f" {outcome.sent - outcome.handled_realtime} realtime chunks were still"
-                        f" unhandled {args.tail:g}s after the stream stopped; they count as"
-                        f" {args.tail:g}s in the percentiles, so the figures are lower bounds."
+                        f" unhandled {args.tail:g}s after the stream stopped; each counts with the"
+                        " time from its send to the end of the run, so the figures are lower"
+                        " bounds."
                     )
     return notes
 

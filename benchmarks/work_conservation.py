@@ -69,8 +69,8 @@ def drain(bootstrap: str, lanes: Lanes, count: int, burn_us: float, side: str) -
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = base_parser(__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--count", type=int, default=20_000, help="Bulk chunks drained per run.")
-    parser.add_argument("--repeats", type=int, default=3, help="Runs per side (interleaved).")
+    parser.add_argument("--count", type=int, default=10_000, help="Bulk chunks drained per run.")
+    parser.add_argument("--repeats", type=int, default=5, help="Runs per side (interleaved).")
     parser.add_argument("--burn-us", type=float, default=500.0, help="Handler CPU cost per chunk.")
     args = parse(parser, argv)
     quiet_logs()
