@@ -12,11 +12,12 @@ concurrency 32):
 1. One bulk backlog (``--bulk-count`` chunks, 200,000 by default) is preloaded once; every run
    uses a fresh consumer group positioned at the start of the bulk topic and the end of the
    realtime topic, so each run sees the whole backlog without producing it again.
-2. Calibrate: the configuration's capacity (chunks/s), its drain rate of the bulk backlog with
-   realtime idle (``--calibration-count`` chunks).
-3. ``--repeats`` rounds, the variants interleaved (their order rotates each round). In each run
-   the consumer starts, then a separate process produces realtime chunks at half the capacity
-   for ``--seconds``, each stamped with its send time; the run goes on ``--tail`` seconds after.
+2. ``--repeats`` rounds per configuration. Each round first calibrates the configuration's
+   capacity (chunks/s: its drain rate of the bulk backlog with realtime idle,
+   ``--calibration-count`` chunks; per round, as the load of a shared machine drifts), then runs
+   the variants back to back, their order rotating by round. In each run the consumer starts,
+   then a separate process produces realtime chunks at half the round's capacity for
+   ``--seconds``, each stamped with its send time; the run goes on ``--tail`` seconds after.
 
    * ``(a) flow control``: streamproc's ``PriorityConsumer`` with the product defaults;
    * ``(b) flow control off``: the same consumer with ``pause_lag`` beyond reach (concurrency 1);
@@ -131,6 +132,7 @@ class Outcome:
     acked: list[float]  # wall clock of every realtime acknowledgement, in order
     yields_s: list[float] = field(default_factory=list)
     realtime_per_s: float = 0.0
+    capacity: float = float("nan")  # the calibrated capacity realtime was paced against
 
     @property
     def pauses(self) -> int:
@@ -146,9 +148,9 @@ class Outcome:
     def yield_ms(self, fraction: float) -> float:
         return float(percentile(self.yields_s, fraction) * 1000)
 
-    def bulk_share(self, capacity: float) -> float:
+    def bulk_share(self) -> float:
         """Bulk chunks/s during the realtime stream over the capacity realtime leaves."""
-        return ratio(self.bulk_during_per_s, capacity - self.realtime_per_s)
+        return ratio(self.bulk_during_per_s, self.capacity - self.realtime_per_s)
 
 
 def tuning(args: argparse.Namespace) -> dict[str, Any]:
@@ -413,8 +415,12 @@ class ConfigRuns:
     """Every run of one configuration: ``rounds[i][variant key]``."""
 
     config: Config
-    capacity: float
+    capacities: list[float] = field(default_factory=list)  # per round
     rounds: list[dict[str, Outcome]] = field(default_factory=list)
+
+    @property
+    def capacity(self) -> float:
+        return median(self.capacities)
 
     def per_round(self, figure: Any) -> list[float]:
         return [float(figure(outcomes)) for outcomes in self.rounds]
@@ -428,11 +434,15 @@ def measure(args: argparse.Namespace, configs: Sequence[Config]) -> list[ConfigR
         )
         say(f"preloaded {args.bulk_count:,} bulk chunks in {took:.1f}s")
         for config in configs:
-            capacity = args.capacity or calibrate_on(args, lanes, config, positioned=True)
-            rate = capacity / 2
-            say(f"{config.key}: capacity {capacity:,.0f}/s; realtime at {rate:,.0f}/s")
-            runs = ConfigRuns(config, capacity)
+            runs = ConfigRuns(config)
             for index in range(args.repeats):
+                capacity = args.capacity or calibrate_on(args, lanes, config, positioned=True)
+                rate = capacity / 2
+                runs.capacities.append(capacity)
+                say(
+                    f"{config.key} round {index + 1}: capacity {capacity:,.0f}/s,"
+                    f" realtime {rate:,.0f}/s"
+                )
                 outcomes: dict[str, Outcome] = {}
                 for variant in rotated(variants_of(config), index):
                     outcome = run_on(
@@ -443,6 +453,7 @@ def measure(args: argparse.Namespace, configs: Sequence[Config]) -> list[ConfigR
                         config=config,
                         group_id=fresh_group(lanes),
                     )
+                    outcome.capacity = capacity
                     say(
                         f"{config.key} round {index + 1} {variant.label}: p99"
                         f" {outcome.quantile_ms(0.99):.1f} ms, bulk"
@@ -503,7 +514,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "handler_burn_us": args.burn_us,
         "handler_io_ms": args.io_ms,
         "capacity_chunks_per_s": {runs.config.key: round(runs.capacity) for runs in all_runs},
-        "realtime_rate_per_s": {runs.config.key: round(runs.capacity / 2) for runs in all_runs},
+        "capacity_per_round": {
+            runs.config.key: [round(c) for c in runs.capacities] for runs in all_runs
+        },
         "seconds": args.seconds,
         "warm_up_s": args.warm_up,
         "tail_s": args.tail,
@@ -515,8 +528,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     for runs in all_runs:
         label = runs.config.label(args)
         table = latency_table(
-            f"{label}: realtime at {runs.capacity / 2:,.0f}/s (half of the {runs.capacity:,.0f}/s"
-            f" capacity), {args.bulk_count:,} bulk chunks preloaded",
+            f"{label}: realtime at half the capacity calibrated in each round"
+            f" ({', '.join(f'{c:,.0f}' for c in runs.capacities)}/s), {args.bulk_count:,} bulk"
+            " chunks preloaded",
             [],
         )
         table.columns[1:1] = ["round"]
@@ -526,7 +540,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 outcome = outcomes[variant.key]
                 row = latency_table("", [outcome]).rows[0]
                 row[1:1] = [index + 1]
-                share = outcome.bulk_share(runs.capacity) if variant.bulk else float("nan")
+                share = outcome.bulk_share() if variant.bulk else float("nan")
                 yield_p99 = outcome.yield_ms(0.99) if variant.bulk else float("nan")
                 row += [round(share, 3), round(yield_p99, 2)]
                 table.rows.append(row)
@@ -562,7 +576,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             summary.append(
                 [f"realtime p99 (p) / (a), {label}", median(p_over_a), low, high, "-", "-"]
             )
-        shares = runs.per_round(lambda o, c=runs.capacity: o["a"].bulk_share(c))
+        shares = runs.per_round(lambda o: o["a"].bulk_share())
         add_target(
             result,
             f"bulk share of the capacity realtime leaves, (a), {label}",
@@ -613,10 +627,11 @@ def explain(
         " confluent-kafka consumer with librdkafka's defaults on both topics, same decode and"
         " handler, no priority: what users run without streamproc; (c) the same consumer as (a)"
         " with no bulk backlog: the floor.",
-        "Capacity: the configuration's drain rate of the bulk backlog with realtime idle. Bulk"
+        "Capacity: the configuration's drain rate of the bulk backlog with realtime idle,"
+        " calibrated at the start of every round (the load of the shared machine drifts). Bulk"
         " share: bulk chunks handled per second while realtime streams (after the warm-up),"
-        " divided by the capacity realtime leaves (capacity minus the realtime rate sent); above"
-        " 1 when realtime is not served at its rate.",
+        " divided by the capacity realtime leaves (the round's capacity minus the realtime rate"
+        " sent); above 1 when realtime is not served at its rate.",
         "Bulk yield: for every realtime chunk, the end of the last bulk chunk handled before the"
         " realtime chunk's handling started, minus its send time (0 if no bulk chunk ended in"
         " between): how long bulk kept the consumer after realtime arrived. It counts from the"
@@ -628,7 +643,8 @@ def explain(
     if unknown:
         notes.append(
             f"This consumer has no setting {', '.join(unknown)}: the requested value was not"
-            " applied; one bulk turn is taken as one full batch at the calibrated capacity."
+            " applied; one bulk turn is taken as one full batch at the calibrated capacity"
+            " (median over rounds)."
         )
     for runs in all_runs:
         for outcomes in runs.rounds:

@@ -110,7 +110,7 @@ def calibrated_capacity(output_dir: Path) -> float | None:
     path = output_dir / "latency.json"
     try:
         parameters = json.loads(path.read_text(encoding="utf-8"))["parameters"]
-        return float(parameters["capacity_chunks_per_s"]["cpu:1"])
+        return float(parameters["capacity_chunks_per_s"]["cpu:1"])  # median over rounds
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
