@@ -55,12 +55,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         help=f"Run only the lane-isolation targets: {', '.join(ISOLATION)}.",
     )
     parser.add_argument(
-        "--before",
+        "--before-src",
         type=Path,
         default=None,
         help=(
-            "Results directory of an earlier consumer version: consume then compares its"
-            " throughput ratio with that version's consume.json."
+            "Source tree of an earlier streamproc version (holding streamproc/): consume runs it"
+            " beside this one and compares their throughput."
         ),
     )
     args = parse(parser, argv)
@@ -85,8 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             str(args.output_dir),
             *(quick if args.quick else full),
         ]
-        if name == "consume" and args.before and (args.before / "consume.json").is_file():
-            command += ["--before", str(args.before / "consume.json")]
+        if name == "consume" and args.before_src is not None:
+            command += ["--before-src", str(args.before_src)]
         if name == "flood_shapes" and "latency" in durations and "latency" not in failed:
             capacity = calibrated_capacity(args.output_dir)
             if capacity:
