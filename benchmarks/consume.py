@@ -50,6 +50,7 @@ from benchmarks.harness import (
     ratio,
     run_main,
     say,
+    spread,
     workload,
 )
 from streamproc.codec import (
@@ -68,6 +69,7 @@ QUIX_VENV = Path(
 )
 SCHEMA_PATH = REPO / "avro" / CURRENT_SCHEMA_FILE
 SIDE_TIMEOUT_S = 300.0
+BEFORE = "streamproc, earlier version"
 
 
 def quix_python() -> Path:
@@ -211,11 +213,45 @@ def decode_costs_us(values: Sequence[bytes]) -> tuple[float, float]:
     return best_us(read_all), best_us(decode_all)
 
 
+def before_side(src: Path, bootstrap: str, lanes: Any, count: int) -> float:
+    """Seconds from the first to the Nth message of another version's consumer (a subprocess)."""
+    completed = subprocess.run(
+        [
+            sys.executable,
+            str(Path(__file__).resolve().parent / "consume_side.py"),
+            *("--src", str(src), "--bootstrap-servers", bootstrap, "--prefix", lanes.prefix),
+            *("--group", group(), "--count", str(count)),
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=SIDE_TIMEOUT_S + 60,
+    )
+    if completed.returncode != 0:
+        tail = "\n".join(completed.stderr.strip().splitlines()[-5:])
+        raise SystemExit(f"the earlier version failed (exit {completed.returncode}):\n{tail}")
+    progress = json.loads(completed.stdout.strip().splitlines()[-1])
+    if Path(progress["module"]) != (src / "streamproc").resolve():
+        raise SystemExit(f"the earlier version was imported from {progress['module']}, not {src}")
+    if progress["count"] < count:
+        raise SystemExit(f"the earlier version read only {progress['count']} of {count}")
+    return float(progress["last"] - progress["first"])
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = base_parser(__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument("--count", type=int, default=100_000, help="Messages read per run.")
-    parser.add_argument("--repeats", type=int, default=2, help="Runs per side (interleaved).")
+    parser.add_argument("--repeats", type=int, default=3, help="Runs per side (interleaved).")
     parser.add_argument("--no-quix", action="store_true", help="Skip the Quix Streams side.")
+    parser.add_argument(
+        "--before-src",
+        type=Path,
+        default=None,
+        help=(
+            "Source tree of an earlier streamproc version (holding streamproc/ and avro/, e.g."
+            " from git archive): adds it as a side and the target that this one is not slower."
+        ),
+    )
     args = parse(parser, argv)
     quiet_logs()
     count = args.count
@@ -225,6 +261,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "raw loop + fastavro decode": lambda b, lanes: raw_loop(b, lanes.top.topic, count, True),
         "streamproc (null sink)": lambda b, lanes: streamproc_side(b, lanes, count),
     }
+    if args.before_src is not None:
+        sides[BEFORE] = lambda b, lanes: before_side(args.before_src, b, lanes, count)
     if not args.no_quix:
         try:
             quix_python()
@@ -235,11 +273,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     with fresh_lanes(args.bootstrap_servers, "consume", args.partitions) as lanes:
         took = preload(args.bootstrap_servers, lanes.top.topic, workload(low_priority=False), count)
         say(f"preloaded {count:,} chunks in {took:.1f}s")
-        for repeat in range(1, args.repeats + 1):
-            for side, run in sides.items():
-                elapsed = run(args.bootstrap_servers, lanes)
+        names = list(sides)
+        for index in range(args.repeats):
+            # The order rotates each round: no side always runs first.
+            for side in names[index % len(names) :] + names[: index % len(names)]:
+                elapsed = sides[side](args.bootstrap_servers, lanes)
                 seconds[side].append(elapsed)
-                say(f"{side} run {repeat}: {count / elapsed:,.0f} msg/s")
+                say(f"{side} run {index + 1}: {count / elapsed:,.0f} msg/s")
     rates = {side: [count / s for s in runs] for side, runs in seconds.items()}
     medians = {side: median(values) for side, values in rates.items()}
     raw = medians["raw loop (no decode)"]
@@ -265,17 +305,63 @@ def main(argv: Sequence[str] | None = None) -> int:
                 round(ratio(streamproc, medians[side]), 3),
             ]
         )
+
+    def per_round(side: str) -> list[float]:
+        """streamproc / ``side`` per round (the sides of a round run back to back)."""
+        return [
+            ratio(mine, theirs)
+            for mine, theirs in zip(rates["streamproc (null sink)"], rates[side], strict=True)
+        ]
+
+    over_raw_rounds = per_round("raw loop (no decode)")
+    over_raw = median(over_raw_rounds)
     result = Result("consume")
-    result.parameters = {"count": count, "repeats": args.repeats, "partitions": args.partitions}
+    result.parameters = {
+        "count": count,
+        "repeats": args.repeats,
+        "partitions": args.partitions,
+        "streamproc_over_raw_loop": round(over_raw, 4),
+        "streamproc_over_raw_fastavro": round(median(per_round("raw loop + fastavro decode")), 4),
+    }
     if "Quix Streams" in sides:
         result.parameters["quixstreams"] = QUIX_VERSION
     result.tables.append(table)
-    over_raw = ratio(streamproc, raw)
-    over_quix = ratio(streamproc, quix)
-    result.targets.append(Target("streamproc / raw loop", over_raw, ">= 0.5", over_raw >= 0.5))
     result.targets.append(
-        Target("streamproc / Quix Streams", over_quix, ">= 1.5", over_quix >= 1.5)
+        Target(
+            "streamproc / raw loop", over_raw, ">= 0.5", over_raw >= 0.5, spread(over_raw_rounds)
+        )
     )
+    if "Quix Streams" in sides:
+        over_quix_rounds = per_round("Quix Streams")
+        over_quix = median(over_quix_rounds)
+        result.targets.append(
+            Target(
+                "streamproc / Quix Streams",
+                over_quix,
+                ">= 1.5",
+                over_quix >= 1.5,
+                spread(over_quix_rounds),
+            )
+        )
+    if BEFORE in sides:
+        over_before_rounds = per_round(BEFORE)
+        over_before = median(over_before_rounds)
+        result.parameters["before_src"] = args.before_src.name
+        result.targets.append(
+            Target(
+                "streamproc / the earlier version, null sink",
+                over_before,
+                ">= 0.95",
+                over_before >= 0.95,
+                spread(over_before_rounds),
+            )
+        )
+        result.notes.append(
+            f"{BEFORE}: the consumer of the source tree {args.before_src.name}, run as a"
+            " subprocess (consume_side.py) in the same rounds on the same topic; timed like the"
+            " current version, from its first chunk to the Nth. 0.95 leaves room for the noise"
+            " between back-to-back runs."
+        )
     read_us, decode_us = decode_costs_us(workload(low_priority=False).values[:5000])
     per_message_us = {side: 1e6 / rate for side, rate in medians.items()}
     result.notes.append(

@@ -4,7 +4,8 @@ Every benchmark writes ``benchmarks/results/<name>.json`` in one shape::
 
     {"benchmark": name, "date": ISO 8601, "machine": {"cpus", "python", "kafka", ...},
      "parameters": {...}, "tables": [{"title", "columns", "rows"}],
-     "targets": [{"name", "value", "target", "met"}], "notes": [str], "series": {...}}
+     "targets": [{"name", "value", "target", "met", "spread" (optional: [min, max])}],
+     "notes": [str], "series": {...}}
 
 ``series`` holds optional raw data for plots (``benchmarks/report.py`` draws them). The broker is
 a real one (``scripts/kafka-local start`` prints its address); every run works on fresh topics
@@ -14,6 +15,8 @@ named ``bench-<benchmark>-<random>`` and deletes them afterwards.
 from __future__ import annotations
 
 import argparse
+import bisect
+import inspect
 import json
 import logging
 import multiprocessing
@@ -25,16 +28,17 @@ import sys
 import threading
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from multiprocessing.queues import Queue as MPQueue
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import confluent_kafka
-from confluent_kafka import Producer
+from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 
 from streamproc.codec import ChunkCodec
@@ -68,10 +72,13 @@ class Table:
 
 @dataclass(slots=True)
 class Target:
+    """A figure against its target; ``spread`` is (min, max) over repeats when there were any."""
+
     name: str
     value: float
     target: str
     met: bool
+    spread: tuple[float, float] | None = None
 
 
 @dataclass(slots=True)
@@ -96,6 +103,7 @@ class Result:
             ],
             "targets": [
                 {"name": t.name, "value": t.value, "target": t.target, "met": t.met}
+                | ({"spread": list(t.spread)} if t.spread else {})
                 for t in self.targets
             ],
             "notes": self.notes,
@@ -114,7 +122,8 @@ class Result:
             print(format_table(table))
         for target in self.targets:
             mark = "met" if target.met else "MISSED"
-            print(f"target {target.name}: {target.value:.3g} (want {target.target}) {mark}")
+            span = f" [{target.spread[0]:.3g}-{target.spread[1]:.3g}]" if target.spread else ""
+            print(f"target {target.name}: {target.value:.3g}{span} (want {target.target}) {mark}")
         for note in self.notes:
             print(f"note: {note}")
 
@@ -184,6 +193,12 @@ def median(values: Sequence[float]) -> float:
 
 def ratio(numerator: float, denominator: float) -> float:
     return numerator / denominator if denominator else float("nan")
+
+
+def spread(values: Sequence[float]) -> tuple[float, float] | None:
+    """(min, max) of repeated measurements, None for fewer than two."""
+    finite = [value for value in values if value == value]  # NaN != NaN
+    return (min(finite), max(finite)) if len(finite) >= 2 else None
 
 
 def base_parser(description: str | None) -> argparse.ArgumentParser:
@@ -310,11 +325,12 @@ def paced_produce(
     """Produce on a schedule, stamping each message with its send time (ns) in a header.
 
     Waits until wall-clock ``start_at``, then runs the segments in order. Reports
-    ``{"sent": n, "acked": [acked_at_s, ...]}`` (wall clock, in acknowledgement order) on
-    ``report`` when done.
+    ``{"sent": n, "sent_ns": [stamp, ...], "acked": [acked_at_s, ...]}`` (the header stamps of
+    every message sent; wall clock of every acknowledgement, in order) on ``report`` when done.
     """
     producer = Producer(producer_config(bootstrap, linger_ms=linger_ms))
     acked: list[float] = []
+    sent_ns: list[int] = []
 
     def on_delivery(err: Any, _msg: Any) -> None:
         if err is None:
@@ -343,9 +359,8 @@ def paced_produce(
                     producer.poll(min(wait, 0.002))
                     continue
                 index = sent % len(values)
-                headers: list[tuple[str, str | bytes | None]] = [
-                    (SENT_HEADER, str(time.time_ns()).encode())
-                ]
+                stamp = time.time_ns()
+                headers: list[tuple[str, str | bytes | None]] = [(SENT_HEADER, str(stamp).encode())]
                 try:
                     producer.produce(
                         topic, values[index], keys[index], headers=headers, on_delivery=on_delivery
@@ -354,11 +369,12 @@ def paced_produce(
                     producer.poll(QUEUE_FULL_POLL_S)
                     continue
                 producer.poll(0)
+                sent_ns.append(stamp)
                 sent += 1
                 produced_here += 1
         segment_start = segment_end
     producer.flush(30)
-    report.put({"sent": sent, "acked": acked})
+    report.put({"sent": sent, "sent_ns": sent_ns, "acked": acked})
 
 
 class PacedProducer:
@@ -401,37 +417,128 @@ def burn(seconds: float) -> None:
 
 
 class RecordingHandler:
-    """A batch handler that burns a fixed CPU cost per chunk and records what it saw.
+    """A handler that spends a fixed cost per chunk and records what it saw.
 
-    Per lane it records the handling time of every chunk (wall clock, seconds); for chunks carrying
-    the :data:`SENT_HEADER` it also records the end-to-end latency (handled minus sent).
+    The cost is CPU (``burn_s``, a busy loop holding the GIL, as a parsing or embedding step in
+    Python would) or I/O (``sleep_s``, ``time.sleep``, as a call to a remote service would).
+    Use the object as a batch handler, or :meth:`handle` as a per-chunk handler (what runs on the
+    worker pool when ``concurrency`` > 1). Thread-safe: workers call it concurrently.
+
+    Per lane it records the end of the handling of every chunk (wall clock, seconds); for chunks
+    carrying the :data:`SENT_HEADER` it also records the end-to-end latency (handled minus sent)
+    and (sent, handling started) for the bulk-yield measurement (:func:`yield_times`).
     """
 
-    def __init__(self, burn_s: float, *, stop_after: int | None = None) -> None:
+    def __init__(
+        self, burn_s: float, *, stop_after: int | None = None, sleep_s: float = 0.0
+    ) -> None:
         self.burn_s = burn_s
+        self.sleep_s = sleep_s
         self.handled_at: dict[str, list[float]] = {}
         self.latencies: list[tuple[float, float]] = []  # (handled at, latency s)
+        self.realtime_started: list[tuple[float, float]] = []  # (sent at, handling started at)
+        self.sent_ns_handled: list[int] = []  # the sent stamps of the realtime chunks handled
         self.stop_after = stop_after
         self.total = 0
         self.done = threading.Event()
+        self._lock = threading.Lock()
 
     def handle_batch(self, records: Sequence[ChunkRecord]) -> None:
-        burn_s = self.burn_s
         for record in records:
-            if burn_s:
-                burn(burn_s)
-            now_ns = time.time_ns()
-            ctx = record.context
-            self.handled_at.setdefault(ctx.lane, []).append(now_ns / 1e9)
-            for name, value in ctx.headers:
-                if name == SENT_HEADER:
-                    self.latencies.append((now_ns / 1e9, (now_ns - int(value)) / 1e9))
-        self.total += len(records)
-        if self.stop_after is not None and self.total >= self.stop_after:
-            self.done.set()
+            self.handle(record)
+
+    def handle(self, record: ChunkRecord) -> None:
+        """Per-chunk entry point: spend the cost, then record."""
+        self.handle_raw(record.context.lane, record.context.headers)
+
+    def handle_raw(self, lane: str, headers: Sequence[tuple[str, Any]] | None) -> None:
+        """The same work for a loop without a :class:`ChunkRecord` (the plain-consumer baseline)."""
+        started = time.time()
+        if self.burn_s:
+            burn(self.burn_s)
+        if self.sleep_s:
+            time.sleep(self.sleep_s)
+        now_ns = time.time_ns()
+        sent_ns = next((int(value) for name, value in headers or () if name == SENT_HEADER), None)
+        with self._lock:
+            self.handled_at.setdefault(lane, []).append(now_ns / 1e9)
+            if sent_ns is not None:
+                self.latencies.append((now_ns / 1e9, (now_ns - sent_ns) / 1e9))
+                self.realtime_started.append((sent_ns / 1e9, started))
+                self.sent_ns_handled.append(sent_ns)
+            self.total += 1
+            if self.stop_after is not None and self.total >= self.stop_after:
+                self.done.set()
+
+    def unhandled_sent(self, sent_ns: Sequence[int]) -> list[float]:
+        """Send times (wall clock, s) of the chunks in ``sent_ns`` this handler never saw."""
+        with self._lock:
+            missing = Counter(sent_ns) - Counter(self.sent_ns_handled)
+        return sorted(stamp / 1e9 for stamp in missing.elements())
 
     def count(self, lane: str, start: float, end: float) -> int:
-        return sum(1 for t in self.handled_at.get(lane, ()) if start <= t < end)
+        with self._lock:
+            return sum(1 for t in self.handled_at.get(lane, ()) if start <= t < end)
+
+    def yield_times(self, bulk_lane: str, measured_from: float) -> list[float]:
+        """Per realtime chunk sent from ``measured_from``: how long bulk kept running after it.
+
+        The end of the last bulk chunk handled before the realtime chunk's handling started, minus
+        the realtime chunk's send time; 0 when no bulk chunk ended in between. It is the time
+        realtime spent behind bulk work, measured from the send (so it includes the transit to
+        the broker and the fetch, a millisecond or two here).
+        """
+        with self._lock:
+            bulk_ends = sorted(self.handled_at.get(bulk_lane, ()))
+            started = list(self.realtime_started)
+        waits: list[float] = []
+        for sent, start in started:
+            if sent < measured_from:
+                continue
+            index = bisect.bisect_left(bulk_ends, start) - 1
+            last_bulk = bulk_ends[index] if index >= 0 else float("-inf")
+            waits.append(max(0.0, last_bulk - sent))
+        return waits
+
+
+def optional_settings(
+    settings: ConsumerSettings, values: dict[str, Any]
+) -> tuple[ConsumerSettings, list[str]]:
+    """Apply settings only this consumer version knows; returns the names it does not know.
+
+    Lets one benchmark script run against consumer versions with and without a setting (a new
+    tuning knob), instead of failing validation on the older one.
+    """
+    known = {name: value for name, value in values.items() if name in type(settings).model_fields}
+    unknown = sorted(set(values) - set(known))
+    return (settings.model_copy(update=known) if known else settings), unknown
+
+
+def position_group(
+    bootstrap: str, group_id: str, offsets: dict[str, Literal["start", "end"]]
+) -> None:
+    """Commit a consumer group's offsets on every partition of the given topics before it starts.
+
+    Lets many runs share one preloaded backlog: each run uses a fresh group that starts the bulk
+    topic at its beginning and the realtime topic at its end (or the other way round).
+    """
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": group_id, "enable.auto.commit": False}
+    )
+    try:
+        positions: list[TopicPartition] = []
+        for topic, where in offsets.items():
+            metadata = consumer.list_topics(topic, timeout=30).topics[topic]
+            for partition in metadata.partitions:
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(topic, partition), timeout=30
+                )
+                positions.append(
+                    TopicPartition(topic, partition, low if where == "start" else high)
+                )
+        consumer.commit(offsets=positions, asynchronous=False)
+    finally:
+        consumer.close()
 
 
 def consumer_settings(
@@ -461,11 +568,23 @@ class RunningConsumer:
         self._thread.start()
 
     def _run(self) -> None:
-        self.exit_code = self.consumer.run(install_signal_handlers=False)
+        # Signal handlers can only be installed from the main thread: say so where the consumer
+        # takes the parameter, call it plainly where it does not.
+        if "install_signal_handlers" in inspect.signature(self.consumer.run).parameters:
+            self.exit_code = self.consumer.run(install_signal_handlers=False)
+        else:
+            self.exit_code = self.consumer.run()
+
+    def ready(self) -> bool:
+        """The consumer's readiness (``/readyz``), or its ``streamproc_ready`` gauge."""
+        check = getattr(self.consumer, "ready", None)
+        if callable(check):
+            return bool(check()[0])
+        return self.sample("streamproc_ready", {}) >= 1
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
         deadline = time.monotonic() + timeout_s
-        while not self.consumer.ready()[0]:
+        while not self.ready():
             if time.monotonic() > deadline or not self._thread.is_alive():
                 raise SystemExit("consumer did not get its partitions in time")
             time.sleep(0.05)
@@ -483,6 +602,68 @@ class RunningConsumer:
     def sample(self, name: str, labels: dict[str, str]) -> float:
         value = self.consumer.metrics.registry.get_sample_value(name, labels)
         return 0.0 if value is None else value
+
+
+class PlainConsumer:
+    """A plain confluent-kafka consume loop in a thread: the baseline without streamproc.
+
+    One ``Consumer`` with librdkafka's defaults (what a user writes without streamproc),
+    subscribed to ``topics``, decoding every value with the product's codec (read + validation,
+    the same decode work streamproc does) and handing it to ``handler.handle_raw``, one chunk at a
+    time. Offsets are auto-stored and auto-committed (librdkafka's defaults).
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        group_id: str,
+        lanes_of_topics: dict[str, str],
+        handler: RecordingHandler,
+        *,
+        batch: int = 500,
+    ) -> None:
+        self._consumer = Consumer(
+            {"bootstrap.servers": bootstrap, "group.id": group_id, "auto.offset.reset": "earliest"}
+        )
+        self._lanes = lanes_of_topics
+        self._handler = handler
+        self._batch = batch
+        self._codec = ChunkCodec()
+        self._stopping = threading.Event()
+        self.assigned = threading.Event()
+        self._consumer.subscribe(list(lanes_of_topics), on_assign=self._on_assign)
+        self._thread = threading.Thread(target=self._run, name="bench-plain", daemon=True)
+        self._thread.start()
+
+    def _on_assign(self, _consumer: Any, _partitions: Any) -> None:
+        self.assigned.set()
+
+    def _run(self) -> None:
+        try:
+            while not self._stopping.is_set():
+                for message in self._consumer.consume(self._batch, 0.1):
+                    if message.error() is not None:
+                        continue
+                    self._codec.decode(message.value() or b"")
+                    headers = message.headers()
+                    pairs = list(headers.items()) if isinstance(headers, dict) else headers
+                    self._handler.handle_raw(self._lanes[message.topic() or ""], pairs)
+        finally:
+            self._consumer.close()
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        if not self.assigned.wait(timeout_s):
+            raise SystemExit("plain consumer did not get its partitions in time")
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(60)
+
+    def __enter__(self) -> PlainConsumer:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
 
 
 class FlowEvents(logging.Handler):
