@@ -284,9 +284,9 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
         ge=1,
         description=(
             "Chunks taken and not finished per lane: a lane holding this many takes no more,"
-            " and has its partitions paused until it is back at half (backpressure) when its"
-            " consumer must be polled meanwhile; default 4 x concurrency, at least"
-            " max_batch_messages."
+            " and has its partitions paused until it is back at half (backpressure) once it"
+            " stays full for a second; default 4 x concurrency, at least two batches"
+            " (2 x max_batch_messages)."
         ),
     )
     reserved_workers: int | None = Field(
@@ -320,7 +320,7 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
     @property
     def in_flight_limit(self) -> int:
         """Backpressure bound per lane: :attr:`max_in_flight` or its default."""
-        return self.max_in_flight or max(4 * self.concurrency, self.max_batch_messages)
+        return self.max_in_flight or max(4 * self.concurrency, 2 * self.max_batch_messages)
 
     def action_for(self, error: BaseException) -> ErrorAction:
         """What to do with a message that failed with ``error``.

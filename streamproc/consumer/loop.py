@@ -70,6 +70,8 @@ LATENCY_WINDOW = 4096
 FLOW_TICK_S = 0.01
 # While a revoke waits for running chunks, how often the other lane consumers are polled.
 HOLD_POLL_S = 0.05
+# How long a lane at its in-flight bound goes unpolled before it is paused and polled.
+FULL_LANE_POLL_S = 1.0
 
 
 class StopConsumer(StreamprocError):
@@ -321,9 +323,8 @@ class PriorityConsumer:
         self._closed = True
         try:
             self._drain()
-            self._apply_flow(
-                time.monotonic()
-            )  # the figures as they are left, for stats and /metrics
+            # The figures as they are left, for stats and /metrics.
+            self._apply_flow(time.monotonic())
             self._dlq.close()
             if commit:
                 for lane_consumer in self._lane_consumers:
@@ -421,30 +422,41 @@ class PriorityConsumer:
             self._pool.wait_for_slot(timeout)
 
     def _keep_alive(self, now: float) -> None:
-        """Poll every lane consumer at least once per ``poll_timeout_s`` (step 5)."""
-        limit = self.settings.in_flight_limit
-        interval = self.settings.poll_timeout_s
-        sizes = self._pool.sizes()
-        held = self._pauses.held_for("backpressure")
-        if held or max(sizes) >= limit:
-            self._apply_backpressure(sizes, held)
-        for lane_consumer in self._lane_consumers:
-            if now - lane_consumer.last_poll < interval:
-                continue
-            rank = lane_consumer.lane.rank
-            room = max(1, min(limit - sizes[rank], self._planner.turn_size(rank)))
-            self._enqueue(lane_consumer, lane_consumer.take(room, 0))
+        """Poll every lane consumer at least once per ``poll_timeout_s`` (step 5).
 
-    def _apply_backpressure(self, sizes: list[int], held: frozenset[PartitionKey]) -> None:
-        """Hold the partitions of lanes at their in-flight bound until they are back at half (no
-        pause/resume churn around the bound)."""
+        A lane holding its in-flight bound takes nothing more, and its consumer is left alone
+        for up to ``FULL_LANE_POLL_S`` (a normal batch ends well before). A lane still full then
+        has its partitions paused (backpressure) before its consumer is polled, until it is back
+        at half: pausing drops what librdkafka prefetched, so it is kept for handlers slower
+        than the poll interval by far, never done around the bound.
+        """
         limit = self.settings.in_flight_limit
-        rank_of_topic = {lc.lane.topic: lc.lane.rank for lc in self._lane_consumers}
-        full = {key for key in self._lag.assignment if sizes[rank_of_topic[key[0]]] >= limit}
-        still_full = {key for key in held if sizes[rank_of_topic[key[0]]] > limit // 2}
-        if (backpressure := full | still_full) != held:
-            self._pauses.hold("backpressure", backpressure)
+        sizes = self._pool.sizes()
+        full_lane_poll_s = min(FULL_LANE_POLL_S, self.settings.max_poll_interval_ms / 10_000)
+        held = self._pauses.held_for("backpressure")
+        held_before = {topic for topic, _ in held}
+        held_topics = set(held_before)
+        for lane_consumer in self._lane_consumers:
+            topic, size = lane_consumer.lane.topic, sizes[lane_consumer.lane.rank]
+            if topic in held_topics and size <= limit // 2:
+                held_topics.discard(topic)
+            elif size >= limit and now - lane_consumer.last_poll >= full_lane_poll_s:
+                held_topics.add(topic)
+        if held_topics != held_before:
+            self._pauses.hold(
+                "backpressure", (key for key in self._lag.assignment if key[0] in held_topics)
+            )
             self._apply_pauses()
+        for lane_consumer in self._lane_consumers:
+            rank, waited = lane_consumer.lane.rank, now - lane_consumer.last_poll
+            room = limit - sizes[rank]
+            if room > 0 and lane_consumer.lane.topic not in held_topics:
+                if waited >= self.settings.poll_timeout_s:
+                    wanted = min(room, self._planner.turn_size(rank))
+                    self._enqueue(lane_consumer, lane_consumer.take(wanted, 0))
+            elif waited >= full_lane_poll_s:
+                # Paused: for the membership and the rebalance callbacks only.
+                self._enqueue(lane_consumer, lane_consumer.take(1, 0))
 
     # -- finished work --------------------------------------------------------------------------
 

@@ -242,8 +242,8 @@ def test_parse_bootstrap_rejects(value: str) -> None:
 def test_concurrency_settings_defaults_and_bounds(monkeypatch: pytest.MonkeyPatch) -> None:
     defaults = ConsumerSettings()
     assert (defaults.concurrency, defaults.ordering, defaults.max_in_flight) == (1, "key", None)
-    assert defaults.in_flight_limit == defaults.max_batch_messages == 500
-    assert ConsumerSettings(concurrency=32, max_batch_messages=100).in_flight_limit == 128
+    assert defaults.in_flight_limit == 2 * defaults.max_batch_messages == 1000
+    assert ConsumerSettings(concurrency=32, max_batch_messages=50).in_flight_limit == 128
     assert ConsumerSettings(concurrency=32, max_in_flight=10).in_flight_limit == 10
     monkeypatch.setenv("STREAMPROC_CONCURRENCY", "8")
     monkeypatch.setenv("STREAMPROC_ORDERING", "partition")
