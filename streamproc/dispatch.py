@@ -13,7 +13,8 @@ Pure policy: no threads, no Kafka. The consumer adds every message it takes as a
    (:meth:`Dispatcher.favour_lanes`) gets every other batch although a more urgent lane has work.
 3. While a more urgent lane has been active within ``reserve_window_s``, the less urgent lanes
    leave ``reserved`` workers free for it, so an urgent message never waits behind a full house of
-   slow bulk work.
+   slow bulk work; a lane whose handlers are CPU-bound (:meth:`Dispatcher.solo_lanes`) starts a
+   batch then only when no other batch runs.
 4. Ordering (``key`` by default): items with the same order key never run at the same time and
    start in the order taken. ``key`` orders by message key within a partition (where Kafka itself
    orders them; a message without a key has no order constraint), ``partition`` runs one item per
@@ -125,6 +126,7 @@ class Dispatcher(Generic[T]):
         self._last_taken_at: list[float | None] = [None] * lanes
         self._held_lanes: frozenset[int] = frozenset()
         self._favoured_lanes: frozenset[int] = frozenset()
+        self._solo_lanes: frozenset[int] = frozenset()
         self._last_batch_rank = 0
 
     # -- figures ---------------------------------------------------------------------------------
@@ -170,6 +172,12 @@ class Dispatcher(Generic[T]):
     def hold_lanes(self, ranks: Iterable[int]) -> None:
         """Start nothing from these lanes (the flow policy paused them) until released."""
         self._held_lanes = frozenset(ranks)
+
+    def solo_lanes(self, ranks: Iterable[int]) -> None:
+        """Lanes whose handlers are CPU-bound: while a more urgent lane is active, one of their
+        batches starts only when no other batch runs. Threads share the GIL, so a CPU-bound
+        batch beside an urgent one only slows the urgent one down."""
+        self._solo_lanes = frozenset(ranks)
 
     def favour_lanes(self, ranks: Iterable[int]) -> None:
         """Lanes in a starvation slice: every other batch is theirs while they have work."""
@@ -218,12 +226,11 @@ class Dispatcher(Generic[T]):
             ready = self._ready[rank]
             if not ready or rank in self._held_lanes:
                 continue
-            if (
-                rank > 0
-                and rank not in favoured
-                and busy >= self.concurrency - self._reserve_for(rank, now)
-            ):
-                return []
+            if rank > 0 and rank not in favoured:
+                if busy >= self.concurrency - self._reserve_for(rank, now):
+                    return []
+                if busy and rank in self._solo_lanes and self._higher_active(rank, now):
+                    return []
             batch_id = next(self._batch_ids)
             batch: list[WorkItem[T]] = []
             for _ in range(max(1, limit(rank))):
@@ -243,13 +250,17 @@ class Dispatcher(Generic[T]):
         """Workers lane ``rank`` leaves free: ``reserved`` while a more urgent lane is active."""
         if not self.reserved:
             return 0
+        return self.reserved if self._higher_active(rank, now) else 0
+
+    def _higher_active(self, rank: int, now: float) -> bool:
+        """A more urgent lane has work in hand or took some within ``reserve_window_s``."""
         for higher in range(rank):
             last = self._last_taken_at[higher]
             if self._size_per_lane[higher] or (
                 last is not None and now - last < self.reserve_window_s
             ):
-                return self.reserved
-        return 0
+                return True
+        return False
 
     def done(self, item: WorkItem[T]) -> None:
         """Release a finished (or abandoned) running item; its key's next item becomes ready."""

@@ -114,6 +114,10 @@ class WorkerPool(Generic[T, R]):
         with self._lock:
             return self._dispatcher.ready(rank)
 
+    def solo_lanes(self, ranks: Iterable[int]) -> None:
+        with self._lock:
+            self._dispatcher.solo_lanes(ranks)
+
     def favour_lanes(self, ranks: Iterable[int]) -> None:
         with self._lock:
             self._dispatcher.favour_lanes(ranks)

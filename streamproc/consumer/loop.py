@@ -141,6 +141,8 @@ class PriorityConsumer:
         self._published_paused: frozenset[PartitionKey] = frozenset()
         # Lanes in a starvation slice: they get turns although a more urgent lane has work.
         self._slice_ranks: frozenset[int] = frozenset()
+        # Lower lanes whose handlers are CPU-bound: run alone while a more urgent lane is active.
+        self._solo_ranks: frozenset[int] = frozenset()
         # Inside a revoke's wait, which polls the other lane consumers (not recursively).
         self._settling = False
         self._offsets: OffsetTracker[PartitionKey] = OffsetTracker()
@@ -622,6 +624,12 @@ class PriorityConsumer:
         if slice_ranks != self._slice_ranks:
             self._slice_ranks = slice_ranks
             self._pool.favour_lanes(slice_ranks)
+        solo = frozenset(
+            rank for rank in range(1, len(self.lanes.all)) if self._planner.cpu_bound(rank)
+        )
+        if solo != self._solo_ranks:
+            self._solo_ranks = solo
+            self._pool.solo_lanes(solo)
         if decision.paused != self._paused_lanes:
             # Hold first (nothing of the lane starts from here on), then say so.
             self._pool.hold_lanes(lane.rank for lane in self.lanes if lane.name in decision.paused)

@@ -192,6 +192,7 @@ class Pipeline:
     def run(self, items: list[WorkItem[Message]]) -> list[Outcome]:
         """Handle a batch on a worker thread; one outcome per item, in order."""
         started = time.perf_counter()
+        cpu_started = time.thread_time()
         lane = self._lanes[items[0].lane_rank]
         outcomes, records = self._decode_all(lane, items)
         if records and self._give_back_if_held(lane, outcomes, records):
@@ -210,7 +211,12 @@ class Pipeline:
                     if outcome.kind == "stop":
                         _skip_rest(outcomes, index)
                         break
-        self._planner.record(items[0].lane_rank, len(items), time.perf_counter() - started)
+        self._planner.record(
+            items[0].lane_rank,
+            len(items),
+            time.perf_counter() - started,
+            time.thread_time() - cpu_started,
+        )
         return [outcome or SKIPPED for outcome in outcomes]
 
     def _sync_single(self) -> Handler:

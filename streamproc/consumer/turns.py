@@ -13,7 +13,9 @@ time, so the fixed part stays at most half of every turn. At least one chunk per
 
 With one worker slot a turn is one batch (a batch handler gets it at once). With several slots
 every chunk is a batch of its own, as the concurrency asks, and a turn holds a budget's worth for
-every slot.
+every slot. The planner also measures how much of a lane's handling time is spent on the CPU:
+threads share the GIL, so a CPU-bound lower lane gains nothing from running beside a more urgent
+one and only slows it down (the loop then runs it alone, :meth:`TurnPlanner.cpu_bound`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import math
 
 # Below this variance of batch sizes (chunks squared) the line is not fitted: cost per chunk only.
 _MIN_SIZE_VARIANCE = 0.25
+# A lane whose batches spend more than this share of their time on the CPU counts as CPU-bound.
+CPU_BOUND_SHARE = 0.5
 
 
 class BatchCost:
@@ -84,11 +88,25 @@ class TurnPlanner:
         self.most = most
         self.slots = max(1, slots)
         self._costs = [BatchCost(first_guess_s, weight) for _ in range(lanes)]
+        self._weight = weight
+        # Moving share of handling time spent on the CPU (0 until measured: I/O-bound).
+        self._cpu_share = [0.0] * lanes
 
-    def record(self, rank: int, chunks: int, seconds: float) -> None:
-        """A batch of ``chunks`` of lane ``rank`` took ``seconds`` to handle."""
+    def record(
+        self, rank: int, chunks: int, seconds: float, cpu_seconds: float | None = None
+    ) -> None:
+        """A batch of ``chunks`` of lane ``rank`` took ``seconds`` to handle, ``cpu_seconds`` of
+        them on the CPU of the handling thread (None when not measured)."""
         if chunks >= 1 and seconds >= 0:
             self._costs[rank].record(chunks, seconds)
+            if cpu_seconds is not None and seconds > 0:
+                share = min(1.0, max(0.0, cpu_seconds / seconds))
+                self._cpu_share[rank] += self._weight * (share - self._cpu_share[rank])
+
+    def cpu_bound(self, rank: int) -> bool:
+        """Lane ``rank``'s batches mostly compute (more than half their time on the CPU of the
+        handling thread): running them beside each other gains nothing under the GIL."""
+        return self._cpu_share[rank] > CPU_BOUND_SHARE
 
     def cost(self, rank: int) -> tuple[float, float]:
         """The fitted ``(fixed_s, per_chunk_s)`` of a batch of lane ``rank``."""
