@@ -483,26 +483,35 @@ def consume(
     concurrency: Annotated[
         int | None,
         _option(
-            "Chunks handled at once (threads for sync handlers, one event loop for async def"
-            " ones); realtime first. 1 (default) handles them one by one, polling on while a long"
-            " batch runs.",
+            "Worker slots: chunks handled at once (threads for sync handlers, one event loop for"
+            " async def ones), realtime first; every lane consumer is polled on however long a"
+            " handler runs.",
             "CONCURRENCY",
             min=1,
+        ),
+    ] = None,
+    bulk_turn_ms: Annotated[
+        float | None,
+        _option(
+            "Time budget of one bulk turn (ms, default 5): a realtime chunk waits for a worker"
+            " about this long at most.",
+            "BULK_TURN_MS",
+            min=0.1,
         ),
     ] = None,
     ordering: Annotated[
         str | None,
         _option(
-            "With concurrency > 1: key (default; same message key never twice in flight),"
-            " partition (one chunk in flight per partition) or unordered.",
+            "key (default; same message key never twice in flight), partition (one chunk in"
+            " flight per partition) or unordered.",
             "ORDERING",
         ),
     ] = None,
     max_in_flight: Annotated[
         int | None,
         _option(
-            "Chunks taken but unfinished per lane (concurrency > 1); a full lane's fetching"
-            " pauses until it is back at half (default 4 x concurrency, at least 16).",
+            "Chunks taken but unfinished per lane; a lane still full after a second is paused"
+            " until it is back at half (default 4 x concurrency, at least two batches).",
             "MAX_IN_FLIGHT",
             min=1,
         ),
@@ -527,9 +536,9 @@ def consume(
     metrics_port: MetricsPortOption = DEFAULT_METRICS_PORT,
     log_level: Annotated[str, _option("Log level.", "LOG_LEVEL")] = "INFO",
 ) -> None:
-    """Consume every lane in one group, pausing the bulk lane while the realtime lane lags.
+    """Consume every lane in one group, realtime first, pausing bulk while realtime lags.
 
-    Runs until SIGTERM or SIGINT, then finishes the batch in hand, commits and exits 0.
+    Runs until SIGTERM or SIGINT, then finishes the chunks in hand, commits and exits 0.
     """
     import logging
 
@@ -555,6 +564,7 @@ def consume(
         "poll_timeout_s": poll_timeout_s,
         "max_retries": max_retries,
         "concurrency": concurrency,
+        "bulk_turn_ms": bulk_turn_ms,
         "ordering": ordering,
         "max_in_flight": max_in_flight,
         "reserved_workers": reserved_workers,
