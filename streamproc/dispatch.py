@@ -10,7 +10,8 @@ Pure policy: no threads, no Kafka. The consumer adds every message it takes as a
 2. Lanes by rank: an item of a more urgent lane always starts before one of a less urgent lane;
    FIFO within a lane (by the order taken, among the items allowed to start). Lanes the flow
    policy holds paused start nothing (their items wait). A lane in a starvation slice
-   (:meth:`Dispatcher.favour_lanes`) gets every other batch although a more urgent lane has work.
+   (:meth:`Dispatcher.favour_lanes`) gets every other batch although a more urgent lane has work,
+   and a lower lane whose oldest item has waited longer than ``overdue_s`` starts next.
 3. While a more urgent lane has been active within ``reserve_window_s``, the less urgent lanes
    leave ``reserved`` workers free for it, so an urgent message never waits behind a full house of
    slow bulk work; a lane whose handlers are CPU-bound (:meth:`Dispatcher.solo_lanes`) starts a
@@ -88,6 +89,9 @@ class Dispatcher(Generic[T]):
         reserved: Workers less urgent lanes leave free while a more urgent lane is active
             (default :func:`default_reserved`); never more than ``concurrency - 1``.
         reserve_window_s: How long a lane counts as active after its last item was taken.
+        overdue_s: A lower lane whose oldest ready item has waited longer than this starts the
+            next batch, whatever waits above it (None: never): lanes the flow policy lets run
+            are never starved by a more urgent lane that keeps every slot busy.
     """
 
     def __init__(
@@ -98,6 +102,7 @@ class Dispatcher(Generic[T]):
         ordering: Ordering = "key",
         reserved: int | None = None,
         reserve_window_s: float = 1.0,
+        overdue_s: float | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -109,6 +114,7 @@ class Dispatcher(Generic[T]):
         wanted = default_reserved(concurrency) if reserved is None else reserved
         self.reserved = max(0, min(wanted, concurrency - 1))
         self.reserve_window_s = reserve_window_s
+        self.overdue_s = overdue_s
         # Per lane, the items allowed to start, as a heap by the order they were taken.
         self._ready: list[list[tuple[int, WorkItem[T]]]] = [[] for _ in range(lanes)]
         self._sequence = itertools.count()
@@ -220,13 +226,16 @@ class Dispatcher(Generic[T]):
             return []
         ranks: Iterable[int] = range(len(self._ready))
         favoured = [r for r in self._favoured_lanes if self._ready[r] and r not in self._held_lanes]
-        if favoured and self._last_batch_rank not in self._favoured_lanes:
-            ranks = [*favoured, *ranks]
+        if not (favoured and self._last_batch_rank not in self._favoured_lanes):
+            favoured = []
+        first = [*self._overdue(now), *favoured]
+        if first:
+            ranks = [*first, *ranks]
         for rank in ranks:
             ready = self._ready[rank]
             if not ready or rank in self._held_lanes:
                 continue
-            if rank > 0 and rank not in favoured:
+            if rank > 0 and rank not in first:
                 if busy >= self.concurrency - self._reserve_for(rank, now):
                     return []
                 if busy and rank in self._solo_lanes and self._higher_active(rank, now):
@@ -245,6 +254,18 @@ class Dispatcher(Generic[T]):
             self._last_batch_rank = rank
             return batch
         return []
+
+    def _overdue(self, now: float) -> list[int]:
+        """Lower lanes whose oldest ready item has waited longer than ``overdue_s``."""
+        if self.overdue_s is None:
+            return []
+        return [
+            rank
+            for rank in range(1, len(self._ready))
+            if self._ready[rank]
+            and rank not in self._held_lanes
+            and now - self._ready[rank][0][1].taken_at > self.overdue_s
+        ]
 
     def _reserve_for(self, rank: int, now: float) -> int:
         """Workers lane ``rank`` leaves free: ``reserved`` while a more urgent lane is active."""

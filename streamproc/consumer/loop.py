@@ -72,6 +72,8 @@ FLOW_TICK_S = 0.01
 HOLD_POLL_S = 0.05
 # How long a lane at its in-flight bound goes unpolled before it is paused and polled.
 FULL_LANE_POLL_S = 1.0
+# A running lower lane gets at least one turn per this many turns' time (bulk_turn_ms each).
+OVERDUE_TURNS = 20
 
 
 class StopConsumer(StreamprocError):
@@ -181,11 +183,16 @@ class PriorityConsumer:
             most=settings.max_batch_messages,
             slots=settings.concurrency,
         )
+        # A running lower lane gets a turn at least this often, however busy realtime keeps the
+        # slots: resumed means running, not starving behind back-to-back realtime batches.
+        self._overdue_s = OVERDUE_TURNS * settings.bulk_turn_ms / 1000
+        self._last_turn = [time.monotonic()] * len(self.lanes.all)
         dispatcher: Dispatcher[Message] = Dispatcher(
             len(self.lanes.all),
             concurrency=settings.concurrency,
             ordering=settings.ordering,
             reserved=settings.reserved_workers,
+            overdue_s=self._overdue_s,
         )
         self._pipeline = Pipeline(
             settings,
@@ -353,17 +360,25 @@ class PriorityConsumer:
             top, top.take(min(room, self.settings.max_batch_messages), 0)
         ):
             took = True
-        favoured = self._slice_ranks
+        now = time.monotonic()
         for lane_consumer in self._lane_consumers[1:]:
             rank = lane_consumer.lane.rank
             if lane_consumer.lane.name in self._paused_lanes:
                 continue
-            if rank not in favoured and any(self._pool.ready(r) for r in range(rank)):
-                break  # a more urgent chunk waits for a slot: no turn for this lane
-            if self._pool.ready(rank) or self._pool.free_slots() <= 0:
-                break  # its last turn still waits for a slot, or every slot is busy
+            if self._pool.ready(rank):
+                break  # its last turn still waits for a slot
+            busy = self._pool.free_slots() <= 0 or any(self._pool.ready(r) for r in range(rank))
+            if (
+                busy
+                and rank not in self._slice_ranks
+                and now - self._last_turn[rank] < self._overdue_s
+            ):
+                # Every slot is taken or a more urgent chunk waits: no turn yet. A lane that
+                # has waited a whole overdue_s takes its turn anyway; it starts once overdue.
+                break
             wanted = min(limit - sizes[rank], self._planner.turn_size(rank))
             if wanted > 0 and self._enqueue(lane_consumer, lane_consumer.take(wanted, 0)):
+                self._last_turn[rank] = now
                 took = True
         return took
 

@@ -287,3 +287,24 @@ def test_async_and_threaded_handlers_take_the_same_path(concurrency: int) -> Non
     consumer.close()
     assert fake.committed[(REALTIME, 0)] == fake.committed[(REALTIME, 1)] == 25
     assert fake.committed[(BULK, 0)] == fake.committed[(BULK, 1)] == 25
+
+
+def test_a_running_bulk_lane_gets_turns_while_realtime_keeps_the_slot_busy() -> None:
+    fake = broker(realtime=600, bulk=100, partitions=1)
+    handler = Recorder()
+    bulk_during_realtime: list[int] = []
+
+    def fixed_cost(lane: str, size: int) -> None:
+        time.sleep(0.005)  # a commit per batch: realtime batches of 5 keep the slot busy
+        if lane == "bulk" and handler.handled["realtime"] < 600:
+            bulk_during_realtime.append(size)
+
+    handler.on_batch = fixed_cost
+    # Flow control never holds bulk here: only the overdue turn can let it in.
+    consumer, _ = consumer_on(fake, handler, pause_lag=1_000_000, max_batch_messages=5)
+    consumer.subscribe()
+    run_until(consumer, lambda: handler.handled["realtime"] == 600, timeout_s=20)
+    consumer.close()
+    # 120 realtime batches of >= 5 ms: at least one bulk turn per 100 ms in between.
+    assert len(bulk_during_realtime) >= 3, handler.batches[:40]
+    assert handler.batches[0][0] == "realtime"

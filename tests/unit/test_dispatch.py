@@ -231,3 +231,15 @@ def test_dispatch_invariants_hold_for_any_interleaving(
         take()
     assert sorted(map(id, started)) == sorted(map(id, added))
     assert len(dispatcher) == 0
+
+
+def test_a_lower_lane_waiting_longer_than_overdue_starts_next() -> None:
+    dispatcher: Dispatcher[str] = Dispatcher(2, concurrency=1, ordering="unordered", overdue_s=0.1)
+    dispatcher.add(WorkItem(BULK, "chunks.bulk", 0, 0, None, "b0", taken_at=10.0))
+    dispatcher.add(WorkItem(REALTIME, "chunks.realtime", 0, 0, None, "r0", taken_at=10.05))
+    started = dispatcher.take_batch(10.08, lambda rank: 5)
+    assert [i.payload for i in started] == ["r0"]
+    dispatcher.add(WorkItem(REALTIME, "chunks.realtime", 0, 1, None, "r1", taken_at=10.09))
+    dispatcher.done(started[0])
+    # b0 has waited 0.15 s > 0.1 s: it goes before the realtime chunk that waits.
+    assert [i.payload for i in dispatcher.take_batch(10.15, lambda rank: 5)] == ["b0"]
