@@ -125,7 +125,10 @@ def test_03_member_joins_and_leaves_while_bulk_is_paused(
     produce(producer, acks, sample_chunks(2_500, prefix="m3live", seed=5))
     producer.flush()
 
-    probes = [PriorityProbe(pause_lag=100, realtime_cost_s=0.004) for _ in range(2)]
+    # Realtime handled at about 250/s whatever the concurrency (a sleep: concurrent chunks
+    # overlap), so its backlog outlasts the join and the bulk-only member must yield to it.
+    cost_s = 0.004 * concurrency
+    probes = [PriorityProbe(pause_lag=100, realtime_cost_s=cost_s) for _ in range(2)]
     settings = {"assignor": assignor, "max_batch_messages": 50, "concurrency": concurrency}
     first, _ = member(cluster, tmp_path, group, "first", probes[0], **settings)
     second, _ = member(cluster, tmp_path, group, "second", probes[1], **settings)
