@@ -35,11 +35,12 @@ from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
 from typing import Generic, Literal, TypeVar
 
+from streamproc.messages import PartitionKey
+
 Ordering = Literal["key", "partition", "unordered"]
 ORDERINGS: tuple[Ordering, ...] = ("key", "partition", "unordered")
 
 T = TypeVar("T")
-PartitionKey = tuple[str, int]
 
 
 @dataclass(eq=False, slots=True)

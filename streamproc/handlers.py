@@ -83,11 +83,6 @@ class BatchHandler(Protocol):
     def handle_batch(self, records: Sequence[ChunkRecord]) -> None: ...
 
 
-@runtime_checkable
-class Closeable(Protocol):
-    def close(self) -> None: ...
-
-
 class AsyncBatchHandler(Protocol):
     """Takes a batch of chunks in an ``async def handle_batch``."""
 

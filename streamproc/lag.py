@@ -42,8 +42,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # OffsetSpec:
 
 from streamproc.flow import LaneLag, OffsetReset, Scope, effective_scope, lane_lag, partition_lag
 from streamproc.lanes import Lanes
-
-TopicPartitionKey = tuple[str, int]
+from streamproc.messages import PartitionKey
 
 _ADMIN_TIMEOUT_S = 10.0
 # Longest the poll loop waits for the group's committed offsets (group scope only); while the
@@ -74,8 +73,6 @@ class LagSnapshot:
 
     lanes: Mapping[str, LaneLag]
     partitions: tuple[PartitionLag, ...]
-    scope: str
-    group_top_lag_messages: int | None
 
 
 class _Pending:
@@ -131,18 +128,18 @@ class LagMonitor:
         self._group_lag_slack = group_lag_slack
         self._reset: OffsetReset = "latest" if offset_reset == "latest" else "earliest"
         # Next offset to handle per assigned partition (the committed one until one is handled).
-        self._positions: dict[TopicPartitionKey, int] = {}
+        self._positions: dict[PartitionKey, int] = {}
         # Watermarks asked of the broker: (low, high, when).
-        self._refreshed: dict[TopicPartitionKey, tuple[int, int, float]] = {}
+        self._refreshed: dict[PartitionKey, tuple[int, int, float]] = {}
         self._last_timestamp_ms: dict[str, int] = {}
         self._watermark_request: _Pending | None = None
         # The group's committed offsets, fetched with the top lane's watermarks still in flight.
-        self._group_request: tuple[dict[TopicPartitionKey, int], _Pending] | None = None
-        self._group_committed: dict[TopicPartitionKey, int] = {}
-        self._group_high: dict[TopicPartitionKey, int] = {}
+        self._group_request: tuple[dict[PartitionKey, int], _Pending] | None = None
+        self._group_committed: dict[PartitionKey, int] = {}
+        self._group_high: dict[PartitionKey, int] = {}
         self._group_measured_at = 0.0
         self._last_watermark_refresh = 0.0
-        self.top_partitions: tuple[TopicPartitionKey, ...] = ()
+        self.top_partitions: tuple[PartitionKey, ...] = ()
         # Monotonic time of the last broker answer to one of our queries (readiness evidence).
         self.last_broker_answer = 0.0
 
@@ -238,7 +235,7 @@ class LagMonitor:
         return int(low) if low >= 0 else OFFSET_INVALID
 
     @property
-    def assignment(self) -> tuple[TopicPartitionKey, ...]:
+    def assignment(self) -> tuple[PartitionKey, ...]:
         return tuple(self._positions)
 
     @property
@@ -252,7 +249,7 @@ class LagMonitor:
 
     # -- measuring ------------------------------------------------------------------------------
 
-    def snapshot(self, paused: set[TopicPartitionKey], now: float | None = None) -> LagSnapshot:
+    def snapshot(self, paused: set[PartitionKey], now: float | None = None) -> LagSnapshot:
         """Measure lag now. Cheap: local calls only; broker queries are harvested when ready.
 
         Args:
@@ -297,7 +294,7 @@ class LagMonitor:
             if lane.rank == 0 and scope == "group":
                 lag_messages = group_top
             lanes[lane.name] = LaneLag(lag_messages, self._delay(lane.name, lag_messages, now))
-        return LagSnapshot(lanes, tuple(details), scope, group_top)
+        return LagSnapshot(lanes, tuple(details))
 
     def _delay(self, lane: str, lag_messages: int | None, now: float) -> float | None:
         """How far behind the lane is in time: 0 when drained, else age of the last handled."""
@@ -319,7 +316,7 @@ class LagMonitor:
             return refreshed[0], refreshed[1]
         return int(low), int(high)
 
-    def _request_watermarks(self, keys: list[TopicPartitionKey], monotonic: float) -> None:
+    def _request_watermarks(self, keys: list[PartitionKey], monotonic: float) -> None:
         if self._watermark_request is not None:
             return
         request: dict[TopicPartition, OffsetSpec] = {}
@@ -384,7 +381,7 @@ class LagMonitor:
             _Pending(watermark_futures, monotonic),
         )
 
-    def _top_lane_partitions(self) -> tuple[TopicPartitionKey, ...]:
+    def _top_lane_partitions(self) -> tuple[PartitionKey, ...]:
         if not self.top_partitions:
             topic = self._lanes.top.topic
             try:
@@ -397,7 +394,7 @@ class LagMonitor:
             self.top_partitions = tuple((topic, p) for p in sorted(described.partitions))
         return self.top_partitions
 
-    def _harvest_group(self, committed: dict[TopicPartitionKey, int], watermarks: _Pending) -> None:
+    def _harvest_group(self, committed: dict[PartitionKey, int], watermarks: _Pending) -> None:
         try:
             highs = {
                 (tp.topic, tp.partition): f.result().offset for tp, f in watermarks.futures.items()
@@ -487,7 +484,7 @@ def describe_group_lag(admin: AdminClient, lanes: Lanes, group_id: str) -> list[
         (tp.topic, tp.partition): (tp.offset, tp.metadata or "")
         for tp in committed_result.topic_partitions
     }
-    owners: dict[TopicPartitionKey, str] = {}
+    owners: dict[PartitionKey, str] = {}
     description = admin.describe_consumer_groups([group_id], request_timeout=_ADMIN_TIMEOUT_S)[
         group_id
     ].result()

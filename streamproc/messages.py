@@ -12,6 +12,8 @@ from typing import cast
 from confluent_kafka import Message
 
 Header = tuple[str, bytes]
+# A partition: (topic, partition number).
+PartitionKey = tuple[str, int]
 
 
 def coordinates(message: Message) -> tuple[str, int, int]:

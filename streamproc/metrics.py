@@ -42,7 +42,6 @@ HANDLER_BUCKETS = (
     2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
 
-OUTCOMES = ("ok", "retried", "dead_lettered")
 PRODUCE_OUTCOMES = ("delivered", "failed", "rejected")
 # Lane label of a produce rejected before it had a lane (unparseable input).
 UNKNOWN_LANE = "unknown"

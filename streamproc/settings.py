@@ -175,7 +175,6 @@ def parse_bootstrap(value: str) -> str:
 
 
 ErrorAction = Literal["dead_letter", "stop"]
-ERROR_KINDS = ("undecodable", "unknown_framing", "unknown_schema", "incompatible_schema", "invalid")
 
 
 class ConsumerSettings(KafkaSettings, FlowSettings):

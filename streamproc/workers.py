@@ -19,7 +19,8 @@ from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Generic, TypeVar
 
-from streamproc.dispatch import Dispatcher, PartitionKey, WorkItem
+from streamproc.dispatch import Dispatcher, WorkItem
+from streamproc.messages import PartitionKey
 
 T = TypeVar("T")
 R = TypeVar("R")

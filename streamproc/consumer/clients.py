@@ -19,9 +19,9 @@ from typing import Any, Protocol
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
 
-from streamproc.consumer.pausebook import PartitionKey
 from streamproc.deadletter import DeadLetterQueue
 from streamproc.lanes import Lane
+from streamproc.messages import PartitionKey
 
 RebalanceCallback = Callable[[Any, list[TopicPartition]], None]
 

@@ -47,7 +47,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from streamproc.codec import ChunkCodec
 from streamproc.consumer.clients import ClientFactory, KafkaClients, LaneConsumer
-from streamproc.consumer.pausebook import PartitionKey, PauseBook
+from streamproc.consumer.pausebook import PauseBook
 from streamproc.consumer.pipeline import Outcome, Pipeline
 from streamproc.consumer.rebalance import Rebalancer
 from streamproc.consumer.turns import TurnPlanner
@@ -56,7 +56,7 @@ from streamproc.errors import SchemaRegistryUnavailableError, StreamprocError
 from streamproc.flow import FlowController
 from streamproc.handlers import AnyHandler
 from streamproc.lag import PAUSED_METADATA, RUNNING_METADATA, LagMonitor, LagSnapshot
-from streamproc.messages import coordinates, timestamp_ms
+from streamproc.messages import PartitionKey, coordinates, timestamp_ms
 from streamproc.metrics import ConsumerMetrics
 from streamproc.offsets import OffsetTracker
 from streamproc.registry import RegistrySchemaIds, registry_codec

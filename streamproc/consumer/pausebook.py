@@ -16,7 +16,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Literal
 
-PartitionKey = tuple[str, int]
+from streamproc.messages import PartitionKey
+
 PauseReason = Literal["priority", "backpressure"]
 PAUSE_REASONS: tuple[PauseReason, ...] = ("priority", "backpressure")
 

@@ -22,8 +22,9 @@ from typing import Any
 from confluent_kafka import TopicPartition
 
 from streamproc.consumer.clients import LaneConsumer
-from streamproc.consumer.pausebook import PartitionKey, PauseBook
+from streamproc.consumer.pausebook import PauseBook
 from streamproc.lag import LagMonitor
+from streamproc.messages import PartitionKey
 from streamproc.metrics import ConsumerMetrics
 
 log = logging.getLogger(__name__)
