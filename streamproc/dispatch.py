@@ -286,23 +286,24 @@ class Dispatcher(Generic[T]):
 
     def done(self, item: WorkItem[T]) -> None:
         """Release a finished (or abandoned) running item; its key's next item becomes ready."""
-        if item not in self._running:
+        if not self._stop_running(item):
             return  # already dropped with its partition
-        self._running.discard(item)
-        batch_id = self._batch_of.pop(item)
-        left = self._batch_left[batch_id] - 1
-        if left:
-            self._batch_left[batch_id] = left
-        else:
-            del self._batch_left[batch_id]
         self._size_per_lane[item.lane_rank] -= 1
         self._release(item.order_key)
 
     def give_back(self, item: WorkItem[T]) -> None:
         """Put a running item back where it was, not done (its lane was held after it was
         taken, before its handler ran): it starts again, first of its key, once allowed."""
-        if item not in self._running:
+        if not self._stop_running(item):
             return
+        self._seq_of[item] = item.sequence
+        self._make_ready(item)
+
+    def _stop_running(self, item: WorkItem[T]) -> bool:
+        """Take ``item`` off the running set and its batch's slot (freed with the batch's last
+        item); False when it was not running."""
+        if item not in self._running:
+            return False
         self._running.discard(item)
         batch_id = self._batch_of.pop(item)
         left = self._batch_left[batch_id] - 1
@@ -310,8 +311,7 @@ class Dispatcher(Generic[T]):
             self._batch_left[batch_id] = left
         else:
             del self._batch_left[batch_id]
-        self._seq_of[item] = item.sequence
-        self._make_ready(item)
+        return True
 
     def _release(self, order_key: Hashable | None) -> None:
         if order_key is None:

@@ -203,7 +203,7 @@ class PriorityConsumer:
             self.metrics,
             self._planner,
             self._stop,
-            # What the dispatcher holds (released while draining on shutdown and revoke).
+            # What the dispatcher holds now (set before the lane is said to be paused).
             held=lambda rank: rank in dispatcher.held_lanes,
         )
         self._pool: WorkerPool[Message, Outcome] = WorkerPool(
