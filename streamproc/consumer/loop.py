@@ -133,6 +133,7 @@ class PriorityConsumer:
         self._stop = threading.Event()
         self._signals = 0
         self._closed = False
+        self._closing_clients = False
         self._last_tick = time.monotonic()
         self._last_flow_tick = 0.0
         self._last_finish = time.monotonic()
@@ -339,6 +340,11 @@ class PriorityConsumer:
                 for lane_consumer in self._lane_consumers:
                     self._commit_sync(lane_consumer)
         finally:
+            # From here each consumer's close() commits its stored offsets itself (auto-commit
+            # on), so the revoke it serves does not commit again: a synchronous commit nested
+            # in close() clobbers confluent-kafka's per-call state and a later callback of the
+            # same close() can abort the process (CallState_get assertion).
+            self._closing_clients = True
             # Lowest lane first: rebalance callbacks served while a lane consumer closes may ask
             # group-wide questions, which go through the top lane's consumer.
             for lane_consumer in reversed(self._lane_consumers):
@@ -618,6 +624,8 @@ class PriorityConsumer:
         self.stats.rebalances = self._rebalancer.count
 
     def _commit_sync(self, lane_consumer: LaneConsumer) -> None:
+        if self._closing_clients:
+            return  # the consumer's close() commits what is stored
         committed = lane_consumer.commit_sync()
         if committed is None:
             return  # nothing stored since the last commit

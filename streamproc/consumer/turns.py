@@ -50,6 +50,10 @@ class BatchCost:
         self._nn += w * (chunks * chunks - self._nn)
         self._nt += w * (chunks * seconds - self._nt)
 
+    def mean_per_chunk(self) -> float:
+        """Average seconds per chunk over the recent batches, fixed part included."""
+        return max(self._t / max(self._n, 1e-9), 1e-9)
+
     def fit(self) -> tuple[float, float]:
         """``(fixed_s, per_chunk_s)``: both at least 0, ``per_chunk_s`` above 0."""
         variance = self._nn - self._n * self._n
@@ -123,8 +127,12 @@ class TurnPlanner:
             fixed = 0.0  # one chunk a batch: the fixed part is part of every chunk's cost
             per_chunk = sum(self.cost(rank))
         room = self.budget_s - fixed
-        # The tolerance keeps a measurement a hair above an exact fit from losing a whole chunk.
         chunks = room / per_chunk if room > fixed else fixed / per_chunk
+        # A fit is only as good as its batches: noise can show a fixed part where there is none.
+        # Never plan a turn the plain average says takes over twice the budget (or the fixed
+        # part, when that is longer).
+        chunks = min(chunks, 2 * max(self.budget_s, fixed) / self._costs[rank].mean_per_chunk())
+        # The tolerance keeps a measurement a hair above an exact fit from losing a whole chunk.
         return max(1, min(self.most, math.floor(chunks * self.slots + 1e-6)))
 
     def batch_limit(self, rank: int) -> int:
