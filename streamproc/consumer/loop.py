@@ -373,9 +373,8 @@ class PriorityConsumer:
                 continue
             if self._pool.ready(rank):
                 break  # its last turn still waits for a slot
-            busy = self._pool.free_slots() <= 0 or any(self._pool.ready(r) for r in range(rank))
             if (
-                busy
+                self._turn_blocked(rank)
                 and rank not in self._slice_ranks
                 and now - self._last_turn[rank] < self._overdue_s
             ):
@@ -387,6 +386,10 @@ class PriorityConsumer:
                 self._last_turn[rank] = now
                 took = True
         return took
+
+    def _turn_blocked(self, rank: int) -> bool:
+        """Every slot is busy, or a chunk of a more urgent lane waits for one."""
+        return self._pool.free_slots() <= 0 or any(self._pool.ready(r) for r in range(rank))
 
     def _enqueue(self, lane_consumer: LaneConsumer, messages: list[Message]) -> bool:
         if not messages:
@@ -475,8 +478,11 @@ class PriorityConsumer:
             room = limit - sizes[rank]
             if room > 0 and lane_consumer.lane.topic not in held_topics:
                 if waited >= self.settings.poll_timeout_s:
-                    wanted = min(room, self._planner.turn_size(rank))
-                    self._enqueue(lane_consumer, lane_consumer.take(wanted, 0))
+                    # A poll for the membership takes no turn: while a more urgent chunk waits
+                    # or every slot is busy, one message at most (it waits its turn).
+                    blocked = rank > 0 and self._turn_blocked(rank)
+                    wanted = 1 if blocked else self._planner.turn_size(rank)
+                    self._enqueue(lane_consumer, lane_consumer.take(min(room, wanted), 0))
             elif waited >= full_lane_poll_s:
                 # Paused: for the membership and the rebalance callbacks only.
                 self._enqueue(lane_consumer, lane_consumer.take(1, 0))
