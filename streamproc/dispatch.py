@@ -257,8 +257,10 @@ class Dispatcher(Generic[T]):
         return []
 
     def _overdue(self, now: float) -> list[int]:
-        """Lower lanes whose oldest ready item has waited longer than ``overdue_s``."""
-        if self.overdue_s is None:
+        """Lower lanes whose oldest ready item has waited longer than ``overdue_s``; none right
+        after an overdue batch, so an overdue lane gets every other batch at most (a backlog of
+        old items, say after a pause, never runs all at once ahead of a more urgent lane)."""
+        if self.overdue_s is None or self._last_batch_rank > 0:
             return []
         return [
             rank

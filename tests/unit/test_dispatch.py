@@ -243,3 +243,16 @@ def test_a_lower_lane_waiting_longer_than_overdue_starts_next() -> None:
     dispatcher.done(started[0])
     # b0 has waited 0.15 s > 0.1 s: it goes before the realtime chunk that waits.
     assert [i.payload for i in dispatcher.take_batch(10.15, lambda rank: 5)] == ["b0"]
+
+
+def test_an_overdue_lane_gets_every_other_batch_at_most() -> None:
+    dispatcher: Dispatcher[str] = Dispatcher(2, concurrency=1, ordering="unordered", overdue_s=0.1)
+    for offset in range(3):  # a backlog of old bulk chunks (say, held through a pause)
+        dispatcher.add(WorkItem(BULK, "chunks.bulk", 0, offset, None, f"b{offset}", taken_at=1.0))
+    for offset in range(2):
+        dispatcher.add(WorkItem(REALTIME, "chunks.realtime", 0, offset, None, f"r{offset}", 9.9))
+    order = []
+    while batch := dispatcher.take_batch(10.0, lambda rank: 1):
+        order.append(batch[0].payload)
+        dispatcher.done(batch[0])
+    assert order == ["b0", "r0", "b1", "r1", "b2"]
