@@ -91,8 +91,10 @@ class LagMonitor:
 
     Args:
         consumers: Each lane topic's consumer (cached watermarks live in the consumer that
-            fetches the partition; the top lane's answers the group-wide questions).
-        admin: An AdminClient on the same cluster (watermark refresh and group offsets).
+            fetches the partition).
+        admin: An AdminClient on the same cluster (watermark refresh).
+        query: A consumer in the same group that never subscribes or polls: committed offsets,
+            metadata and broker watermarks are asked through it.
         lanes: The lane topology.
         group_id: The consumer group, for group-scope lag.
         scope: ``local``, ``group`` or ``auto`` (group when this member owns no top-lane partition).
@@ -107,6 +109,7 @@ class LagMonitor:
         self,
         consumers: Mapping[str, Consumer],
         admin: AdminClient,
+        query: Consumer,
         lanes: Lanes,
         *,
         group_id: str,
@@ -117,7 +120,11 @@ class LagMonitor:
         offset_reset: str = "earliest",
     ) -> None:
         self._consumers = dict(consumers)
-        self._consumer = self._consumers[lanes.top.topic]
+        # Blocking questions (committed offsets, metadata, broker watermarks) go through a
+        # consumer of their own that never polls: asked from inside a lane consumer's rebalance
+        # callback on that same consumer, they would clear confluent-kafka's per-call state of
+        # the consume() serving the callback, and its next callback aborts the process.
+        self._consumer = query
         self._admin = admin
         self._lanes = lanes
         self._lane_of_topic = {lane.topic: lane.name for lane in lanes}
@@ -155,9 +162,7 @@ class LagMonitor:
         if not new:
             return
         try:
-            # The consumer whose rebalance callback this is (one lane, one topic).
-            consumer = self._consumers.get(new[0].topic, self._consumer)
-            committed = consumer.committed(new, timeout=_ADMIN_TIMEOUT_S)
+            committed = self._consumer.committed(new, timeout=_ADMIN_TIMEOUT_S)
         except KafkaException:
             committed = [TopicPartition(tp.topic, tp.partition, OFFSET_INVALID) for tp in new]
         for tp in committed:
@@ -225,11 +230,10 @@ class LagMonitor:
         if position >= 0 or self._reset != "earliest":
             return position
         tp = TopicPartition(topic, partition)
-        consumer = self._consumers[topic]
-        low, _ = consumer.get_watermark_offsets(tp, cached=True)
+        low, _ = self._consumers[topic].get_watermark_offsets(tp, cached=True)
         if low < 0:  # never fetched (paused at once): ask the broker, rare and only on transitions
             try:
-                low, _ = consumer.get_watermark_offsets(tp, timeout=_ADMIN_TIMEOUT_S)
+                low, _ = self._consumer.get_watermark_offsets(tp, timeout=_ADMIN_TIMEOUT_S)
             except KafkaException:
                 return OFFSET_INVALID
         return int(low) if low >= 0 else OFFSET_INVALID

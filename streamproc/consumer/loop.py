@@ -164,12 +164,17 @@ class PriorityConsumer:
         ]
         self._consumer_of_topic = {lc.lane.topic: lc for lc in self._lane_consumers}
         self._admin = clients.admin(settings.admin_config())
+        # Never subscribes nor polls: the lag monitor's blocking questions go through it.
+        query_config = settings.to_librdkafka(lane="query")
+        query_config.pop("group.instance.id", None)  # it never joins the group
+        self._query = clients.consumer(query_config)
         self._dlq = clients.dead_letters(
             settings.dead_letter_producer_config(), settings.dlq_flush_timeout_s
         )
         self._lag = LagMonitor(
             {lc.lane.topic: lc.consumer for lc in self._lane_consumers},
             self._admin,
+            self._query,
             self.lanes,
             group_id=settings.group_id,
             scope=settings.scope,
@@ -349,6 +354,7 @@ class PriorityConsumer:
             # group-wide questions, which go through the top lane's consumer.
             for lane_consumer in reversed(self._lane_consumers):
                 lane_consumer.close()
+            self._query.close()
             if self._schema_ids is not None:
                 self._schema_ids.close()
 
@@ -744,7 +750,7 @@ class PriorityConsumer:
             return
         self._last_broker_probe = now
         try:
-            self._lane_consumers[0].consumer.list_topics(self.lanes.top.topic, timeout=0.5)
+            self._query.list_topics(self.lanes.top.topic, timeout=0.5)
         except KafkaException:
             return
         self._broker_down_since = None

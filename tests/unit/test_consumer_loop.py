@@ -81,7 +81,9 @@ def run_until(
 def test_each_lane_has_its_own_consumer_in_the_group_subscribed_to_its_topic_only() -> None:
     consumer, clients = consumer_on(broker(), Recorder(), group_id="indexer")
     consumer.subscribe()
-    assert set(clients.consumers) == {"streamproc-realtime", "streamproc-bulk"}
+    # One member per lane, and one consumer that never joins: the lag monitor asks through it.
+    assert set(clients.consumers) == {"streamproc-realtime", "streamproc-bulk", "streamproc-query"}
+    assert lane_consumer(clients, "query").topics == []
     for lane, topic in (("realtime", REALTIME), ("bulk", BULK)):
         fake = lane_consumer(clients, lane)
         assert fake.topics == [topic]
@@ -92,8 +94,8 @@ def test_each_lane_has_its_own_consumer_in_the_group_subscribed_to_its_topic_onl
 
 def test_static_membership_gets_one_instance_id_per_lane_consumer() -> None:
     _, clients = consumer_on(broker(), Recorder(), librdkafka_extra={"group.instance.id": "pod-0"})
-    ids = {c.config["group.instance.id"] for c in clients.consumers.values()}
-    assert ids == {"pod-0-realtime", "pod-0-bulk"}
+    ids = {c.config.get("group.instance.id") for c in clients.consumers.values()}
+    assert ids == {"pod-0-realtime", "pod-0-bulk", None}
 
 
 def test_realtime_is_handled_before_a_bulk_backlog_taken_at_the_same_time() -> None:
