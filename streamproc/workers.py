@@ -37,7 +37,7 @@ class WorkerPool(Generic[T, R]):
         dispatcher: Decides what starts next.
         run_sync: Handles one batch on a pool thread.
         run_async: Handles one batch as a coroutine on the pool's event loop thread.
-        on_start: Called (under the lock, on whichever thread starts it) as an item starts.
+        on_start: Called (under the lock, on whichever thread starts it) as a batch starts.
         batch_limit: Most items of a batch of the lane of this rank (default 1).
         given_back: True for an outcome that means "not run, the lane was held meanwhile": the
             item goes back to the dispatcher where it was (:meth:`Dispatcher.give_back`).
@@ -49,7 +49,7 @@ class WorkerPool(Generic[T, R]):
         *,
         run_sync: Callable[[list[WorkItem[T]]], list[R]] | None = None,
         run_async: Callable[[list[WorkItem[T]]], Awaitable[list[R]]] | None = None,
-        on_start: Callable[[WorkItem[T], float], None] | None = None,
+        on_start: Callable[[list[WorkItem[T]], float], None] | None = None,
         batch_limit: Callable[[int], int] = lambda rank: 1,
         given_back: Callable[[R], bool] = lambda outcome: False,
     ) -> None:
@@ -210,8 +210,7 @@ class WorkerPool(Generic[T, R]):
         now = time.monotonic()
         while batch := self._dispatcher.take_batch(now, self._batch_limit):
             if self._on_start is not None:
-                for item in batch:
-                    self._on_start(item, now)
+                self._on_start(batch, now)
             future: Future[list[R]]
             try:
                 if self._executor is not None and self._run_sync is not None:

@@ -42,6 +42,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from types import FrameType
+from typing import cast
 
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
@@ -56,8 +57,8 @@ from streamproc.errors import SchemaRegistryUnavailableError, StreamprocError
 from streamproc.flow import FlowController
 from streamproc.handlers import AnyHandler
 from streamproc.lag import PAUSED_METADATA, RUNNING_METADATA, LagMonitor, LagSnapshot
-from streamproc.messages import PartitionKey, coordinates, timestamp_ms
-from streamproc.metrics import ConsumerMetrics
+from streamproc.messages import PartitionKey, timestamp_ms
+from streamproc.metrics import ConsumerMetrics, observe_many
 from streamproc.offsets import OffsetTracker
 from streamproc.registry import RegistrySchemaIds, registry_codec
 from streamproc.settings import ConsumerSettings
@@ -97,6 +98,15 @@ class ConsumerStats:
     lanes: dict[str, LaneStats]
     rebalances: int = 0
     last_snapshot: LagSnapshot | None = None
+
+
+@dataclass(slots=True)
+class _Tally:
+    """What one collect finished of one lane (booked at once by ``PriorityConsumer._count``)."""
+
+    latencies_s: list[float] = field(default_factory=list)
+    dead_lettered: dict[str, int] = field(default_factory=dict)
+    retried: int = 0
 
 
 class PriorityConsumer:
@@ -402,25 +412,30 @@ class PriorityConsumer:
             return False
         now = time.monotonic()
         lane = lane_consumer.lane
+        rank, topic = lane.rank, lane.topic  # a lane consumer reads its lane topic only
+        taken = self._offsets.taken
+        epochs = self._epochs
         items: list[WorkItem[Message]] = []
         for message in messages:
             error = message.error()
             if error is not None:
                 self._on_consume_error(error)
                 continue
-            topic, partition, offset = coordinates(message)
-            key = message.key()
-            self._offsets.taken((topic, partition), offset)
+            partition = cast(int, message.partition())
+            offset = cast(int, message.offset())
+            key = (topic, partition)
+            taken(key, offset)
+            message_key = message.key()
             items.append(
                 WorkItem(
-                    lane.rank,
+                    rank,
                     topic,
                     partition,
                     offset,
-                    key.encode() if isinstance(key, str) else key,
+                    message_key.encode() if isinstance(message_key, str) else message_key,
                     message,
                     taken_at=now,
-                    epoch=self._epochs.get((topic, partition), 0),
+                    epoch=epochs.get(key, 0),
                 )
             )
         if not items:
@@ -431,9 +446,10 @@ class PriorityConsumer:
         self._pool.add(items)
         return True
 
-    def _on_work_start(self, item: WorkItem[Message], now: float) -> None:
-        self.metrics.lanes[self.lanes.all[item.lane_rank].name].queue_wait.observe(
-            now - item.taken_at
+    def _on_work_start(self, batch: list[WorkItem[Message]], now: float) -> None:
+        observe_many(
+            self.metrics.lanes[self.lanes.all[batch[0].lane_rank].name].queue_wait,
+            [now - item.taken_at for item in batch],
         )
 
     def _wait(self) -> None:
@@ -507,9 +523,12 @@ class PriorityConsumer:
         self._last_finish = time.monotonic()
         now = time.time()
         last_timestamp: dict[PartitionKey, int] = {}
+        tallies: dict[int, _Tally] = {}
+        offsets_finished = self._offsets.finished
+        epochs = self._epochs
         for item, result in finished:
             key = item.partition_key
-            if self._epochs.get(key, 0) != item.epoch:
+            if epochs.get(key, 0) != item.epoch:
                 continue  # the partition was revoked or lost meanwhile: someone else redoes it
             outcome = (
                 result
@@ -522,29 +541,43 @@ class PriorityConsumer:
                     self._stop_reason = outcome.detail
                     self._pool.halt()
                 continue
-            lane = self.lanes.all[item.lane_rank]
-            lane_metrics = self.metrics.lanes[lane.name]
-            stats = self.stats.lanes[lane.name]
+            tally = tallies.get(item.lane_rank)
+            if tally is None:
+                tally = tallies[item.lane_rank] = _Tally()
             produced_ms = timestamp_ms(item.payload)
-            latency = max(0.0, now - produced_ms / 1000.0)
-            lane_metrics.latency.observe(latency)
-            stats.latencies_s.append(latency)
-            stats.handled += 1
+            tally.latencies_s.append(max(0.0, now - produced_ms / 1000.0))
             if outcome.kind == "dead_lettered":
-                self.metrics.dead_letters.labels(lane=lane.name, reason=outcome.reason).inc()
-                lane_metrics.handled_dead_lettered.inc()
-                stats.dead_lettered += 1
-            else:
-                lane_metrics.handled_ok.inc()
-                if outcome.attempts > 1:
-                    stats.retried += 1
-                    lane_metrics.handled_retried.inc()
-            self._offsets.finished(key, item.offset)
+                tally.dead_lettered[outcome.reason] = tally.dead_lettered.get(outcome.reason, 0) + 1
+            elif outcome.attempts > 1:
+                tally.retried += 1
+            offsets_finished(key, item.offset)
             last_timestamp[key] = produced_ms
+        for rank, tally in tallies.items():
+            self._count(self.lanes.all[rank].name, tally)
         sizes = self._pool.sizes()
         for lane in self.lanes:
             self.metrics.lanes[lane.name].in_flight.set(sizes[lane.rank])
         self._store(self._offsets.to_store(), last_timestamp)
+
+    def _count(self, lane: str, tally: _Tally) -> None:
+        """Book one collect's finished chunks of a lane: once per lane, not once per chunk."""
+        lane_metrics = self.metrics.lanes[lane]
+        stats = self.stats.lanes[lane]
+        observe_many(lane_metrics.latency, tally.latencies_s)
+        stats.latencies_s.extend(tally.latencies_s)
+        stats.handled += len(tally.latencies_s)
+        dead_lettered = 0
+        for reason, count in tally.dead_lettered.items():
+            self.metrics.dead_letters.labels(lane=lane, reason=reason).inc(count)
+            dead_lettered += count
+        if dead_lettered:
+            lane_metrics.handled_dead_lettered.inc(dead_lettered)
+            stats.dead_lettered += dead_lettered
+        if ok := len(tally.latencies_s) - dead_lettered:
+            lane_metrics.handled_ok.inc(ok)
+        if tally.retried:
+            lane_metrics.handled_retried.inc(tally.retried)
+            stats.retried += tally.retried
 
     def _store(
         self, to_store: dict[PartitionKey, int], last_timestamp: dict[PartitionKey, int]

@@ -337,7 +337,7 @@ class Pipeline:
         records: list[tuple[int, ChunkRecord]] = []
         for index, item in enumerate(items):
             try:
-                records.append((index, self.decode(lane, item.payload)))
+                records.append((index, self.decode(lane, item)))
             except (DecodeError, ChunkValidationError) as exc:
                 outcome = self._settle(lane, item.payload, exc, exc, attempts=1)
                 outcomes[index] = outcome
@@ -347,22 +347,21 @@ class Pipeline:
                     break
         return outcomes, records
 
-    def decode(self, lane: Lane, message: Message) -> ChunkRecord:
+    def decode(self, lane: Lane, item: WorkItem[Message]) -> ChunkRecord:
+        message = item.payload
         value = message.value()
         if value is None:
             raise DecodeError("message has no value (tombstone)", raw=None)
         chunk = self._codec.decode(value)
-        topic, partition, offset = coordinates(message)
-        key = message.key()
         context = MessageContext(
             lane=lane.name,
             lane_rank=lane.rank,
-            topic=topic,
-            partition=partition,
-            offset=offset,
+            topic=item.topic,
+            partition=item.partition,
+            offset=item.offset,
             timestamp_ms=timestamp_ms(message),
-            key=key.encode() if isinstance(key, str) else key,
-            headers=tuple(headers(message)),
+            key=item.key,
+            headers=tuple(headers(message)) if message.headers() else (),
         )
         return ChunkRecord(chunk, context)
 

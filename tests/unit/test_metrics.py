@@ -6,6 +6,7 @@ No broker: the registry is filled by hand. The live scrape of a real consumer is
 
 from __future__ import annotations
 
+import math
 import os
 import shutil
 import subprocess
@@ -14,9 +15,15 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from prometheus_client import generate_latest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
-from streamproc.metrics import LATENCY_BUCKETS, ConsumerMetrics, MetricsServer, ProducerMetrics
+from streamproc.metrics import (
+    LATENCY_BUCKETS,
+    ConsumerMetrics,
+    MetricsServer,
+    ProducerMetrics,
+    observe_many,
+)
 from streamproc.plot import RunSample, plot_run
 
 REPO = Path(__file__).resolve().parents[2]
@@ -209,3 +216,41 @@ def test_in_flight_and_queue_wait_are_per_lane() -> None:
     count = "streamproc_queue_wait_seconds_count"
     assert registry.get_sample_value(count, {"lane": "bulk"}) == 1
     assert registry.get_sample_value(count, {"lane": "realtime"}) == 0
+
+
+def _histogram_samples(histogram: Histogram) -> dict[str, float]:
+    return {
+        f"{sample.name}{sorted(sample.labels.items())}": sample.value
+        for metric in histogram.collect()
+        for sample in metric.samples
+        if not sample.name.endswith("_created")
+    }
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        [],
+        [0.0],
+        [0.001, 0.005, 0.005, 0.0051, 2.5, 1e9, -3.0],
+        [float("inf"), float("-inf"), 0.25, 0.25, 0.25],
+        [i / 997 for i in range(2000)],
+        [0.1, float("nan"), 0.3],
+    ],
+)
+def test_observe_many_equals_observing_one_by_one(values: list[float]) -> None:
+    buckets = (0.001, 0.005, 0.01, 0.25, 1.0, 2.5)
+    one_by_one = Histogram("one", "one", buckets=buckets, registry=CollectorRegistry())
+    for value in values:
+        one_by_one.observe(value)
+    at_once = Histogram("one", "one", buckets=buckets, registry=CollectorRegistry())
+    observe_many(at_once, values)
+    expected, got = _histogram_samples(one_by_one), _histogram_samples(at_once)
+    assert expected.keys() == got.keys()
+    for name, value in expected.items():
+        if name.startswith("one_sum") and not math.isnan(value):
+            assert got[name] == pytest.approx(value, rel=1e-9, abs=1e-12), name
+        elif name.startswith("one_sum"):
+            assert math.isnan(got[name])
+        else:
+            assert got[name] == value, name
