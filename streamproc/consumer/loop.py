@@ -75,6 +75,13 @@ HOLD_POLL_S = 0.05
 FULL_LANE_POLL_S = 1.0
 # A running lower lane gets at least one turn per this many turns' time (bulk_turn_ms each).
 OVERDUE_TURNS = 20
+# A lower lane whose more urgent lanes have taken nothing for this long works one turn ahead: its
+# next turn waits in the pool while the current one runs, so the slot never idles between turns
+# while the loop wakes. The first urgent chunk after such a pause waits for up to two turns.
+AHEAD_AFTER_IDLE_S = 0.5
+# ... and its turns are planned this many times longer (fewer loop wake-ups per chunk); a
+# more urgent chunk taken brings them back to the budget at the next batch.
+AHEAD_TURN_STRETCH = 4.0
 
 
 class StopConsumer(StreamprocError):
@@ -203,6 +210,7 @@ class PriorityConsumer:
         # slots: resumed means running, not starving behind back-to-back realtime batches.
         self._overdue_s = OVERDUE_TURNS * settings.bulk_turn_ms / 1000
         self._last_turn = [time.monotonic()] * len(self.lanes.all)
+        self._last_taken = [time.monotonic()] * len(self.lanes.all)
         dispatcher: Dispatcher[Message] = Dispatcher(
             len(self.lanes.all),
             concurrency=settings.concurrency,
@@ -387,12 +395,15 @@ class PriorityConsumer:
             rank = lane_consumer.lane.rank
             if lane_consumer.lane.name in self._paused_lanes:
                 continue
+            ahead = self._ahead(rank, now)
+            self._planner.stretch(rank, AHEAD_TURN_STRETCH if ahead else 1.0)
             if self._pool.ready(rank):
                 break  # its last turn still waits for a slot
             if (
                 self._turn_blocked(rank)
                 and rank not in self._slice_ranks
                 and now - self._last_turn[rank] < self._overdue_s
+                and not ahead
             ):
                 # Every slot is taken or a more urgent chunk waits: no turn yet. A lane that
                 # has waited a whole overdue_s takes its turn anyway; it starts once overdue.
@@ -402,6 +413,14 @@ class PriorityConsumer:
                 self._last_turn[rank] = now
                 took = True
         return took
+
+    def _ahead(self, rank: int, now: float) -> bool:
+        """Lane ``rank`` may queue its next turn behind the running one: no more urgent lane
+        took anything for ``AHEAD_AFTER_IDLE_S`` and none has a chunk waiting."""
+        return all(
+            now - self._last_taken[r] >= AHEAD_AFTER_IDLE_S and not self._pool.ready(r)
+            for r in range(rank)
+        )
 
     def _turn_blocked(self, rank: int) -> bool:
         """Every slot is busy, or a chunk of a more urgent lane waits for one."""
@@ -440,6 +459,7 @@ class PriorityConsumer:
             )
         if not items:
             return False
+        self._last_taken[rank] = now
         self._broker_down_since = None
         if not self._pool.running():
             self._last_finish = now  # idle until now: the health clock starts with this work

@@ -95,6 +95,7 @@ class TurnPlanner:
         self._weight = weight
         # Moving share of handling time spent on the CPU (0 until measured: I/O-bound).
         self._cpu_share = [0.0] * lanes
+        self._stretch = [1.0] * lanes
 
     def record(
         self, rank: int, chunks: int, seconds: float, cpu_seconds: float | None = None
@@ -106,6 +107,10 @@ class TurnPlanner:
             if cpu_seconds is not None and seconds > 0:
                 share = min(1.0, max(0.0, cpu_seconds / seconds))
                 self._cpu_share[rank] += self._weight * (share - self._cpu_share[rank])
+
+    def stretch(self, rank: int, factor: float) -> None:
+        """Plan lane ``rank``'s turns for ``factor`` times the budget (1: the budget itself)."""
+        self._stretch[rank] = factor
 
     def cpu_bound(self, rank: int) -> bool:
         """Lane ``rank``'s batches mostly compute (more than half their time on the CPU of the
@@ -126,12 +131,13 @@ class TurnPlanner:
         if self.slots > 1:
             fixed = 0.0  # one chunk a batch: the fixed part is part of every chunk's cost
             per_chunk = sum(self.cost(rank))
-        room = self.budget_s - fixed
+        budget = self.budget_s * self._stretch[rank]
+        room = budget - fixed
         chunks = room / per_chunk if room > fixed else fixed / per_chunk
         # A fit is only as good as its batches: noise can show a fixed part where there is none.
         # Never plan a turn the plain average says takes over twice the budget (or the fixed
         # part, when that is longer).
-        chunks = min(chunks, 2 * max(self.budget_s, fixed) / self._costs[rank].mean_per_chunk())
+        chunks = min(chunks, 2 * max(budget, fixed) / self._costs[rank].mean_per_chunk())
         # The tolerance keeps a measurement a hair above an exact fit from losing a whole chunk.
         return max(1, min(self.most, math.floor(chunks * self.slots + 1e-6)))
 

@@ -20,6 +20,7 @@ from fake_kafka import FakeBroker, FakeClients, FakeConsumer
 from streamproc.chunk import Chunk
 from streamproc.codec import ChunkCodec
 from streamproc.consumer import PriorityConsumer
+from streamproc.consumer.loop import AHEAD_AFTER_IDLE_S
 from streamproc.handlers import ChunkRecord
 from streamproc.settings import ConsumerSettings
 
@@ -114,11 +115,18 @@ def test_realtime_is_handled_before_a_bulk_backlog_taken_at_the_same_time() -> N
 def test_bulk_turns_are_sized_by_the_time_budget() -> None:
     fake = broker(bulk=300)
     handler = Recorder(cost_s=lambda lane: 0.002)  # 2 ms a chunk, budget 10 ms: 5 a turn
+
+    def keep_realtime_active(lane: str, size: int) -> None:
+        # Realtime that took nothing for a while lets bulk plan longer turns: not here.
+        if lane == "bulk" and len(handler.batches) % 10 == 0:
+            fake.produce(REALTIME, 0, CODEC.encode(Chunk(tracking_id="live")), key=b"live")
+
+    handler.on_batch = keep_realtime_active
     consumer, _ = consumer_on(fake, handler, bulk_turn_ms=10)
     consumer.subscribe()
     run_until(consumer, lambda: handler.handled["bulk"] == 300, timeout_s=20)
     consumer.close()
-    sizes = [size for _, size in handler.batches]
+    sizes = [size for lane, size in handler.batches if lane == "bulk"]
     # The first turn uses the 1 ms first guess (10 chunks); then the measured 2 ms rules.
     assert sizes[0] <= 10
     assert max(sizes[3:]) <= 6, sizes
@@ -310,3 +318,39 @@ def test_a_running_bulk_lane_gets_turns_while_realtime_keeps_the_slot_busy() -> 
     # 120 realtime batches of >= 5 ms: at least one bulk turn per 100 ms in between.
     assert len(bulk_during_realtime) >= 3, handler.batches[:40]
     assert handler.batches[0][0] == "realtime"
+
+
+def test_with_realtime_idle_bulk_works_one_turn_ahead_and_realtime_still_goes_first() -> None:
+    fake = broker(bulk=600)
+    consumer: PriorityConsumer | None = None
+    waiting_after: list[int] = []  # bulk chunks waiting for the slot as each bulk batch ends
+    live_sent_after = 0
+
+    class AheadRecorder(Recorder):
+        def handle_batch(self, records: Sequence[ChunkRecord]) -> None:
+            nonlocal live_sent_after
+            super().handle_batch(records)
+            if records[0].context.lane == "bulk" and consumer is not None:
+                waiting_after.append(consumer._pool.ready(1))
+                if len(waiting_after) == 20:
+                    live_sent_after = len(self.batches)
+                    fake.produce(REALTIME, 0, CODEC.encode(Chunk(tracking_id="live")), key=b"l")
+
+    handler = AheadRecorder(cost_s=lambda lane: 0.001)
+    consumer, _ = consumer_on(fake, handler, bulk_turn_ms=5)
+    consumer.subscribe()
+    time.sleep(AHEAD_AFTER_IDLE_S)  # realtime has taken nothing since the consumer started
+    run_until(
+        consumer,
+        lambda: handler.handled["bulk"] == 600 and handler.handled["realtime"] == 1,
+        timeout_s=20,
+    )
+    consumer.close()
+    # The next turn is already in the pool when most batches end: the slot never waits for
+    # the loop to wake.
+    assert sum(1 for waiting in waiting_after[3:18] if waiting) >= 12, waiting_after
+    # Turns planned for AHEAD_TURN_STRETCH times the budget while realtime is idle.
+    assert max(size for lane, size in handler.batches if lane == "bulk") > 5 * 2
+    # The first realtime chunk after the idle spell waits for the running and the queued turn
+    # at most.
+    assert handler.batches.index(("realtime", 1)) <= live_sent_after + 2, handler.batches
