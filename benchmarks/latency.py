@@ -397,11 +397,14 @@ PLAIN = Variant("p", "(p) plain consumer", bulk=True, flow=False, plain=True)
 ALONE = Variant("c", "(c) realtime only", bulk=False, flow=True)
 
 
+# Variant keys a run is limited to (``--variants``); None: every variant a configuration has.
+ONLY_VARIANTS: frozenset[str] | None = None
+
+
 def variants_of(config: Config) -> tuple[Variant, ...]:
     """(b) and (p) only where a target or a comparison asks for them: the product defaults."""
-    if config == PRODUCT_DEFAULTS:
-        return (FLOW_ON, FLOW_OFF, PLAIN, ALONE)
-    return (FLOW_ON, ALONE)
+    every = (FLOW_ON, FLOW_OFF, PLAIN, ALONE) if config == PRODUCT_DEFAULTS else (FLOW_ON, ALONE)
+    return tuple(v for v in every if ONLY_VARIANTS is None or v.key in ONLY_VARIANTS)
 
 
 def rotated(items: Sequence[Variant], by: int) -> Iterator[Variant]:
@@ -503,7 +506,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     parser.add_argument("--io-ms", type=float, default=20.0, help="I/O handler sleep per chunk.")
     parser.add_argument("--repeats", type=int, default=3, help="Interleaved rounds per config.")
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=("a", "b", "p", "c"),
+        help="Run only these variants (a and c at least: the targets need them); default: all.",
+    )
     args = parse(parser, argv)
+    if args.variants is not None:
+        global ONLY_VARIANTS  # one run of the script, one selection
+        ONLY_VARIANTS = frozenset(args.variants) | {"a", "c"}
     quiet_logs()
     unknown = optional_settings(ConsumerSettings(), tuning(args))[1]
     all_runs = measure(args, args.configs)
@@ -557,7 +569,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             lambda v: v <= 1.5,
             summary,
         )
-        if "b" in runs.rounds[0]:
+        if "b" in runs.rounds[0] and "p" in runs.rounds[0]:
             b_over_a = runs.per_round(
                 lambda o: ratio(o["b"].quantile_ms(0.99), o["a"].quantile_ms(0.99))
             )
