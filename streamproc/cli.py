@@ -42,6 +42,17 @@ app.add_typer(dlq_app, name="dlq")
 console = Console(stderr=True)
 out = Console()
 
+
+def check_bootstrap(value: str) -> str:
+    """Reject a malformed bootstrap list before any client connects (option callback)."""
+    from streamproc.settings import parse_bootstrap
+
+    try:
+        return parse_bootstrap(value)
+    except StreamprocError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
 BootstrapOption = Annotated[
     str,
     typer.Option(
@@ -49,6 +60,7 @@ BootstrapOption = Annotated[
         "-b",
         envvar="STREAMPROC_BOOTSTRAP_SERVERS",
         help="Kafka bootstrap servers, host:port[,host:port].",
+        callback=check_bootstrap,
     ),
 ]
 PrefixOption = Annotated[

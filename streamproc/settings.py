@@ -171,6 +171,8 @@ def parse_bootstrap(value: str) -> str:
         host, _, port = server.rpartition(":")
         if not host or not port.isdigit():
             raise ConfigError(f"bootstrap server {server!r} is not host:port")
+        if not 0 < int(port) < 65536:
+            raise ConfigError(f"bootstrap server {server!r}: port {port} is not in 1..65535")
     return ",".join(servers)
 
 
