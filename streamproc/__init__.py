@@ -95,6 +95,7 @@ _LOCATIONS: dict[str, str] = {
     "DeadLetterFilter": "streamproc.redrive",
     "DeadLetterReader": "streamproc.redrive",
     "DeadLetterReplayer": "streamproc.redrive",
+    "ReplayError": "streamproc.redrive",
     # errors
     "StreamprocError": "streamproc.errors",
     "ConfigError": "streamproc.errors",
@@ -143,6 +144,7 @@ __all__ = [
     "PriorityConsumer",
     "ProduceError",
     "ProducerSettings",
+    "ReplayError",
     "RetriableHandlerError",
     "SchemaRegistryUnavailableError",
     "SinkUnavailableError",

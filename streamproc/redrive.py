@@ -713,6 +713,7 @@ class DeadLetterReplayer:
                 producer.purge()  # whatever was not flushed was not committed either
                 producer.flush(0)
             consumer.close()
+            self._consumer = None
         return result
 
     def _check_target(self, topic: str) -> None:
@@ -721,7 +722,10 @@ class DeadLetterReplayer:
             return
         if self._consumer is None:
             raise ReplayError("the replay is not running")
-        metadata = self._consumer.list_topics(topic, timeout=self._timeout_s)
+        try:
+            metadata = self._consumer.list_topics(topic, timeout=self._timeout_s)
+        except KafkaException as exc:
+            raise ReplayError(f"could not look up the replay target topic {topic}: {exc}") from exc
         info = metadata.topics.get(topic)
         if info is None or info.error is not None:
             raise ConfigError(f"replay target topic {topic} does not exist")
