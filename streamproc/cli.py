@@ -917,7 +917,8 @@ def dlq_list(
             if raw:
                 shown_value = "-" if dead_letter.value is None else dead_letter.value[:48].hex()
             elif chunk is not None:
-                shown_value = json.dumps(chunk, ensure_ascii=False)[:200]
+                fields = {name: value for name, value in chunk.items() if value is not None}
+                shown_value = json.dumps(fields, ensure_ascii=False)[:200]
             else:
                 shown_value = decode_error or ""
             table.add_row(
