@@ -31,11 +31,27 @@ app = typer.Typer(
 )
 topics_app = typer.Typer(help="Create and inspect the lane topics.", no_args_is_help=True)
 schema_app = typer.Typer(help="Show the Avro schema of chunks.", no_args_is_help=True)
+dlq_app = typer.Typer(
+    help="Inspect dead letters (<lane topic>.dlq) and replay them to a lane topic.",
+    no_args_is_help=True,
+)
 app.add_typer(topics_app, name="topics")
 app.add_typer(schema_app, name="schema")
+app.add_typer(dlq_app, name="dlq")
 
 console = Console(stderr=True)
 out = Console()
+
+
+def check_bootstrap(value: str) -> str:
+    """Reject a malformed bootstrap list before any client connects (option callback)."""
+    from streamproc.settings import parse_bootstrap
+
+    try:
+        return parse_bootstrap(value)
+    except StreamprocError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
 
 BootstrapOption = Annotated[
     str,
@@ -44,6 +60,7 @@ BootstrapOption = Annotated[
         "-b",
         envvar="STREAMPROC_BOOTSTRAP_SERVERS",
         help="Kafka bootstrap servers, host:port[,host:port].",
+        callback=check_bootstrap,
     ),
 ]
 PrefixOption = Annotated[
@@ -650,6 +667,365 @@ def lag(
     out.print(table)
     for lane, total in totals.items():
         out.print(f"{lane}: lag {total}")
+
+
+# -- dlq ------------------------------------------------------------------------------------------
+
+LaneFilterOption = Annotated[
+    list[str] | None,
+    typer.Option("--lane", help="Only this lane's dead-letter topic, repeatable (default: all)."),
+]
+ReasonOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--reason",
+        help="Only dead letters parked for this reason (undecodable, invalid, handler_error, ...),"
+        " repeatable.",
+    ),
+]
+SinceOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Only dead letters parked at or after this time: ISO 8601, a duration ago (30m, 2h,"
+        " 7d) or epoch ms."
+    ),
+]
+UntilOption = Annotated[
+    str | None,
+    typer.Option(help="Only dead letters parked before this time (same forms as --since)."),
+]
+PartitionOption = Annotated[
+    list[int] | None,
+    typer.Option(
+        "--partition", min=0, help="Only this partition of the dead-letter topic, repeatable."
+    ),
+]
+FromOffsetOption = Annotated[
+    int | None,
+    typer.Option(
+        min=0, help="Only dead letters at this offset of their dead-letter topic or later."
+    ),
+]
+ToOffsetOption = Annotated[
+    int | None,
+    typer.Option(
+        min=0, help="Only dead letters at this offset of their dead-letter topic or earlier."
+    ),
+]
+OutputOption = Annotated[
+    str,
+    typer.Option(
+        "--output", "-o", help="table, or json (one JSON object per line).", case_sensitive=False
+    ),
+]
+
+
+@dataclass(frozen=True, slots=True)
+class _DlqSelection:
+    lanes: list[Any]
+    filter: Any
+    options: dict[str, object]
+
+
+def _dlq_selection(
+    topic_prefix: str,
+    lane: list[str] | None,
+    reason: list[str] | None,
+    since: str | None,
+    until: str | None,
+    partition: list[int] | None,
+    from_offset: int | None,
+    to_offset: int | None,
+) -> _DlqSelection:
+    import time
+
+    from streamproc.lanes import Lanes
+    from streamproc.redrive import DeadLetterFilter, lanes_named, parse_time
+
+    now_ms = int(time.time() * 1000)
+    try:
+        lanes = lanes_named(Lanes(topic_prefix), lane or [])
+        selection = DeadLetterFilter(
+            reasons=frozenset(reason or ()),
+            since_ms=None if since is None else parse_time(since, now_ms=now_ms),
+            until_ms=None if until is None else parse_time(until, now_ms=now_ms),
+            partitions=frozenset(partition or ()),
+            first_offset=from_offset,
+            last_offset=to_offset,
+        )
+    except StreamprocError as exc:
+        raise fail(str(exc), 2) from exc
+    options: dict[str, object] = {
+        "lanes": sorted(lane or []),
+        "reasons": sorted(reason or []),
+        "since": since,
+        "until": until,
+        "partitions": sorted(partition or []),
+        "from_offset": from_offset,
+        "to_offset": to_offset,
+    }
+    return _DlqSelection(lanes, selection, options)
+
+
+def _table_console() -> Console:
+    """Wide tables keep whole values when written to a pipe or a file (not to a terminal)."""
+    return out if out.is_terminal else Console(width=max(out.width, 240))
+
+
+def _check_output(output: str) -> str:
+    value = output.lower()
+    if value not in ("table", "json"):
+        raise typer.BadParameter(f"{output!r}: expected table or json", param_hint="--output")
+    return value
+
+
+@dlq_app.command("summary")
+def dlq_summary(
+    bootstrap_servers: BootstrapOption = DEFAULT_BOOTSTRAP,
+    topic_prefix: PrefixOption = DEFAULT_PREFIX,
+    lane: LaneFilterOption = None,
+    output: OutputOption = "table",
+) -> None:
+    """Count the dead letters by lane, reason and age (time since they were parked).
+
+    Reads every dead-letter topic from its start to its end; commits nothing.
+    """
+    import time
+
+    from streamproc.redrive import AGE_BUCKETS, DeadLetterReader, iso_time, summarize
+    from streamproc.settings import KafkaSettings
+
+    output = _check_output(output)
+    selection = _dlq_selection(topic_prefix, lane, None, None, None, None, None, None)
+    settings = KafkaSettings(bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix)
+    try:
+        rows = summarize(
+            DeadLetterReader(settings).read(selection.lanes), now_ms=int(time.time() * 1000)
+        )
+    except StreamprocError as exc:
+        raise fail(str(exc)) from exc
+    if output == "json":
+        for row in rows:
+            document = {
+                "lane": row.lane,
+                "reason": row.reason,
+                "count": row.count,
+                "by_age": row.by_age,
+                "oldest": iso_time(row.oldest_ms),
+                "newest": iso_time(row.newest_ms),
+            }
+            sys.stdout.write(json.dumps(document) + "\n")
+        return
+    labels = [label for label, _ in AGE_BUCKETS]
+    table = Table("lane", "reason", "count", *labels, "oldest", "newest", title="dead letters")
+    for row in rows:
+        table.add_row(
+            row.lane,
+            row.reason,
+            str(row.count),
+            *(str(row.by_age[label]) for label in labels),
+            iso_time(row.oldest_ms),
+            iso_time(row.newest_ms),
+        )
+    _table_console().print(table)
+    total = sum(row.count for row in rows)
+    out.print(f"{total} dead letter(s)")
+
+
+@dlq_app.command("list")
+def dlq_list(
+    bootstrap_servers: BootstrapOption = DEFAULT_BOOTSTRAP,
+    topic_prefix: PrefixOption = DEFAULT_PREFIX,
+    lane: LaneFilterOption = None,
+    reason: ReasonOption = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    partition: PartitionOption = None,
+    from_offset: FromOffsetOption = None,
+    to_offset: ToOffsetOption = None,
+    limit: Annotated[
+        int, typer.Option(min=0, help="Show at most this many dead letters (0: all).")
+    ] = 100,
+    raw: Annotated[
+        bool,
+        typer.Option(
+            "--raw", help="Show the value bytes (hex in the table) instead of the decoded chunk."
+        ),
+    ] = False,
+    output: OutputOption = "table",
+    schema_registry_url: RegistryOption = None,
+) -> None:
+    """List dead letters with their reason headers and the decoded chunk (or the raw bytes).
+
+    With --output json each line is one JSON object: where the dead letter is, when and why it
+    was parked, where it came from, its key and headers, the decoded chunk (or the decode
+    error) and the value in base64. Commits nothing.
+    """
+    from streamproc.redrive import DeadLetterReader, bytes_text, iso_time
+    from streamproc.registry import registry_codec
+    from streamproc.settings import KafkaSettings
+
+    output = _check_output(output)
+    selection = _dlq_selection(
+        topic_prefix, lane, reason, since, until, partition, from_offset, to_offset
+    )
+    try:
+        settings = KafkaSettings(
+            bootstrap_servers=bootstrap_servers,
+            topic_prefix=topic_prefix,
+            schema_registry_url=schema_registry_url,
+        )
+        codec, schema_ids = registry_codec(settings.schema_registry(), settings.topology.topics)
+    except (ValueError, StreamprocError) as exc:
+        raise fail(str(exc), 2) from exc
+    table = Table(
+        "dead letter",
+        "parked",
+        "lane",
+        "reason",
+        "original",
+        "key",
+        "value" if raw else "chunk",
+        "error",
+        title="dead letters",
+    )
+    shown = 0
+    try:
+        for dead_letter in DeadLetterReader(settings).read(selection.lanes, selection.filter):
+            if limit and shown >= limit:
+                break
+            shown += 1
+            chunk: dict[str, Any] | None = None
+            decode_error: str | None = None
+            if not raw:
+                try:
+                    if dead_letter.value is None:
+                        raise StreamprocError("no value (tombstone)")
+                    chunk = codec.decode(dead_letter.value).model_dump(mode="json")
+                except StreamprocError as exc:
+                    decode_error = f"{type(exc).__name__}: {exc}"
+            if output == "json":
+                document = dead_letter.to_json(chunk=chunk, decode_error=decode_error)
+                sys.stdout.write(json.dumps(document, ensure_ascii=False) + "\n")
+                continue
+            original = (
+                f"{dead_letter.original_topic}[{dead_letter.original_partition}]"
+                f"@{dead_letter.original_offset}"
+                if dead_letter.original_topic
+                else "-"
+            )
+            if raw:
+                shown_value = "-" if dead_letter.value is None else dead_letter.value[:48].hex()
+            elif chunk is not None:
+                fields = {name: value for name, value in chunk.items() if value is not None}
+                shown_value = json.dumps(fields, ensure_ascii=False)[:200]
+            else:
+                shown_value = decode_error or ""
+            table.add_row(
+                f"{dead_letter.topic}[{dead_letter.partition}]@{dead_letter.offset}",
+                iso_time(dead_letter.parked_ms),
+                dead_letter.lane,
+                dead_letter.reason,
+                original,
+                bytes_text(dead_letter.key) or "-",
+                shown_value,
+                f"{dead_letter.error_class}: {dead_letter.error_message}"[:200],
+            )
+    except StreamprocError as exc:
+        raise fail(str(exc)) from exc
+    finally:
+        if schema_ids is not None:
+            schema_ids.close()
+    if output == "table":
+        _table_console().print(table)
+        more = " (--limit reached)" if limit and shown >= limit else ""
+        console.print(f"{shown} dead letter(s) shown{more}")
+
+
+@dlq_app.command("replay")
+def dlq_replay(
+    bootstrap_servers: BootstrapOption = DEFAULT_BOOTSTRAP,
+    topic_prefix: PrefixOption = DEFAULT_PREFIX,
+    lane: LaneFilterOption = None,
+    reason: ReasonOption = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
+    partition: PartitionOption = None,
+    from_offset: FromOffsetOption = None,
+    to_offset: ToOffsetOption = None,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to", help="Produce to this topic instead of each dead letter's original topic."
+        ),
+    ] = None,
+    group: Annotated[
+        str | None,
+        typer.Option(
+            "--group",
+            "-g",
+            help="Consumer group of the replay, where a rerun resumes (default: one per topic"
+            " prefix and selection, printed at the start).",
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option("--dry-run", help="Count what would be replayed; produce and commit nothing."),
+    ] = False,
+    keep_timestamp: Annotated[
+        bool,
+        typer.Option(
+            help="Produce with the original timestamp, the chunk's version (a stale replayed copy"
+            " then never overwrites a newer one in the sink).",
+        ),
+    ] = True,
+    batch_size: Annotated[
+        int, typer.Option(min=1, help="Dead letters per produce, flush and commit cycle.")
+    ] = 500,
+) -> None:
+    """Produce dead letters back to their original lane topic (or --to), at least once.
+
+    Key, value, headers and timestamp are the original ones; the parking headers are replaced by
+    streamproc.replay.* headers (count, dead-letter and original topic/partition/offset, reason).
+    Only the dead letters present at the start are read. Each batch is produced, flushed, then
+    committed in the replay's own consumer group: an interrupted replay, run again with the same
+    options, resumes after the last committed batch. Exits 1 if a batch could not be delivered.
+    """
+    from streamproc.redrive import DeadLetterReplayer, ReplayResult, replay_group
+    from streamproc.settings import KafkaSettings
+
+    selection = _dlq_selection(
+        topic_prefix, lane, reason, since, until, partition, from_offset, to_offset
+    )
+    settings = KafkaSettings(bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix)
+    group_id = group or replay_group(topic_prefix, {**selection.options, "to": to})
+    replayer = DeadLetterReplayer(
+        settings,
+        group=group_id,
+        to_topic=to,
+        keep_timestamp=keep_timestamp,
+        batch_size=batch_size,
+    )
+    console.print(f"replay group [bold]{group_id}[/]{' (dry run)' if dry_run else ''}")
+
+    def progress(result: ReplayResult) -> None:
+        if not dry_run:
+            console.print(f"replayed {result.total}, skipped {result.skipped}")
+
+    try:
+        result = replayer.run(selection.lanes, selection.filter, dry_run=dry_run, on_batch=progress)
+    except StreamprocError as exc:
+        raise fail(str(exc)) from exc
+    verb = "would replay" if dry_run else "replayed"
+    table = Table("target topic", verb, title="dead-letter replay")
+    for target, count in sorted(result.replayed.items()):
+        table.add_row(target, str(count))
+    out.print(table)
+    reasons = ", ".join(f"{name} {count}" for name, count in sorted(result.reasons.items()))
+    out.print(
+        f"{verb} {result.total} dead letter(s){f' ({reasons})' if reasons else ''},"
+        f" {result.skipped} not selected"
+    )
 
 
 # -- demo -----------------------------------------------------------------------------------------

@@ -171,6 +171,8 @@ def parse_bootstrap(value: str) -> str:
         host, _, port = server.rpartition(":")
         if not host or not port.isdigit():
             raise ConfigError(f"bootstrap server {server!r} is not host:port")
+        if not 0 < int(port) < 65536:
+            raise ConfigError(f"bootstrap server {server!r}: port {port} is not in 1..65535")
     return ",".join(servers)
 
 
@@ -234,8 +236,15 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
         description="Group lag forgiven for committed offsets trailing positions (group scope).",
     )
     max_retries: int = Field(3, ge=0, description="Retries of a retriable handler error.")
-    retry_backoff_s: float = Field(0.2, ge=0, description="First retry backoff (doubles).")
-    retry_backoff_max_s: float = Field(5.0, ge=0, description="Longest retry backoff.")
+    retry_backoff_s: float = Field(
+        0.2,
+        ge=0,
+        description=(
+            "Ceiling of the first retry backoff; it doubles per retry. Each wait is random between"
+            " 0 and the ceiling (full jitter), so workers do not retry in lockstep."
+        ),
+    )
+    retry_backoff_max_s: float = Field(5.0, ge=0, description="Cap of the retry backoff ceiling.")
     error_actions: dict[str, ErrorAction] = Field(
         default_factory=dict,
         description=(

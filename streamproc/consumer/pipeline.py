@@ -29,6 +29,7 @@ from typing import Literal, cast
 
 from confluent_kafka import Message
 
+from streamproc.backoff import full_jitter_delay
 from streamproc.codec import ChunkCodec
 from streamproc.consumer.turns import TurnPlanner
 from streamproc.deadletter import DeadLetterQueue, error_reason
@@ -104,7 +105,7 @@ class Retry:
         retriable = isinstance(error, StreamprocError) and error.retriable
         if not retriable or attempt > self._max_retries or self._stopping.is_set():
             return None
-        return float(min(self._first_s * 2 ** (attempt - 1), self._max_s))
+        return full_jitter_delay(attempt, self._first_s, self._max_s)
 
     def call(self, function: Callable[[], object]) -> int:
         """Call until it succeeds or :meth:`delay_after` gives up; returns the attempts."""

@@ -233,7 +233,9 @@ def test_parse_bootstrap(value: str, expected: str) -> None:
     assert parse_bootstrap(value) == expected
 
 
-@pytest.mark.parametrize("value", ["", " , ", "host", "host:", ":9092", "host:port"])
+@pytest.mark.parametrize(
+    "value", ["", " , ", "host", "host:", ":9092", "host:port", "host:0", "host:65536", "a:1,b"]
+)
 def test_parse_bootstrap_rejects(value: str) -> None:
     with pytest.raises(ConfigError):
         parse_bootstrap(value)
