@@ -6,8 +6,10 @@ No broker: the registry is filled by hand. The live scrape of a real consumer is
 
 from __future__ import annotations
 
+import gzip
 import os
 import shutil
+import socket
 import subprocess
 import urllib.error
 import urllib.request
@@ -16,6 +18,7 @@ from pathlib import Path
 import pytest
 from prometheus_client import generate_latest
 
+from streamproc.errors import DEAD_LETTER_REASONS, MetricsPortInUseError
 from streamproc.metrics import LATENCY_BUCKETS, ConsumerMetrics, MetricsServer, ProducerMetrics
 from streamproc.plot import RunSample, plot_run
 
@@ -80,6 +83,8 @@ def test_names_units_and_labels() -> None:
     for name, kind in families.items():
         if name.endswith("_created"):
             continue  # prometheus_client's creation timestamps of counters and histograms
+        if name.startswith(("process_", "python_")):
+            continue  # prometheus_client's process and platform collectors
         assert name.startswith("streamproc_"), name
         assert name.endswith("_total") == (kind == "counter"), name
         assert "milli" not in name, f"{name}: base units only"
@@ -131,6 +136,69 @@ def test_endpoint_serves_metrics_health_and_readiness() -> None:
         assert get("/nope")[0] == 404
     finally:
         server.stop()
+
+
+def test_endpoint_negotiates_openmetrics_and_gzip() -> None:
+    server = MetricsServer(filled_consumer_metrics().registry, port=0, host="127.0.0.1").start()
+    url = f"http://127.0.0.1:{server.port}/metrics"
+
+    def get(headers: dict[str, str]) -> tuple[str, str, bytes]:
+        request = urllib.request.Request(url, headers=headers)  # loopback
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
+            return (
+                response.headers["Content-Type"],
+                response.headers.get("Content-Encoding", ""),
+                response.read(),
+            )
+
+    try:
+        kind, encoding, body = get({})
+        assert kind.startswith("text/plain; version=0.0.4") and encoding == ""
+        assert b"# EOF" not in body
+        kind, _, body = get({"Accept": "application/openmetrics-text; version=1.0.0"})
+        assert kind.startswith("application/openmetrics-text")
+        assert body.rstrip().endswith(b"# EOF")
+        kind, encoding, body = get({"Accept-Encoding": "gzip"})
+        assert encoding == "gzip"
+        assert b"streamproc_lane_paused" in gzip.decompress(body)
+    finally:
+        server.stop()
+
+
+def test_endpoint_has_the_process_and_platform_collectors() -> None:
+    for registry in (ConsumerMetrics(["realtime"]).registry, ProducerMetrics().registry):
+        assert registry.get_sample_value("process_cpu_seconds_total") is not None
+        assert (registry.get_sample_value("process_resident_memory_bytes") or 0) > 0
+        text = generate_latest(registry).decode()
+        assert "python_info{" in text
+        assert "python_gc_collections_total{" in text
+
+
+def test_every_known_label_combination_exists_at_zero() -> None:
+    registry = ConsumerMetrics(["realtime", "bulk"]).registry
+    assert {"undecodable", "unknown_schema", "invalid", "handler_error"} <= set(DEAD_LETTER_REASONS)
+    for lane in ("realtime", "bulk"):
+        for reason in DEAD_LETTER_REASONS:
+            labels = {"lane": lane, "reason": reason}
+            assert registry.get_sample_value("streamproc_dead_letters_total", labels) == 0
+        for outcome in ("ok", "retried", "dead_lettered"):
+            labels = {"lane": lane, "outcome": outcome}
+            assert registry.get_sample_value("streamproc_messages_handled_total", labels) == 0
+        for name in ("streamproc_lane_pauses_total", "streamproc_lane_paused_seconds_total"):
+            assert registry.get_sample_value(name, {"lane": lane}) == 0
+    for outcome in ("ok", "failed"):
+        assert registry.get_sample_value("streamproc_commits_total", {"outcome": outcome}) == 0
+    for kind in ("assign", "revoke", "lost"):
+        assert registry.get_sample_value("streamproc_rebalances_total", {"kind": kind}) == 0
+
+
+def test_endpoint_on_a_taken_port_says_so() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(MetricsPortInUseError, match=f"metrics port {port} is already in use"):
+            MetricsServer(ConsumerMetrics(["realtime"]).registry, port=port, host="127.0.0.1")
 
 
 def test_rules_pass_promtool_check_rules() -> None:
