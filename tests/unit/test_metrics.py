@@ -14,8 +14,10 @@ import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from prometheus_client import generate_latest
 
 from streamproc.errors import DEAD_LETTER_REASONS, MetricsPortInUseError
@@ -201,17 +203,38 @@ def test_endpoint_on_a_taken_port_says_so() -> None:
             MetricsServer(ConsumerMetrics(["realtime"]).registry, port=port, host="127.0.0.1")
 
 
+def shipped_rules() -> list[dict[str, Any]]:
+    document = yaml.safe_load(RULES.read_text())
+    return [rule for group in document["groups"] for rule in group["rules"]]
+
+
 def test_rules_pass_promtool_check_rules() -> None:
     code, output = run_promtool("check", "rules", str(RULES))
     assert code == 0, output
-    assert "SUCCESS: 6 rules found" in output
+    assert f"SUCCESS: {len(shipped_rules())} rules found" in output
+
+
+def test_rules_alert_on_what_operators_asked_for() -> None:
+    alerts = {rule["alert"] for rule in shipped_rules() if "alert" in rule}
+    assert alerts == {
+        "StreamprocConsumersAbsent",
+        "StreamprocConsumerNotReady",
+        "StreamprocRealtimeLagHigh",
+        "StreamprocRealtimeLatencyBudgetBurn",
+        "StreamprocLaneStarved",
+        "StreamprocDeadLettersIncreasing",
+        "StreamprocCommitsFailing",
+        "StreamprocRebalanceStorm",
+        "StreamprocNoProgress",
+    }
+    records = {rule["record"] for rule in shipped_rules() if "record" in rule}
+    assert "streamproc:lag_messages:sum" in records
+    burns = [rule for rule in shipped_rules() if rule.get("alert", "").endswith("BudgetBurn")]
+    assert sorted(rule["labels"]["burn"] for rule in burns) == ["fast", "slow"]
 
 
 def test_every_alert_has_a_promtool_unit_test() -> None:
-    import yaml
-
-    rules = yaml.safe_load(RULES.read_text())
-    alerts = {rule["alert"] for group in rules["groups"] for rule in group["rules"]}
+    alerts = {rule["alert"] for rule in shipped_rules() if "alert" in rule}
     tested: set[str] = set()
     for path in PROMTOOL_TESTS:
         document = yaml.safe_load(path.read_text())
@@ -229,19 +252,20 @@ def test_alert_unit_tests_pass_promtool_test_rules() -> None:
 
 
 def test_every_alert_has_severity_for_and_a_documented_runbook() -> None:
-    import yaml
-
     docs = DOCS.read_text()
     anchors = {
         "#" + line.lstrip("#").strip().lower() for line in docs.splitlines() if line[:3] == "###"
     }
-    rules = yaml.safe_load(RULES.read_text())
-    for rule in (rule for group in rules["groups"] for rule in group["rules"]):
+    values = yaml.safe_load((REPO / "helm" / "streamproc" / "values.yaml").read_text())
+    base = values["metrics"]["prometheusRule"]["runbookBaseUrl"]
+    assert base.startswith(("http://", "https://")), "runbook URLs must be absolute"
+    for rule in (rule for rule in shipped_rules() if "alert" in rule):
         assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
         assert rule["for"], rule["alert"]
         runbook = rule["annotations"]["runbook_url"]
-        path, _, anchor = runbook.partition("#")
-        assert path == "docs/metrics.md", rule["alert"]
+        page, _, anchor = runbook.partition("#")
+        assert page == base, rule["alert"]
+        assert anchor == rule["alert"].lower()
         assert f"#{anchor}" in anchors, f"{rule['alert']}: no '### ' heading for {anchor}"
 
 
