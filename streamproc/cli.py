@@ -387,6 +387,7 @@ def produce(
         raise fail(str(exc), 2) from exc
     setup_logging(log_level, log_format, settings)
     metrics = ProducerMetrics(lanes=[lane.name for lane in settings.topology])
+    metrics.describe(topic_prefix=settings.topic_prefix)
     server = None if metrics_port is None else start_metrics_server(metrics.registry, metrics_port)
     try:
         check_broker(settings)

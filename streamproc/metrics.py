@@ -313,6 +313,16 @@ class ProducerMetrics:
         for lane in lanes:
             for outcome in PRODUCE_OUTCOMES:
                 self.produced.labels(lane=lane, outcome=outcome)
+        self.producer_info = Info(
+            "streamproc_producer",
+            "The topic prefix this process produces to (join on job and instance; dashboards"
+            " match it with a consumer group's).",
+            registry=self.registry,
+        )
+
+    def describe(self, *, topic_prefix: str) -> None:
+        """Publish ``streamproc_producer_info{topic_prefix=...}``."""
+        self.producer_info.info({"topic_prefix": topic_prefix})
 
     def delivered(self, lane: str, *, ok: bool) -> None:
         """Count one delivery report (from the producer's ``on_delivery`` callback)."""

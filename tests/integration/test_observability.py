@@ -143,6 +143,12 @@ class Prometheus:
         result: list[dict[str, Any]] = data["result"]
         return result
 
+    def query_range(self, expr: str, start: float, end: float) -> list[dict[str, Any]]:
+        data = self.api("query_range", query=expr, start=str(start), end=str(end), step="1")
+        assert data["resultType"] == "matrix", expr
+        result: list[dict[str, Any]] = data["result"]
+        return result
+
     def firing(self) -> set[str]:
         return {
             alert["labels"]["alertname"]
@@ -218,21 +224,34 @@ class RunningConsumer:
 # -- the dashboard and the rules, as Prometheus will see them ---------------------------------
 
 
-def dashboard_queries(consumer_group: str) -> list[tuple[str, str]]:
-    """(panel title, PromQL) of every dashboard query, variables substituted as Grafana would."""
-    dashboard = json.loads(DASHBOARD.read_text())
+def _substitute(expr: str, consumer_group: str) -> str:
     values = {
         "namespace": NAMESPACE,
         "consumer_group": consumer_group,
         "__rate_interval": RATE_INTERVAL,
     }
+    return re.sub(r"\$\{?(\w+)\}?", lambda m: values[m.group(1)], expr)
+
+
+def dashboard_queries(consumer_group: str) -> list[tuple[str, str]]:
+    """(panel title, PromQL) of every dashboard query, variables substituted as Grafana would."""
+    dashboard = json.loads(DASHBOARD.read_text())
     queries = []
     panels = [p for top in dashboard["panels"] for p in (top, *top.get("panels", []))]
     for panel in panels:
         for target in panel.get("targets", []):
-            expr = re.sub(r"\$\{?(\w+)\}?", lambda m: values[m.group(1)], target["expr"])
-            queries.append((panel["title"], expr))
+            queries.append((panel["title"], _substitute(target["expr"], consumer_group)))
     return queries
+
+
+def dashboard_annotations(consumer_group: str) -> list[tuple[str, str]]:
+    """(annotation name, PromQL) of every query annotation of the dashboard."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [
+        (annotation["name"], _substitute(annotation["expr"], consumer_group))
+        for annotation in dashboard["annotations"]["list"]
+        if annotation.get("expr")
+    ]
 
 
 def shipped_rules() -> list[dict[str, Any]]:
@@ -279,6 +298,8 @@ class ObservedRun:
     consumer_group: str
     fired: set[str]
     scrape: str
+    started: float
+    ended: float
 
 
 @pytest.fixture(scope="module")
@@ -308,17 +329,28 @@ def observed_run(
             poll_timeout_s=0.05,
             max_batch_messages=100,
             watermark_refresh_s=1.0,
+            statistics_interval_s=1.0,
         ),
         handler,
     )
     rules = tmp / "rules.yaml"
     render_fast_rules(rules)
+    # The producer exports its counters too, as `streamproc produce --metrics-port` does.
+    producer_metrics = ProducerMetrics(lanes=["realtime", "bulk"])
+    producer_metrics.describe(topic_prefix=prefix)
+    producer_server = MetricsServer(producer_metrics.registry, port=0, host="127.0.0.1").start()
     prometheus = Prometheus(tmp / "prometheus")
-    prometheus.start([consumer.address], {"namespace": NAMESPACE, "pod": f"{prefix}-0"}, [rules])
+    prometheus.start(
+        [consumer.address, f"127.0.0.1:{producer_server.port}"],
+        {"namespace": NAMESPACE, "pod": f"{prefix}-0"},
+        [rules],
+    )
     producer = ChunkProducer(
-        ProducerSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=prefix, linger_ms=1)
+        ProducerSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=prefix, linger_ms=1),
+        on_delivery=lambda d: producer_metrics.delivered(d.lane, ok=d.ok),
     )
     fired: set[str] = set()
+    started = time.time()
     try:
         wait_for(lambda: consumer.get("/readyz")[0] == 200, 60, "the consumer to be ready")
         # 1. Everyday traffic, and some garbage for the dead-letter panels.
@@ -344,10 +376,11 @@ def observed_run(
         wait_for(lambda: handler.handled["bulk"] >= 2500, 60, "bulk to resume and finish")
         time.sleep(2)
         _, scrape = consumer.get("/metrics")
-        yield ObservedRun(prometheus, consumer, group, fired, scrape)
+        yield ObservedRun(prometheus, consumer, group, fired, scrape, started, time.time())
     finally:
         prometheus.stop()
         consumer.stop()
+        producer_server.stop()
 
 
 @pytest.mark.slow
@@ -363,6 +396,35 @@ def test_every_dashboard_query_returns_data(observed_run: ObservedRun) -> None:
         if not observed_run.prometheus.query(expr)
     ]
     assert empty == []
+
+
+@pytest.mark.slow
+def test_every_dashboard_annotation_marks_the_run(observed_run: ObservedRun) -> None:
+    """The pause annotation found the bulk lane's pause during the burst (a range query, as
+    Grafana asks annotations)."""
+    annotations = dashboard_annotations(observed_run.consumer_group)
+    assert [name for name, _ in annotations] == ["Pauses"]
+    for name, expr in annotations:
+        series = observed_run.prometheus.query_range(expr, observed_run.started, observed_run.ended)
+        lanes = {item["metric"].get("lane") for item in series}
+        assert "bulk" in lanes, f"{name}: {expr}"
+
+
+@pytest.mark.slow
+def test_exposition_carries_runtime_and_librdkafka_metrics(observed_run: ObservedRun) -> None:
+    """What Prometheus scraped (OpenMetrics, its preferred format) from the consumer."""
+    prometheus = observed_run.prometheus
+    address = observed_run.consumer.address
+    for expr in (
+        f'process_resident_memory_bytes{{instance="{address}"}}',
+        f'python_info{{instance="{address}"}}',
+        f'streamproc_fetch_queue_messages{{instance="{address}", lane="realtime"}}',
+        f'streamproc_broker_rtt_avg_seconds{{instance="{address}", lane="bulk"}}',
+        f'streamproc_dead_letters_total{{instance="{address}", lane="realtime", reason="invalid"}}',
+    ):
+        assert prometheus.query(expr), expr
+    targets = prometheus.api("targets")["activeTargets"]
+    assert {target["health"] for target in targets} == {"up"}
 
 
 @pytest.mark.slow
