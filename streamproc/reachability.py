@@ -60,10 +60,12 @@ def check_reachable(config: dict[str, Any], timeout_s: float = DEFAULT_TIMEOUT_S
         except KafkaException as exc:
             last: KafkaError = exc.args[0]
             admin.poll(0)  # serves error_cb: the connection errors seen so far
-            if any(error.code() in _FINAL_CODES for error in errors) or remaining <= 0.5:
+            final = any(error.code() in _FINAL_CODES for error in errors)
+            if final or remaining <= 0.5:
+                waited = "" if final else f" within {timeout_s:g}s"
                 raise BrokerUnreachableError(
-                    f"cannot reach Kafka at {config.get('bootstrap.servers')} within"
-                    f" {timeout_s:g}s: {_cause(errors, last)}"
+                    f"cannot reach Kafka at {config.get('bootstrap.servers')}{waited}:"
+                    f" {_cause(errors, last)}"
                 ) from exc
             continue
         return
