@@ -79,9 +79,20 @@ LogFormatOption = Annotated[
 LOG_FORMATS = ("text", "json")
 
 
+# Set by setup_logging: errors then go out as JSON log lines too, for log shippers.
+_json_logs = False
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print ``message`` as an error (one line, however long) and return the exit to raise."""
-    console.print(f"[bold red]error:[/] {message}", soft_wrap=True, markup=True, highlight=False)
+    """Report ``message`` as an error (one line, however long) and return the exit to raise."""
+    if _json_logs:
+        import logging
+
+        logging.getLogger("streamproc.cli").error(message)
+    else:
+        console.print(
+            f"[bold red]error:[/] {message}", soft_wrap=True, markup=True, highlight=False
+        )
     return typer.Exit(code)
 
 
@@ -93,10 +104,12 @@ def setup_logging(level: str, log_format: str, settings: Any = None) -> None:
         raise typer.BadParameter(
             f"{log_format!r}: expected text or json", param_hint="--log-format"
         )
+    global _json_logs  # one process, one log configuration
     try:
         configure_logging(level, "json" if log_format == "json" else "text")
     except ValueError as exc:  # an unknown level name
         raise typer.BadParameter(str(exc), param_hint="--log-level") from exc
+    _json_logs = log_format == "json"
     if settings is not None:
         redact(settings.secrets())
 
