@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv lint format test unit integration broker broker-stop registry registry-stop postgres postgres-stop demo bench docs helm helm-lint promtool clean
+.PHONY: help venv lint format test unit integration broker broker-stop registry registry-stop postgres postgres-stop demo bench docs helm helm-lint promtool alert-rules clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -72,6 +72,9 @@ helm:  ## build the pinned helm once (go install into ~/.cache/streamproc) and p
 promtool:  ## promtool check rules + test rules of the alert rules (needs the prometheus package)
 	promtool check rules helm/streamproc/files/prometheus-rules.yaml
 	promtool test rules tests/promtool/*.test.yaml
+
+alert-rules: $(STAMP)  ## regenerate helm/streamproc/files/prometheus-rules.yaml from the chart's rules template
+	$(BIN)/python scripts/alert-rules
 
 helm-lint:  ## helm lint --strict the chart with every helm/streamproc/ci/*-values.yaml
 	@for values in helm/streamproc/ci/*-values.yaml; do \

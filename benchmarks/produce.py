@@ -219,7 +219,7 @@ def build_result(
         "producer_config": {
             key: value
             for key, value in settings.to_librdkafka().items()
-            if key not in ("bootstrap.servers", "sasl.password")
+            if key not in ("bootstrap.servers", "sasl.password", "logger")
         },
     }
     repeats = max(len(side_runs) for side_runs in runs.values())

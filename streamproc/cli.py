@@ -83,10 +83,86 @@ DEFAULT_BOOTSTRAP = "127.0.0.1:9092"
 DEFAULT_PREFIX = "chunks"
 
 
+LogLevelOption = Annotated[
+    str, typer.Option(envvar="STREAMPROC_LOG_LEVEL", help="Log level (DEBUG, INFO, WARNING, ...).")
+]
+LogFormatOption = Annotated[
+    str,
+    typer.Option(
+        envvar="STREAMPROC_LOG_FORMAT",
+        help="Log lines as text or json (one object per line, for log shippers); librdkafka's too.",
+    ),
+]
+LOG_FORMATS = ("text", "json")
+
+
+# Set by setup_logging: errors then go out as JSON log lines too, for log shippers.
+_json_logs = False
+
+
 def fail(message: str, code: int = 1) -> typer.Exit:
-    """Print ``message`` as an error and return the exit to raise."""
-    console.print(f"[bold red]error:[/] {message}")
+    """Report ``message`` as an error (one line, however long) and return the exit to raise."""
+    if _json_logs:
+        import logging
+
+        logging.getLogger("streamproc.cli").error(message)
+    else:
+        console.print(
+            f"[bold red]error:[/] {message}", soft_wrap=True, markup=True, highlight=False
+        )
     return typer.Exit(code)
+
+
+def setup_logging(level: str, log_format: str, settings: Any = None) -> None:
+    """Log streamproc's and librdkafka's lines to stderr; never the settings' secrets."""
+    from streamproc.logs import configure_logging, redact
+
+    if log_format not in LOG_FORMATS:
+        raise typer.BadParameter(
+            f"{log_format!r}: expected text or json", param_hint="--log-format"
+        )
+    global _json_logs  # one process, one log configuration
+    try:
+        configure_logging(level, "json" if log_format == "json" else "text")
+    except ValueError as exc:  # an unknown level name
+        raise typer.BadParameter(str(exc), param_hint="--log-level") from exc
+    _json_logs = log_format == "json"
+    if settings is not None:
+        redact(settings.secrets())
+
+
+def check_broker(settings: Any) -> None:
+    """Stop with one clear error when no broker of the bootstrap list answers within seconds."""
+    from streamproc.reachability import check_reachable
+
+    try:
+        check_reachable(settings.admin_config())
+    except StreamprocError as exc:
+        raise fail(str(exc)) from exc
+
+
+def start_metrics_server(registry: Any, port: int, **probes: Any) -> Any:
+    """Serve /metrics (and the probes) on ``port`` (0: a free one); log the port it got.
+
+    A port in use is a configuration error (exit code 2) that names the way out.
+    """
+    import logging
+
+    from streamproc.errors import MetricsPortInUseError
+    from streamproc.metrics import MetricsServer
+
+    try:
+        server = MetricsServer(registry, port=port, **probes).start()
+    except MetricsPortInUseError as exc:
+        raise fail(
+            f"metrics port {port} is already in use (another streamproc on this host?):"
+            " choose another with --metrics-port (STREAMPROC_METRICS_PORT), or 0 for a free one",
+            2,
+        ) from exc
+    logging.getLogger("streamproc.cli").info(
+        "metrics on port %d (/metrics, /healthz, /readyz)", server.port
+    )
+    return server
 
 
 def version_callback(value: bool) -> None:
@@ -128,9 +204,11 @@ def topics_create(
         int | None,
         typer.Option(help="retention.ms of the dead-letter topics (default: broker's)."),
     ] = None,
+    log_level: LogLevelOption = "WARNING",
+    log_format: LogFormatOption = "text",
 ) -> None:
     """Create the lane topics and their .dlq topics (idempotent), then check them."""
-    admin = _topic_admin(bootstrap_servers, topic_prefix)
+    admin = _topic_admin(bootstrap_servers, topic_prefix, log_level, log_format)
     try:
         created = admin.create(
             partitions=partitions,
@@ -149,9 +227,11 @@ def topics_create(
 def topics_describe(
     bootstrap_servers: BootstrapOption = DEFAULT_BOOTSTRAP,
     topic_prefix: PrefixOption = DEFAULT_PREFIX,
+    log_level: LogLevelOption = "WARNING",
+    log_format: LogFormatOption = "text",
 ) -> None:
     """Show partitions and replication of the lane topics; exit 1 if a lane topic is missing."""
-    admin = _topic_admin(bootstrap_servers, topic_prefix)
+    admin = _topic_admin(bootstrap_servers, topic_prefix, log_level, log_format)
     infos = admin.describe()
     _print_topics(infos)
     try:
@@ -160,13 +240,15 @@ def topics_describe(
         raise fail(str(exc)) from exc
 
 
-def _topic_admin(bootstrap_servers: str, topic_prefix: str) -> Any:
+def _topic_admin(bootstrap_servers: str, topic_prefix: str, log_level: str, log_format: str) -> Any:
     from confluent_kafka.admin import AdminClient
 
     from streamproc.settings import KafkaSettings
     from streamproc.topics import TopicAdmin
 
     settings = KafkaSettings(bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix)
+    setup_logging(log_level, log_format, settings)
+    check_broker(settings)
     return TopicAdmin(AdminClient(settings.admin_config()), settings.topology)
 
 
@@ -299,14 +381,18 @@ def produce(
         bool, typer.Option(help="Show a progress bar (off when stderr is not a terminal).")
     ] = True,
     metrics_port: Annotated[
-        int,
+        int | None,
         typer.Option(
             envvar="STREAMPROC_METRICS_PORT",
             min=0,
             max=65535,
-            help="Port of /metrics (produced messages by lane and outcome); 0 disables it.",
+            show_default="off",
+            help="Serve /metrics (produced messages by lane and outcome) on this port while"
+            " producing; 0 binds a free port and logs which.",
         ),
-    ] = 0,
+    ] = None,
+    log_level: LogLevelOption = "INFO",
+    log_format: LogFormatOption = "text",
 ) -> None:
     """Validate chunk payloads (Trieve ChunkReqPayload JSON accepted) and produce each to its lane.
 
@@ -314,10 +400,11 @@ def produce(
     1 if any line was rejected, unless --rejects keeps them in a file.
     """
     from streamproc.chunk import Chunk, parse_chunk
-    from streamproc.metrics import MetricsServer, ProducerMetrics
+    from streamproc.metrics import ProducerMetrics
     from streamproc.producer import ChunkProducer
     from streamproc.settings import ProducerSettings
 
+    setup_logging(log_level, log_format)
     try:
         settings = ProducerSettings(
             bootstrap_servers=bootstrap_servers,
@@ -326,11 +413,24 @@ def produce(
             schema_registry_url=schema_registry_url,
             schema_registry_auto_register=auto_register_schema,
         )
-        metrics = ProducerMetrics(lanes=[lane.name for lane in settings.topology])
-        producer = ChunkProducer(settings, on_delivery=lambda d: metrics.delivered(d.lane, ok=d.ok))
-    except (ValueError, StreamprocError) as exc:  # pydantic's ValidationError is a ValueError
+    except ValueError as exc:  # pydantic's ValidationError is a ValueError
         raise fail(str(exc), 2) from exc
-    server = MetricsServer(metrics.registry, port=metrics_port).start() if metrics_port else None
+    setup_logging(log_level, log_format, settings)
+    metrics = ProducerMetrics(lanes=[lane.name for lane in settings.topology])
+    metrics.describe(topic_prefix=settings.topic_prefix)
+    server = None if metrics_port is None else start_metrics_server(metrics.registry, metrics_port)
+    try:
+        check_broker(settings)
+        try:
+            producer = ChunkProducer(
+                settings, on_delivery=lambda d: metrics.delivered(d.lane, ok=d.ok)
+            )
+        except StreamprocError as exc:
+            raise fail(str(exc), 2) from exc
+    except typer.Exit:
+        if server is not None:
+            server.stop()
+        raise
     bottom = producer.lanes.bottom
     rejected = 0
     rejects_file = rejects.open("w", encoding="utf-8") if rejects else None
@@ -416,7 +516,15 @@ MetricsPortOption = Annotated[
         envvar="STREAMPROC_METRICS_PORT",
         min=0,
         max=65535,
-        help="Port of /metrics, /healthz and /readyz; 0 disables the endpoint.",
+        help="Port of /metrics, /healthz and /readyz; 0 binds a free port and logs which.",
+    ),
+]
+MetricsEnabledOption = Annotated[
+    bool,
+    typer.Option(
+        "--metrics/--no-metrics",
+        envvar="STREAMPROC_METRICS_ENABLED",
+        help="Serve /metrics, /healthz and /readyz (--no-metrics: no endpoint at all).",
     ),
 ]
 DEFAULT_METRICS_PORT = 9464
@@ -551,22 +659,20 @@ def consume(
         ),
     ] = None,
     metrics_port: MetricsPortOption = DEFAULT_METRICS_PORT,
-    log_level: Annotated[str, _option("Log level.", "LOG_LEVEL")] = "INFO",
+    metrics_enabled: MetricsEnabledOption = True,
+    log_level: LogLevelOption = "INFO",
+    log_format: LogFormatOption = "text",
 ) -> None:
     """Consume every lane in one group, realtime first, pausing bulk while realtime lags.
 
     Runs until SIGTERM or SIGINT, then finishes the chunks in hand, commits and exits 0.
     """
-    import logging
-
     from streamproc.consumer import PriorityConsumer
     from streamproc.handlers import load_handler, open_sink
-    from streamproc.metrics import MetricsServer
+    from streamproc.metrics import ConsumerMetrics
     from streamproc.settings import ConsumerSettings
 
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    setup_logging(log_level, log_format)
     given: dict[str, Any] = {
         "pause_lag": pause_lag,
         "resume_lag": resume_lag,
@@ -595,20 +701,38 @@ def consume(
             error_actions=parse_error_actions(on_error or []),
             **{name: value for name, value in given.items() if value is not None},
         )
-        target = load_handler(handler) if handler else open_sink(sink)
     except (ValueError, StreamprocError) as exc:  # pydantic's ValidationError is a ValueError
         raise fail(str(exc), 2) from exc
-    consumer = PriorityConsumer(settings, target)
-    server = None
-    if metrics_port:
-        server = MetricsServer(
-            consumer.metrics.registry,
-            port=metrics_port,
-            healthy=consumer.healthy,
-            ready=consumer.ready,
-        ).start()
-        console.print(f"metrics on :{server.port}/metrics")
+    setup_logging(log_level, log_format, settings)
+    metrics = ConsumerMetrics(lane.name for lane in settings.topology)
+    started: list[PriorityConsumer] = []
+
+    def probe(name: str) -> Any:
+        def answer() -> tuple[bool, str]:
+            if not started:
+                return (name == "healthy", "starting")
+            result: tuple[bool, str] = getattr(started[0], name)()
+            return result
+
+        return answer
+
+    # The port first: a taken port is a local mistake, reported before anything else.
+    server = (
+        start_metrics_server(
+            metrics.registry, metrics_port, healthy=probe("healthy"), ready=probe("ready")
+        )
+        if metrics_enabled
+        else None
+    )
+    target: Any = None
     try:
+        check_broker(settings)
+        try:
+            target = load_handler(handler) if handler else open_sink(sink)
+        except (ValueError, StreamprocError) as exc:
+            raise fail(str(exc), 2) from exc
+        consumer = PriorityConsumer(settings, target, metrics=metrics)
+        started.append(consumer)
         code = consumer.run()
     finally:
         if server is not None:
@@ -627,21 +751,65 @@ def lag(
     bootstrap_servers: BootstrapOption = DEFAULT_BOOTSTRAP,
     topic_prefix: PrefixOption = DEFAULT_PREFIX,
     group: GroupOption = "streamproc",
+    output: Annotated[
+        str,
+        typer.Option(
+            "--output",
+            "-o",
+            envvar="STREAMPROC_LAG_OUTPUT",
+            help="table (for people) or json (one document on stdout, for scripts).",
+        ),
+    ] = "table",
+    log_level: LogLevelOption = "WARNING",
+    log_format: LogFormatOption = "text",
 ) -> None:
     """Per-lane, per-partition lag of a group: high watermark, committed, lag, paused, owner.
 
-    Exits 1 when the group does not exist.
+    Exits 1 when the group does not exist or no broker answers.
     """
     from confluent_kafka.admin import AdminClient
 
     from streamproc.lag import describe_group_lag, group_exists
     from streamproc.settings import KafkaSettings
 
+    if output not in ("table", "json"):
+        raise typer.BadParameter(f"{output!r}: expected table or json", param_hint="--output")
     settings = KafkaSettings(bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix)
+    setup_logging(log_level, log_format, settings)
+    check_broker(settings)
     admin = AdminClient(settings.admin_config())
     if not group_exists(admin, group):
         raise fail(f"consumer group {group!r} does not exist")
     rows = describe_group_lag(admin, settings.topology, group)
+    totals: dict[str, int] = {lane.name: 0 for lane in settings.topology}
+    unknown: dict[str, int] = {lane.name: 0 for lane in settings.topology}
+    for row in rows:
+        totals[row.lane] = totals.get(row.lane, 0) + (row.lag_messages or 0)
+        if row.lag_messages is None:
+            unknown[row.lane] = unknown.get(row.lane, 0) + 1
+    if output == "json":
+        document = {
+            "group": group,
+            "lanes": {
+                lane: {"lag_messages": total, "partitions_unknown": unknown[lane]}
+                for lane, total in totals.items()
+            },
+            "partitions": [
+                {
+                    "lane": row.lane,
+                    "topic": row.topic,
+                    "partition": row.partition,
+                    "high_watermark": row.high_watermark,
+                    "committed": row.committed,
+                    "lag_messages": row.lag_messages,
+                    "paused": row.paused,
+                    "owner": row.owner,
+                }
+                for row in rows
+            ],
+        }
+        sys.stdout.write(json.dumps(document, indent=2) + "\n")
+        return
     table = Table(
         "lane",
         "partition",
@@ -652,9 +820,7 @@ def lag(
         "owner",
         title=f"group {group}",
     )
-    totals: dict[str, int] = {}
     for row in rows:
-        totals[row.lane] = totals.get(row.lane, 0) + (row.lag_messages or 0)
         table.add_row(
             row.lane,
             str(row.partition),
@@ -665,8 +831,8 @@ def lag(
             row.owner or "-",
         )
     out.print(table)
-    for lane, total in totals.items():
-        out.print(f"{lane}: lag {total}")
+    for lane_name, total in totals.items():
+        out.print(f"{lane_name}: lag {total}")
 
 
 # -- dlq ------------------------------------------------------------------------------------------
@@ -1059,12 +1225,18 @@ def demo(
             )
         ),
     ] = None,
+    log_level: LogLevelOption = "WARNING",
+    log_format: LogFormatOption = "text",
 ) -> None:
     """Run the whole job on a broker: bulk backlog, realtime stream, live lag view, summary.
 
     Exits 1 if not every produced chunk was handled in time.
     """
     from streamproc.demo import Demo, DemoConfig, summary_lines, summary_table
+    from streamproc.settings import KafkaSettings
+
+    setup_logging(log_level, log_format)
+    check_broker(KafkaSettings(bootstrap_servers=bootstrap_servers))
 
     config = DemoConfig(
         bootstrap_servers=bootstrap_servers,

@@ -129,3 +129,39 @@ class TopicError(StreamprocError):
     """Lane topics are missing or inconsistent (e.g. different partition counts)."""
 
     reason = "topic"
+
+
+class MetricsPortInUseError(StreamprocError):
+    """The metrics endpoint's port is taken by another process."""
+
+    reason = "metrics_port_in_use"
+
+    def __init__(self, port: int) -> None:
+        super().__init__(f"metrics port {port} is already in use")
+        self.port = port
+
+
+class BrokerUnreachableError(StreamprocError):
+    """No broker of the bootstrap list answered within the start-up check."""
+
+    retriable = True
+    reason = "broker_unreachable"
+
+
+# Every reason a message can be parked in a dead-letter topic for: the ``reason`` label values of
+# ``streamproc_dead_letters_total``, created at 0 in advance. Errors that are not streamproc's
+# count as ``handler_error``; retriable ones are parked once their retries are spent.
+DEAD_LETTER_REASONS: tuple[str, ...] = tuple(
+    cls.reason
+    for cls in (
+        DecodeError,
+        UnknownFramingError,
+        UnknownSchemaError,
+        IncompatibleSchemaError,
+        ChunkValidationError,
+        OversizeError,
+        HandlerError,
+        RetriableHandlerError,
+        SinkUnavailableError,
+    )
+)

@@ -16,22 +16,33 @@ callables the consumer provides, so the server never touches the Kafka client.
 from __future__ import annotations
 
 import contextlib
+import errno
+import logging
 import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TYPE_CHECKING, Any
+from wsgiref.simple_server import WSGIRequestHandler, make_server
 
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
+    GCCollector,
     Histogram,
     Info,
-    generate_latest,
+    PlatformCollector,
+    ProcessCollector,
+    make_wsgi_app,
 )
+from prometheus_client.exposition import ThreadingWSGIServer
 
 from streamproc import __version__
+from streamproc.errors import DEAD_LETTER_REASONS, MetricsPortInUseError
+from streamproc.kafkastats import parse_statistics
+
+if TYPE_CHECKING:
+    from wsgiref.types import StartResponse
 
 # End-to-end latency: 1 ms to 10 min, roughly x2.5 steps.
 LATENCY_BUCKETS = (
@@ -42,6 +53,8 @@ HANDLER_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
     2.5, 5.0, 10.0, 30.0,
 )  # fmt: skip
+
+log = logging.getLogger(__name__)
 
 PRODUCE_OUTCOMES = ("delivered", "failed", "rejected")
 # Lane label of a produce rejected before it had a lane (unparseable input).
@@ -68,6 +81,14 @@ def observe_many(histogram: Histogram, values: Iterable[float]) -> None:
     histogram._sum.inc(total)
     for index, count in counts.items():
         histogram._buckets[index].inc(count)
+
+
+def register_runtime_collectors(registry: CollectorRegistry) -> None:
+    """``process_*`` (CPU, memory, file descriptors), ``python_info`` and ``python_gc_*``: what
+    every Python exporter has, on this registry rather than the global default one."""
+    ProcessCollector(registry=registry)
+    PlatformCollector(registry=registry)
+    GCCollector(registry=registry)
 
 
 class LaneMetrics:
@@ -101,6 +122,7 @@ class ConsumerMetrics:
     def __init__(self, lanes: Iterable[str], registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
+        register_runtime_collectors(r)
         self.build_info = Info("streamproc_build", "streamproc build information.", registry=r)
         self.build_info.info({"version": __version__})
         self.consumer_info = Info(
@@ -194,6 +216,34 @@ class ConsumerMetrics:
             buckets=HANDLER_BUCKETS,
             registry=r,
         )
+        self.fetch_queue_messages = Gauge(
+            "streamproc_fetch_queue_messages",
+            "Messages prefetched by librdkafka and waiting in the lane consumer's local queue"
+            " (librdkafka statistics).",
+            ["lane"],
+            registry=r,
+        )
+        self.fetch_queue_bytes = Gauge(
+            "streamproc_fetch_queue_bytes",
+            "Bytes prefetched and waiting in the lane consumer's local queue (librdkafka"
+            " statistics).",
+            ["lane"],
+            registry=r,
+        )
+        self.broker_rtt_avg = Gauge(
+            "streamproc_broker_rtt_avg_seconds",
+            "Average request round-trip time from the lane consumer to a broker over the last"
+            " statistics window (0 without requests).",
+            ["lane", "broker"],
+            registry=r,
+        )
+        self.broker_rtt_p99 = Gauge(
+            "streamproc_broker_rtt_p99_seconds",
+            "p99 request round-trip time from the lane consumer to a broker over the last"
+            " statistics window (0 without requests).",
+            ["lane", "broker"],
+            registry=r,
+        )
         self.ready = Gauge(
             "streamproc_ready", "1 when assigned and the broker is reachable.", registry=r
         )
@@ -203,6 +253,11 @@ class ConsumerMetrics:
             registry=r,
         )
         self.lanes = {lane: LaneMetrics(self, lane) for lane in lanes}
+        # Every series known in advance exists at 0 from the start, so increase() sees the
+        # first dead letter or failed commit instead of a series appearing at 1.
+        for lane in self.lanes:
+            for reason in DEAD_LETTER_REASONS:
+                self.dead_letters.labels(lane=lane, reason=reason)
         for outcome in ("ok", "failed"):
             self.commits.labels(outcome=outcome)
         for kind in ("assign", "revoke", "lost"):
@@ -213,6 +268,27 @@ class ConsumerMetrics:
     def describe(self, *, consumer_group: str, topic_prefix: str) -> None:
         """Publish ``streamproc_consumer_info``, the series dashboards and alerts join on."""
         self.consumer_info.info({"consumer_group": consumer_group, "topic_prefix": topic_prefix})
+
+    def librdkafka_statistics(self, lane: str) -> Callable[[str], None]:
+        """A ``stats_cb`` for the lane's consumer: records its statistics as metrics.
+
+        It runs inside the consumer's poll, so it never raises (a document it cannot read is
+        logged and skipped).
+        """
+
+        def record(text: str) -> None:
+            try:
+                statistics = parse_statistics(text)
+            except (ValueError, TypeError, AttributeError) as exc:
+                log.warning("unreadable librdkafka statistics of lane %s: %s", lane, exc)
+                return
+            self.fetch_queue_messages.labels(lane=lane).set(statistics.fetch_queue_messages)
+            self.fetch_queue_bytes.labels(lane=lane).set(statistics.fetch_queue_bytes)
+            for broker in statistics.brokers:
+                self.broker_rtt_avg.labels(lane=lane, broker=broker.broker).set(broker.avg_s)
+                self.broker_rtt_p99.labels(lane=lane, broker=broker.broker).set(broker.p99_s)
+
+        return record
 
     def set_partition_lags(self, lags: Iterable[tuple[str, str, int, int | None]]) -> None:
         """Replace the per-partition lag series with ``(lane, topic, partition, lag)`` items.
@@ -246,6 +322,7 @@ class ProducerMetrics:
         self, registry: CollectorRegistry | None = None, *, lanes: Iterable[str] = ()
     ) -> None:
         self.registry = registry or CollectorRegistry()
+        register_runtime_collectors(self.registry)
         self.build_info = Info(
             "streamproc_build", "streamproc build information.", registry=self.registry
         )
@@ -259,6 +336,16 @@ class ProducerMetrics:
         for lane in lanes:
             for outcome in PRODUCE_OUTCOMES:
                 self.produced.labels(lane=lane, outcome=outcome)
+        self.producer_info = Info(
+            "streamproc_producer",
+            "The topic prefix this process produces to (join on job and instance; dashboards"
+            " match it with a consumer group's).",
+            registry=self.registry,
+        )
+
+    def describe(self, *, topic_prefix: str) -> None:
+        """Publish ``streamproc_producer_info{topic_prefix=...}``."""
+        self.producer_info.info({"topic_prefix": topic_prefix})
 
     def delivered(self, lane: str, *, ok: bool) -> None:
         """Count one delivery report (from the producer's ``on_delivery`` callback)."""
@@ -269,15 +356,28 @@ class ProducerMetrics:
         self.produced.labels(lane=lane or UNKNOWN_LANE, outcome="rejected").inc()
 
 
+class _QuietHandler(WSGIRequestHandler):
+    def log_message(self, format: str, *args: object) -> None:
+        return None  # scrapes every few seconds would flood the consumer's log
+
+
 class MetricsServer:
     """Serves ``/metrics``, ``/healthz`` and ``/readyz`` on a daemon thread.
 
+    ``/metrics`` is prometheus_client's own WSGI app, so the exposition negotiates like every
+    Python exporter: OpenMetrics when the scraper's ``Accept`` asks for it, gzip when its
+    ``Accept-Encoding`` does, ``name[]`` filters. The server is prometheus_client's threading
+    WSGI server; health and readiness are two small WSGI routes beside it.
+
     Args:
         registry: What ``/metrics`` exports.
-        port: TCP port; 0 picks a free one (see :attr:`port` after :meth:`start`).
+        port: TCP port; 0 picks a free one (see :attr:`port`).
         host: Interface to bind.
         healthy: Returns (ok, detail) for ``/healthz``.
         ready: Returns (ok, detail) for ``/readyz``.
+
+    Raises:
+        MetricsPortInUseError: another process listens on ``port``.
     """
 
     def __init__(
@@ -289,11 +389,19 @@ class MetricsServer:
         healthy: Callable[[], tuple[bool, str]] | None = None,
         ready: Callable[[], tuple[bool, str]] | None = None,
     ) -> None:
-        self._registry = registry
-        self._healthy = healthy or (lambda: (True, "ok"))
-        self._ready = ready or (lambda: (True, "ok"))
-        self._server = ThreadingHTTPServer((host, port), self._handler_class())
-        self._server.daemon_threads = True
+        self._metrics_app = make_wsgi_app(registry)
+        self._probes = {
+            "/healthz": healthy or (lambda: (True, "ok")),
+            "/readyz": ready or (lambda: (True, "ok")),
+        }
+        try:
+            self._server = make_server(
+                host, port, self._app, ThreadingWSGIServer, handler_class=_QuietHandler
+            )
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise MetricsPortInUseError(port) from exc
+            raise
         self._thread = threading.Thread(
             target=self._server.serve_forever, name="streamproc-metrics", daemon=True
         )
@@ -310,28 +418,21 @@ class MetricsServer:
         self._server.shutdown()
         self._server.server_close()
 
-    def _handler_class(self) -> type[BaseHTTPRequestHandler]:
-        server = self
+    def _app(self, environ: dict[str, Any], start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "/")
+        if path == "/metrics":
+            body: Iterable[bytes] = self._metrics_app(environ, start_response)
+            return body
+        probe = self._probes.get(path)
+        if probe is None:
+            return _plain(start_response, "404 Not Found", "not found")
+        ok, detail = probe()
+        return _plain(start_response, "200 OK" if ok else "503 Service Unavailable", detail)
 
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                path = self.path.split("?", 1)[0]
-                if path == "/metrics":
-                    self._send(200, generate_latest(server._registry), CONTENT_TYPE_LATEST)
-                elif path in ("/healthz", "/readyz"):
-                    ok, detail = (server._healthy if path == "/healthz" else server._ready)()
-                    self._send(200 if ok else 503, (detail + "\n").encode(), "text/plain")
-                else:
-                    self._send(404, b"not found\n", "text/plain")
 
-            def _send(self, status: int, body: bytes, content_type: str) -> None:
-                self.send_response(status)
-                self.send_header("Content-Type", content_type)
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
-
-            def log_message(self, format: str, *args: object) -> None:
-                return None  # scrapes every few seconds would flood the consumer's log
-
-        return Handler
+def _plain(start_response: StartResponse, status: str, text: str) -> list[bytes]:
+    body = (text + "\n").encode()
+    start_response(
+        status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))]
+    )
+    return [body]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from typing import Any, Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -18,6 +19,7 @@ from streamproc.dispatch import Ordering
 from streamproc.errors import ConfigError
 from streamproc.flow import FlowSettings
 from streamproc.lanes import BULK, DEFAULT_PREFIX, REALTIME, Lanes
+from streamproc.logs import LIBRDKAFKA_LOGGER
 from streamproc.registry import SchemaRegistrySettings
 
 SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
@@ -91,12 +93,24 @@ class KafkaSettings(BaseSettings):
         """The lanes and their topics."""
         return Lanes(self.topic_prefix, self.lanes)
 
+    def secrets(self) -> list[str]:
+        """Values that must never appear in a log line (for :func:`streamproc.logs.redact`)."""
+        found = [self.sasl_password.get_secret_value()] if self.sasl_password else []
+        if self.schema_registry_url:
+            found += [p for p in (urlsplit(self.schema_registry_url).password,) if p]
+        return found
+
     def connection(self) -> dict[str, Any]:
-        """librdkafka keys for reaching the cluster (what an AdminClient needs)."""
+        """librdkafka keys for reaching the cluster (what an AdminClient needs).
+
+        librdkafka logs through :data:`~streamproc.logs.LIBRDKAFKA_LOGGER` (Python logging),
+        never raw to stderr.
+        """
         conf: dict[str, Any] = {
             "bootstrap.servers": self.bootstrap_servers,
             "client.id": self.client_id,
             "security.protocol": self.security_protocol.lower(),
+            "logger": LIBRDKAFKA_LOGGER,
         }
         optional = {
             "sasl.mechanism": self.sasl_mechanism,
@@ -305,6 +319,14 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
             " concurrency / 8)."
         ),
     )
+    statistics_interval_s: float = Field(
+        15.0,
+        ge=0,
+        description=(
+            "How often each lane consumer reports librdkafka's statistics (fetch queue depth,"
+            " broker round-trip time) to the metrics (statistics.interval.ms); 0 turns them off."
+        ),
+    )
     revoke_timeout_s: float = Field(
         10.0,
         ge=0,
@@ -353,6 +375,7 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
         on_commit: Callable[[Any, Any], None] | None = None,
         *,
         lane: str | None = None,
+        stats_cb: Callable[[str], None] | None = None,
     ) -> dict[str, Any]:
         """The consumer configuration. Manual offset storage cannot be overridden.
 
@@ -363,6 +386,8 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
                 the group of its own): ``client.id`` and a static ``group.instance.id`` (from
                 :attr:`group_instance_id` or ``librdkafka_extra``) get ``-<lane>`` appended,
                 since two members of one group must never share an instance id.
+            stats_cb: librdkafka's statistics callback (JSON text), called every
+                :attr:`statistics_interval_s` from the consumer's poll; none without it.
         """
         conf: dict[str, Any] = {
             "auto.offset.reset": self.auto_offset_reset,
@@ -397,6 +422,9 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
             conf["error_cb"] = error_cb
         if on_commit is not None:
             conf["on_commit"] = on_commit
+        if stats_cb is not None and self.statistics_interval_s > 0:
+            conf["stats_cb"] = stats_cb
+            conf["statistics.interval.ms"] = int(self.statistics_interval_s * 1000)
         return conf
 
     def dead_letter_producer_config(self) -> dict[str, Any]:

@@ -174,7 +174,12 @@ class PriorityConsumer:
             LaneConsumer(
                 lane,
                 clients.consumer(
-                    settings.to_librdkafka(self._on_error, self._on_commit, lane=lane.name)
+                    settings.to_librdkafka(
+                        self._on_error,
+                        self._on_commit,
+                        lane=lane.name,
+                        stats_cb=self.metrics.librdkafka_statistics(lane.name),
+                    )
                 ),
             )
             for lane in self.lanes

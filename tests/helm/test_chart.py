@@ -381,12 +381,65 @@ def test_dashboard_label_is_configurable() -> None:
     assert "grafana_dashboard" not in labels and labels["dash"] == "yes"
 
 
-def test_prometheus_rule_wraps_the_repository_rules() -> None:
+def test_plain_rules_file_is_the_prometheus_rule_with_default_values() -> None:
+    """files/prometheus-rules.yaml is generated (scripts/alert-rules): it must be current."""
     rules = yaml.safe_load((CHART / "files" / "prometheus-rules.yaml").read_text())
+    rendered = render(DEFAULTS, sets=["metrics.prometheusRule.enabled=true"])
+    assert rendered.one("PrometheusRule")["spec"]["groups"] == rules["groups"], (
+        "files/prometheus-rules.yaml is stale: run scripts/alert-rules"
+    )
     rule = render(ALL).one("PrometheusRule")
-    assert rule["spec"]["groups"] == rules["groups"]
     assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
     assert "PrometheusRule" not in render(DEFAULTS).kinds
+
+
+def _alerts(rendered: Any) -> dict[str, dict[str, Any]]:
+    groups = rendered.one("PrometheusRule")["spec"]["groups"]
+    found: dict[str, dict[str, Any]] = {}
+    for rule in (rule for group in groups for rule in group["rules"] if "alert" in rule):
+        key = rule["alert"] + ("/" + rule["labels"]["burn"] if "burn" in rule["labels"] else "")
+        found[key] = rule
+    return found
+
+
+def test_alert_thresholds_severities_and_runbooks_come_from_values(tmp_path: Path) -> None:
+    on = "metrics.prometheusRule.enabled=true"
+    alerts = _alerts(render(DEFAULTS, sets=[on, "flow.pauseLag=400"]))
+    # The realtime lag threshold follows pauseLag unless set.
+    assert alerts["StreamprocRealtimeLagHigh"]["expr"].strip().endswith("> 400")
+    overrides = tmp_path / "alerts-values.yaml"
+    overrides.write_text(
+        yaml.safe_dump(
+            {
+                "metrics": {
+                    "prometheusRule": {
+                        "enabled": True,
+                        "runbookBaseUrl": "https://docs.example.com/streamproc/metrics/",
+                        "alerts": {
+                            "realtimeLagHigh": {"messages": 2500},
+                            "laneStarved": {"window": "1h", "pausedShare": 0.75},
+                            "rebalanceStorm": {"severity": "page"},
+                            "realtimeLatencyBudgetBurn": {"objectiveSeconds": 2.5},
+                        },
+                    }
+                }
+            }
+        )
+    )
+    rendered = render(DEFAULTS, overrides)
+    alerts = _alerts(rendered)
+    assert alerts["StreamprocRealtimeLagHigh"]["expr"].strip().endswith("> 2500")
+    starved = alerts["StreamprocLaneStarved"]["expr"]
+    assert "[1h]" in starved and starved.strip().endswith("> 0.75")
+    assert alerts["StreamprocRebalanceStorm"]["labels"]["severity"] == "page"
+    assert alerts["StreamprocNoProgress"]["annotations"]["runbook_url"] == (
+        "https://docs.example.com/streamproc/metrics/#streamprocnoprogress"
+    )
+    groups = rendered.one("PrometheusRule")["spec"]["groups"]
+    records = {rule["record"]: rule["expr"] for rule in groups[0]["rules"]}
+    assert (
+        'le=~"2\\\\.5(\\\\.0)?"' in records["streamproc:realtime_latency_slo_errors:ratio_rate5m"]
+    )
 
 
 # -- autoscaling ----------------------------------------------------------------------------

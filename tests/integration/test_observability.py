@@ -53,6 +53,8 @@ RATE_INTERVAL = "1m"
 # The shipped rules, scaled from minutes to seconds for the scenario.
 TEST_FOR = "2s"
 TEST_REALTIME_LAG_THRESHOLD = 100
+# The starvation alert's window (share of time paused), scaled from 30 minutes.
+TEST_STARVATION_WINDOW = "10s"
 PAUSE_LAG = 50
 
 
@@ -141,6 +143,12 @@ class Prometheus:
         result: list[dict[str, Any]] = data["result"]
         return result
 
+    def query_range(self, expr: str, start: float, end: float) -> list[dict[str, Any]]:
+        data = self.api("query_range", query=expr, start=str(start), end=str(end), step="1")
+        assert data["resultType"] == "matrix", expr
+        result: list[dict[str, Any]] = data["result"]
+        return result
+
     def firing(self) -> set[str]:
         return {
             alert["labels"]["alertname"]
@@ -216,21 +224,34 @@ class RunningConsumer:
 # -- the dashboard and the rules, as Prometheus will see them ---------------------------------
 
 
-def dashboard_queries(consumer_group: str) -> list[tuple[str, str]]:
-    """(panel title, PromQL) of every dashboard query, variables substituted as Grafana would."""
-    dashboard = json.loads(DASHBOARD.read_text())
+def _substitute(expr: str, consumer_group: str) -> str:
     values = {
         "namespace": NAMESPACE,
         "consumer_group": consumer_group,
         "__rate_interval": RATE_INTERVAL,
     }
+    return re.sub(r"\$\{?(\w+)\}?", lambda m: values[m.group(1)], expr)
+
+
+def dashboard_queries(consumer_group: str) -> list[tuple[str, str]]:
+    """(panel title, PromQL) of every dashboard query, variables substituted as Grafana would."""
+    dashboard = json.loads(DASHBOARD.read_text())
     queries = []
     panels = [p for top in dashboard["panels"] for p in (top, *top.get("panels", []))]
     for panel in panels:
         for target in panel.get("targets", []):
-            expr = re.sub(r"\$\{?(\w+)\}?", lambda m: values[m.group(1)], target["expr"])
-            queries.append((panel["title"], expr))
+            queries.append((panel["title"], _substitute(target["expr"], consumer_group)))
     return queries
+
+
+def dashboard_annotations(consumer_group: str) -> list[tuple[str, str]]:
+    """(annotation name, PromQL) of every query annotation of the dashboard."""
+    dashboard = json.loads(DASHBOARD.read_text())
+    return [
+        (annotation["name"], _substitute(annotation["expr"], consumer_group))
+        for annotation in dashboard["annotations"]["list"]
+        if annotation.get("expr")
+    ]
 
 
 def shipped_rules() -> list[dict[str, Any]]:
@@ -239,21 +260,27 @@ def shipped_rules() -> list[dict[str, Any]]:
 
 
 def render_fast_rules(path: Path) -> dict[str, str]:
-    """Write the shipped rules with `for:` in seconds and a small lag threshold; return exprs.
+    """Write the shipped rules with `for:` in seconds, a small lag threshold and the starvation
+    window in seconds; return the alert expressions.
 
-    The expressions are the shipped ones except the realtime-lag threshold number; this is
-    checked here, so the alerts that fire in the scenario are the alerts operators get.
+    The expressions are the shipped ones except those numbers; this is checked here, so the
+    alerts that fire in the scenario are the alerts operators get.
     """
     document = yaml.safe_load(RULES.read_text())
     exprs = {}
     for group in document["groups"]:
         for rule in group["rules"]:
+            if "alert" not in rule:
+                continue  # recording rules run as shipped
             rule["for"] = TEST_FOR
             shipped = rule["expr"]
             if rule["alert"] == "StreamprocRealtimeLagHigh":
                 rule["expr"] = re.sub(r"> 1000\s*$", f"> {TEST_REALTIME_LAG_THRESHOLD}\n", shipped)
                 assert rule["expr"] != shipped, "the realtime-lag threshold moved: update the test"
                 assert rule["expr"].replace(str(TEST_REALTIME_LAG_THRESHOLD), "1000") == shipped
+            elif rule["alert"] == "StreamprocLaneStarved":
+                rule["expr"] = shipped.replace("[30m]", f"[{TEST_STARVATION_WINDOW}]")
+                assert rule["expr"] != shipped, "the starvation window moved: update the test"
             else:
                 assert rule["expr"] == shipped
             exprs[rule["alert"]] = rule["expr"]
@@ -271,6 +298,8 @@ class ObservedRun:
     consumer_group: str
     fired: set[str]
     scrape: str
+    started: float
+    ended: float
 
 
 @pytest.fixture(scope="module")
@@ -300,17 +329,28 @@ def observed_run(
             poll_timeout_s=0.05,
             max_batch_messages=100,
             watermark_refresh_s=1.0,
+            statistics_interval_s=1.0,
         ),
         handler,
     )
     rules = tmp / "rules.yaml"
     render_fast_rules(rules)
+    # The producer exports its counters too, as `streamproc produce --metrics-port` does.
+    producer_metrics = ProducerMetrics(lanes=["realtime", "bulk"])
+    producer_metrics.describe(topic_prefix=prefix)
+    producer_server = MetricsServer(producer_metrics.registry, port=0, host="127.0.0.1").start()
     prometheus = Prometheus(tmp / "prometheus")
-    prometheus.start([consumer.address], {"namespace": NAMESPACE, "pod": f"{prefix}-0"}, [rules])
+    prometheus.start(
+        [consumer.address, f"127.0.0.1:{producer_server.port}"],
+        {"namespace": NAMESPACE, "pod": f"{prefix}-0"},
+        [rules],
+    )
     producer = ChunkProducer(
-        ProducerSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=prefix, linger_ms=1)
+        ProducerSettings(bootstrap_servers=kafka_bootstrap, topic_prefix=prefix, linger_ms=1),
+        on_delivery=lambda d: producer_metrics.delivered(d.lane, ok=d.ok),
     )
     fired: set[str] = set()
+    started = time.time()
     try:
         wait_for(lambda: consumer.get("/readyz")[0] == 200, 60, "the consumer to be ready")
         # 1. Everyday traffic, and some garbage for the dead-letter panels.
@@ -336,10 +376,11 @@ def observed_run(
         wait_for(lambda: handler.handled["bulk"] >= 2500, 60, "bulk to resume and finish")
         time.sleep(2)
         _, scrape = consumer.get("/metrics")
-        yield ObservedRun(prometheus, consumer, group, fired, scrape)
+        yield ObservedRun(prometheus, consumer, group, fired, scrape, started, time.time())
     finally:
         prometheus.stop()
         consumer.stop()
+        producer_server.stop()
 
 
 @pytest.mark.slow
@@ -358,6 +399,35 @@ def test_every_dashboard_query_returns_data(observed_run: ObservedRun) -> None:
 
 
 @pytest.mark.slow
+def test_every_dashboard_annotation_marks_the_run(observed_run: ObservedRun) -> None:
+    """The pause annotation found the bulk lane's pause during the burst (a range query, as
+    Grafana asks annotations)."""
+    annotations = dashboard_annotations(observed_run.consumer_group)
+    assert [name for name, _ in annotations] == ["Pauses"]
+    for name, expr in annotations:
+        series = observed_run.prometheus.query_range(expr, observed_run.started, observed_run.ended)
+        lanes = {item["metric"].get("lane") for item in series}
+        assert "bulk" in lanes, f"{name}: {expr}"
+
+
+@pytest.mark.slow
+def test_exposition_carries_runtime_and_librdkafka_metrics(observed_run: ObservedRun) -> None:
+    """What Prometheus scraped (OpenMetrics, its preferred format) from the consumer."""
+    prometheus = observed_run.prometheus
+    address = observed_run.consumer.address
+    for expr in (
+        f'process_resident_memory_bytes{{instance="{address}"}}',
+        f'python_info{{instance="{address}"}}',
+        f'streamproc_fetch_queue_messages{{instance="{address}", lane="realtime"}}',
+        f'streamproc_broker_rtt_avg_seconds{{instance="{address}", lane="bulk"}}',
+        f'streamproc_dead_letters_total{{instance="{address}", lane="realtime", reason="invalid"}}',
+    ):
+        assert prometheus.query(expr), expr
+    targets = prometheus.api("targets")["activeTargets"]
+    assert {target["health"] for target in targets} == {"up"}
+
+
+@pytest.mark.slow
 def test_dashboard_variables_find_the_namespace_and_group(observed_run: ObservedRun) -> None:
     prometheus = observed_run.prometheus
     namespaces = prometheus.api("label/namespace/values", **{"match[]": "streamproc_consumer_info"})
@@ -372,8 +442,8 @@ def test_dashboard_variables_find_the_namespace_and_group(observed_run: Observed
 @pytest.mark.slow
 def test_every_alert_expression_evaluates(observed_run: ObservedRun) -> None:
     rules = shipped_rules()
-    assert len(rules) == 6
-    for rule in rules:
+    assert len([rule for rule in rules if "alert" in rule]) >= 10
+    for rule in rules:  # recording rules and alerts
         observed_run.prometheus.query(rule["expr"])  # raises on a query error
 
 

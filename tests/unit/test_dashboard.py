@@ -16,7 +16,7 @@ import pytest
 import yaml
 from prometheus_client import generate_latest
 
-from streamproc.metrics import ConsumerMetrics
+from streamproc.metrics import ConsumerMetrics, ProducerMetrics
 
 REPO = Path(__file__).resolve().parents[2]
 DASHBOARD = REPO / "helm" / "streamproc" / "files" / "grafana-dashboard.json"
@@ -66,8 +66,17 @@ def exported_metric_names() -> set[str]:
     metrics.dead_letters.labels(lane="bulk", reason="undecodable").inc()
     metrics.describe(consumer_group="g", topic_prefix="chunks")
     metrics.set_partition_lags([("bulk", "chunks.bulk", 0, 7)])
-    text = generate_latest(metrics.registry).decode()
+    metrics.fetch_queue_messages.labels(lane="bulk").set(3)
+    metrics.broker_rtt_avg.labels(lane="bulk", broker="b:9092").set(0.001)
+    metrics.broker_rtt_p99.labels(lane="bulk", broker="b:9092").set(0.002)
+    producer = ProducerMetrics(lanes=["realtime", "bulk"])
+    producer.describe(topic_prefix="chunks")
+    text = generate_latest(metrics.registry).decode() + generate_latest(producer.registry).decode()
     return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line[:1] != "#"}
+
+
+def annotation_queries(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    return [a for a in dashboard["annotations"]["list"] if a.get("expr")]
 
 
 def test_schema_is_current_and_identity_is_stable() -> None:
@@ -131,9 +140,19 @@ def test_rates_use_rate_interval() -> None:
 def test_rows_as_documented() -> None:
     dashboard = load()
     rows = [panel["title"] for panel in dashboard["panels"] if panel["type"] == "row"]
-    assert rows == ["Lanes", "Handling", "Consumer health"]
+    assert rows == ["Lanes", "Lag and drain", "Handling", "Consumer health", "Process and client"]
     titles = {panel["title"] for panel in query_panels(dashboard)}
     assert {
+        "Lag per partition",
+        "Lag in seconds by lane",
+        "Time to drain by lane",
+        "Bulk delay",
+        "Produced rate",
+        "Queue wait",
+        "Process CPU",
+        "Process memory",
+        "Prefetched messages",
+        "Broker round-trip time",
         "Lag by lane",
         "Pause timeline",
         "Realtime end-to-end latency",
@@ -171,9 +190,22 @@ def test_panels_do_not_overlap() -> None:
 def test_only_metrics_that_exist_are_queried(source: str) -> None:
     if source == "dashboard":
         exprs = [t["expr"] for panel in query_panels(load()) for t in panel["targets"]]
+        exprs += [annotation["expr"] for annotation in annotation_queries(load())]
     else:
         rules = yaml.safe_load(DASHBOARD.with_name("prometheus-rules.yaml").read_text())
         exprs = [rule["expr"] for group in rules["groups"] for rule in group["rules"]]
     names = set(METRIC.findall("\n".join(exprs)))
     assert names, "no streamproc metric referenced"
     assert names - exported_metric_names() == set()
+
+
+def test_pauses_are_annotated_as_regions_per_lane() -> None:
+    dashboard = load()
+    (pauses,) = annotation_queries(dashboard)
+    assert pauses["name"] == "Pauses" and pauses["enable"]
+    assert pauses["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+    assert "streamproc_lane_paused" in pauses["expr"] and pauses["expr"].endswith("== 1")
+    assert 'namespace=~"$namespace"' in pauses["expr"]
+    assert 'consumer_group=~"$consumer_group"' in pauses["expr"]
+    assert pauses["target"]["expr"] == pauses["expr"]
+    assert "{{lane}}" in pauses["titleFormat"]

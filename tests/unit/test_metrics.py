@@ -6,17 +6,22 @@ No broker: the registry is filled by hand. The live scrape of a real consumer is
 
 from __future__ import annotations
 
+import gzip
 import math
 import os
 import shutil
+import socket
 import subprocess
 import urllib.error
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 
+from streamproc.errors import DEAD_LETTER_REASONS, MetricsPortInUseError
 from streamproc.metrics import (
     LATENCY_BUCKETS,
     ConsumerMetrics,
@@ -87,6 +92,8 @@ def test_names_units_and_labels() -> None:
     for name, kind in families.items():
         if name.endswith("_created"):
             continue  # prometheus_client's creation timestamps of counters and histograms
+        if name.startswith(("process_", "python_")):
+            continue  # prometheus_client's process and platform collectors
         assert name.startswith("streamproc_"), name
         assert name.endswith("_total") == (kind == "counter"), name
         assert "milli" not in name, f"{name}: base units only"
@@ -140,17 +147,101 @@ def test_endpoint_serves_metrics_health_and_readiness() -> None:
         server.stop()
 
 
+def test_endpoint_negotiates_openmetrics_and_gzip() -> None:
+    server = MetricsServer(filled_consumer_metrics().registry, port=0, host="127.0.0.1").start()
+    url = f"http://127.0.0.1:{server.port}/metrics"
+
+    def get(headers: dict[str, str]) -> tuple[str, str, bytes]:
+        request = urllib.request.Request(url, headers=headers)  # loopback
+        with urllib.request.urlopen(request, timeout=5) as response:  # noqa: S310
+            return (
+                response.headers["Content-Type"],
+                response.headers.get("Content-Encoding", ""),
+                response.read(),
+            )
+
+    try:
+        kind, encoding, body = get({})
+        assert kind.startswith("text/plain; version=0.0.4") and encoding == ""
+        assert b"# EOF" not in body
+        kind, _, body = get({"Accept": "application/openmetrics-text; version=1.0.0"})
+        assert kind.startswith("application/openmetrics-text")
+        assert body.rstrip().endswith(b"# EOF")
+        kind, encoding, body = get({"Accept-Encoding": "gzip"})
+        assert encoding == "gzip"
+        assert b"streamproc_lane_paused" in gzip.decompress(body)
+    finally:
+        server.stop()
+
+
+def test_endpoint_has_the_process_and_platform_collectors() -> None:
+    for registry in (ConsumerMetrics(["realtime"]).registry, ProducerMetrics().registry):
+        assert registry.get_sample_value("process_cpu_seconds_total") is not None
+        assert (registry.get_sample_value("process_resident_memory_bytes") or 0) > 0
+        text = generate_latest(registry).decode()
+        assert "python_info{" in text
+        assert "python_gc_collections_total{" in text
+
+
+def test_every_known_label_combination_exists_at_zero() -> None:
+    registry = ConsumerMetrics(["realtime", "bulk"]).registry
+    assert {"undecodable", "unknown_schema", "invalid", "handler_error"} <= set(DEAD_LETTER_REASONS)
+    for lane in ("realtime", "bulk"):
+        for reason in DEAD_LETTER_REASONS:
+            labels = {"lane": lane, "reason": reason}
+            assert registry.get_sample_value("streamproc_dead_letters_total", labels) == 0
+        for outcome in ("ok", "retried", "dead_lettered"):
+            labels = {"lane": lane, "outcome": outcome}
+            assert registry.get_sample_value("streamproc_messages_handled_total", labels) == 0
+        for name in ("streamproc_lane_pauses_total", "streamproc_lane_paused_seconds_total"):
+            assert registry.get_sample_value(name, {"lane": lane}) == 0
+    for outcome in ("ok", "failed"):
+        assert registry.get_sample_value("streamproc_commits_total", {"outcome": outcome}) == 0
+    for kind in ("assign", "revoke", "lost"):
+        assert registry.get_sample_value("streamproc_rebalances_total", {"kind": kind}) == 0
+
+
+def test_endpoint_on_a_taken_port_says_so() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(MetricsPortInUseError, match=f"metrics port {port} is already in use"):
+            MetricsServer(ConsumerMetrics(["realtime"]).registry, port=port, host="127.0.0.1")
+
+
+def shipped_rules() -> list[dict[str, Any]]:
+    document = yaml.safe_load(RULES.read_text())
+    return [rule for group in document["groups"] for rule in group["rules"]]
+
+
 def test_rules_pass_promtool_check_rules() -> None:
     code, output = run_promtool("check", "rules", str(RULES))
     assert code == 0, output
-    assert "SUCCESS: 6 rules found" in output
+    assert f"SUCCESS: {len(shipped_rules())} rules found" in output
+
+
+def test_rules_alert_on_what_operators_asked_for() -> None:
+    alerts = {rule["alert"] for rule in shipped_rules() if "alert" in rule}
+    assert alerts == {
+        "StreamprocConsumersAbsent",
+        "StreamprocConsumerNotReady",
+        "StreamprocRealtimeLagHigh",
+        "StreamprocRealtimeLatencyBudgetBurn",
+        "StreamprocLaneStarved",
+        "StreamprocDeadLettersIncreasing",
+        "StreamprocCommitsFailing",
+        "StreamprocRebalanceStorm",
+        "StreamprocNoProgress",
+    }
+    records = {rule["record"] for rule in shipped_rules() if "record" in rule}
+    assert "streamproc:lag_messages:sum" in records
+    burns = [rule for rule in shipped_rules() if rule.get("alert", "").endswith("BudgetBurn")]
+    assert sorted(rule["labels"]["burn"] for rule in burns) == ["fast", "slow"]
 
 
 def test_every_alert_has_a_promtool_unit_test() -> None:
-    import yaml
-
-    rules = yaml.safe_load(RULES.read_text())
-    alerts = {rule["alert"] for group in rules["groups"] for rule in group["rules"]}
+    alerts = {rule["alert"] for rule in shipped_rules() if "alert" in rule}
     tested: set[str] = set()
     for path in PROMTOOL_TESTS:
         document = yaml.safe_load(path.read_text())
@@ -168,19 +259,20 @@ def test_alert_unit_tests_pass_promtool_test_rules() -> None:
 
 
 def test_every_alert_has_severity_for_and_a_documented_runbook() -> None:
-    import yaml
-
     docs = DOCS.read_text()
     anchors = {
         "#" + line.lstrip("#").strip().lower() for line in docs.splitlines() if line[:3] == "###"
     }
-    rules = yaml.safe_load(RULES.read_text())
-    for rule in (rule for group in rules["groups"] for rule in group["rules"]):
+    values = yaml.safe_load((REPO / "helm" / "streamproc" / "values.yaml").read_text())
+    base = values["metrics"]["prometheusRule"]["runbookBaseUrl"]
+    assert base.startswith(("http://", "https://")), "runbook URLs must be absolute"
+    for rule in (rule for rule in shipped_rules() if "alert" in rule):
         assert rule["labels"]["severity"] in ("warning", "critical"), rule["alert"]
         assert rule["for"], rule["alert"]
         runbook = rule["annotations"]["runbook_url"]
-        path, _, anchor = runbook.partition("#")
-        assert path == "docs/metrics.md", rule["alert"]
+        page, _, anchor = runbook.partition("#")
+        assert page == base, rule["alert"]
+        assert anchor == rule["alert"].lower()
         assert f"#{anchor}" in anchors, f"{rule['alert']}: no '### ' heading for {anchor}"
 
 

@@ -188,6 +188,8 @@ data). Unset optional values (null) are left out so streamproc's own defaults ap
   "STREAMPROC_ORDERING" $c.ordering
   "STREAMPROC_AUTO_OFFSET_RESET" $c.autoOffsetReset
   "STREAMPROC_LOG_LEVEL" $c.logLevel
+  "STREAMPROC_LOG_FORMAT" $c.logFormat
+  "STREAMPROC_METRICS_ENABLED" "true"
 }}
 {{- /* YAML numbers reach templates as float64: integers are converted so 1000000 does not become 1e+06. */}}
 {{- $integers := dict
@@ -215,6 +217,7 @@ data). Unset optional values (null) are left out so streamproc's own defaults ap
   "STREAMPROC_REVOKE_TIMEOUT_S" $c.revokeTimeoutS
   "STREAMPROC_DRAIN_TIMEOUT_S" $c.drainTimeoutS
   "STREAMPROC_BULK_TURN_MS" $c.bulkTurnMs
+  "STREAMPROC_STATISTICS_INTERVAL_S" $c.statisticsIntervalS
   "STREAMPROC_PAUSE_DELAY_S" $f.pauseDelayS
   "STREAMPROC_MAX_PAUSE_S" $f.maxPauseS
   "STREAMPROC_STARVATION_SLICE_S" $f.starvationSliceS

@@ -1,0 +1,67 @@
+"""The few librdkafka statistics operators ask for, read from its statistics JSON.
+
+librdkafka reports statistics every ``statistics.interval.ms`` as one JSON document
+(`STATISTICS.md` of librdkafka). A lane consumer's document answers two questions the other
+metrics cannot: how much is prefetched and waiting in the lane's local queue (the queue a realtime
+message waits in), and how long the brokers take to answer (a slow broker looks like a slow
+handler from outside). Pure: no Kafka client here.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerRtt:
+    """Round-trip time of requests to one broker over the last statistics window (seconds)."""
+
+    broker: str
+    avg_s: float
+    p99_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class ClientStatistics:
+    """What streamproc exports of one statistics document."""
+
+    fetch_queue_messages: int
+    fetch_queue_bytes: int
+    brokers: tuple[BrokerRtt, ...] = field(default=())
+
+
+def parse_statistics(text: str) -> ClientStatistics:
+    """Sum the fetch queues over the partitions the consumer fetches; RTT per real broker.
+
+    Partition ``-1`` (librdkafka's internal unassigned partition) and the bootstrap and internal
+    broker entries are left out. A broker with no request in the window reports zeros.
+
+    Raises:
+        ValueError: ``text`` is not a statistics document.
+    """
+    document: Any = json.loads(text)
+    if not isinstance(document, dict):
+        raise ValueError("librdkafka statistics must be a JSON object")
+    messages = 0
+    size = 0
+    for topic in (document.get("topics") or {}).values():
+        for partition_id, partition in (topic.get("partitions") or {}).items():
+            if partition_id == "-1":
+                continue
+            messages += int(partition.get("fetchq_cnt", 0))
+            size += int(partition.get("fetchq_size", 0))
+    brokers = []
+    for broker in (document.get("brokers") or {}).values():
+        if broker.get("nodeid", -1) < 0 or broker.get("source") not in ("learned", "configured"):
+            continue
+        rtt = broker.get("rtt") or {}
+        brokers.append(
+            BrokerRtt(
+                broker=str(broker.get("nodename", broker.get("name", "?"))),
+                avg_s=float(rtt.get("avg", 0)) / 1e6,
+                p99_s=float(rtt.get("p99", 0)) / 1e6,
+            )
+        )
+    return ClientStatistics(messages, size, tuple(sorted(brokers, key=lambda b: b.broker)))
