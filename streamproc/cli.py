@@ -593,6 +593,13 @@ def consume(
     assignor: Annotated[
         str | None, _option("cooperative-sticky (default), range or roundrobin.", "ASSIGNOR")
     ] = None,
+    group_protocol: Annotated[
+        str | None,
+        _option(
+            "Group protocol: classic (default) or consumer (KIP-848, Kafka 4.0+).",
+            "GROUP_PROTOCOL",
+        ),
+    ] = None,
     auto_offset_reset: Annotated[
         str | None, _option("earliest (default) or latest.", "AUTO_OFFSET_RESET")
     ] = None,
@@ -682,6 +689,7 @@ def consume(
         "min_bulk_share": min_bulk_share,
         "scope": scope,
         "assignor": assignor,
+        "group_protocol": group_protocol,
         "auto_offset_reset": auto_offset_reset,
         "max_batch_messages": max_batch_messages,
         "poll_timeout_s": poll_timeout_s,

@@ -26,6 +26,7 @@ SecurityProtocol = Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"]
 SaslMechanism = Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512", "OAUTHBEARER"]
 Compression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
 Assignor = Literal["cooperative-sticky", "range", "roundrobin"]
+GroupProtocol = Literal["classic", "consumer"]
 
 _ENV = SettingsConfigDict(
     env_prefix="STREAMPROC_", frozen=True, extra="forbid", populate_by_name=True
@@ -192,6 +193,15 @@ def parse_bootstrap(value: str) -> str:
 
 ErrorAction = Literal["dead_letter", "stop"]
 
+# librdkafka settings of the classic group protocol only: with group.protocol=consumer it refuses
+# them (the broker assigns partitions and owns the session timeout).
+CLASSIC_ONLY = (
+    "partition.assignment.strategy",
+    "session.timeout.ms",
+    "heartbeat.interval.ms",
+    "group.protocol.type",
+)
+
 
 class ConsumerSettings(KafkaSettings, FlowSettings):
     """The priority consumer: group, polling, flow policy (inherited fields), error policy."""
@@ -201,7 +211,17 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
     group_id: str = Field("streamproc", description="Consumer group id.")
     assignor: Assignor = Field(
         "cooperative-sticky",
-        description="Partition assignment strategy; range and roundrobin are eager.",
+        description=(
+            "Partition assignment strategy of the classic protocol; range and roundrobin are eager."
+        ),
+    )
+    group_protocol: GroupProtocol = Field(
+        "classic",
+        description=(
+            "Consumer group protocol: classic, or consumer (KIP-848, Kafka 4.0+ brokers): the"
+            " broker assigns partitions incrementally and owns the session timeout; assignor and"
+            " session_timeout_ms do not apply."
+        ),
     )
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest", description="Where a partition without a committed offset starts."
@@ -348,6 +368,12 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
     )
 
     @property
+    def incremental_rebalances(self) -> bool:
+        """Partitions move one by one (cooperative-sticky or the consumer protocol), not all at
+        once (eager assignors of the classic protocol)."""
+        return self.group_protocol == "consumer" or self.assignor == "cooperative-sticky"
+
+    @property
     def in_flight_limit(self) -> int:
         """Backpressure bound per lane: :attr:`max_in_flight` or its default."""
         return self.max_in_flight or max(4 * self.concurrency, 2 * self.max_batch_messages)
@@ -391,8 +417,6 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
         """
         conf: dict[str, Any] = {
             "auto.offset.reset": self.auto_offset_reset,
-            "partition.assignment.strategy": self.assignor,
-            "session.timeout.ms": self.session_timeout_ms,
             "max.poll.interval.ms": self.max_poll_interval_ms,
             "auto.commit.interval.ms": self.auto_commit_interval_ms,
             "queued.max.messages.kbytes": self.prefetch_kbytes,
@@ -414,6 +438,14 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
             "enable.auto.commit": True,
             "enable.partition.eof": False,
         }
+        if self.group_protocol == "consumer":
+            # The broker assigns and times sessions out: librdkafka refuses these settings.
+            conf["group.protocol"] = "consumer"
+            for key in CLASSIC_ONLY:
+                conf.pop(key, None)
+        else:
+            conf["partition.assignment.strategy"] = self.assignor
+            conf["session.timeout.ms"] = self.session_timeout_ms
         if lane is not None:
             conf["client.id"] = f"{conf.get('client.id', self.client_id)}-{lane}"
         if instance := self.group_instance_id or conf.get("group.instance.id"):

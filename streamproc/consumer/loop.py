@@ -244,7 +244,7 @@ class PriorityConsumer:
             given_back=lambda outcome: outcome.kind == "given_back",
         )
         self._rebalancer = Rebalancer(
-            cooperative=settings.assignor == "cooperative-sticky",
+            cooperative=settings.incremental_rebalances,
             lag=self._lag,
             pauses=self._pauses,
             metrics=self.metrics,

@@ -108,17 +108,22 @@ def member(
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("assignor", "concurrency"),
-    [("cooperative-sticky", 1), ("roundrobin", 1), ("cooperative-sticky", 8)],
-    ids=["cooperative", "eager", "cooperative-concurrency-8"],
+    ("assignor", "concurrency", "protocol"),
+    [
+        ("cooperative-sticky", 1, "classic"),
+        ("roundrobin", 1, "classic"),
+        ("cooperative-sticky", 8, "classic"),
+        ("cooperative-sticky", 1, "consumer"),
+    ],
+    ids=["cooperative", "eager", "cooperative-concurrency-8", "consumer-protocol"],
 )
 def test_03_member_joins_and_leaves_while_bulk_is_paused(
-    cluster: Cluster, tmp_path: Path, assignor: str, concurrency: int
+    cluster: Cluster, tmp_path: Path, assignor: str, concurrency: int, protocol: str
 ) -> None:
     """One realtime partition, two bulk ones: of two members, one owns only bulk (each lane
     consumer is a member of its own) and must yield by group lag."""
     cluster.create_topics(partitions=1, bulk_partitions=2)
-    group = f"members-{assignor}-{concurrency}"
+    group = f"members-{assignor}-{concurrency}-{protocol}"
     acks = AckLedger(tmp_path)
     producer = producer_for(cluster.bootstrap, cluster.prefix, acks)
     produce(producer, acks, sample_chunks(3_000, low_priority_ratio=1.0, prefix="m3bulk"))
@@ -129,7 +134,12 @@ def test_03_member_joins_and_leaves_while_bulk_is_paused(
     # overlap), so its backlog outlasts the join and the bulk-only member must yield to it.
     cost_s = 0.004 * concurrency
     probes = [PriorityProbe(pause_lag=100, realtime_cost_s=cost_s) for _ in range(2)]
-    settings = {"assignor": assignor, "max_batch_messages": 50, "concurrency": concurrency}
+    settings = {
+        "assignor": assignor,
+        "group_protocol": protocol,
+        "max_batch_messages": 50,
+        "concurrency": concurrency,
+    }
     first, _ = member(cluster, tmp_path, group, "first", probes[0], **settings)
     second, _ = member(cluster, tmp_path, group, "second", probes[1], **settings)
     first_thread = ThreadedConsumer(first).start()
@@ -163,10 +173,21 @@ def test_03_member_joins_and_leaves_while_bulk_is_paused(
     violations = sum(p.violations for p in probes)
     figures = check(
         scenario_id(
-            f"03-members-{'eager' if assignor == 'roundrobin' else 'cooperative'}", concurrency
+            "03-members-"
+            + (
+                "consumer-protocol"
+                if protocol == "consumer"
+                else ("eager" if assignor == "roundrobin" else "cooperative")
+            ),
+            concurrency,
         ),
-        f"A member joins and leaves while bulk is paused ({assignor} assignor,"
-        f" concurrency {concurrency})",
+        "A member joins and leaves while bulk is paused ("
+        + (
+            "consumer group protocol"
+            if protocol == "consumer"
+            else f"{assignor} assignor, concurrency {concurrency}"
+        )
+        + ")",
         tmp_path,
         produced=acks.produced,
         committed=committed(cluster, group),

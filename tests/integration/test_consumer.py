@@ -97,9 +97,17 @@ def test_bulk_pauses_on_realtime_burst_resumes_when_drained_and_drains(
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("assignor", ["cooperative-sticky", "roundrobin"])
+@pytest.mark.parametrize(
+    ("assignor", "protocol"),
+    [
+        ("cooperative-sticky", "classic"),
+        ("roundrobin", "classic"),
+        ("cooperative-sticky", "consumer"),
+    ],
+    ids=["cooperative", "eager", "consumer-protocol"],
+)
 def test_member_join_and_leave_while_bulk_paused(
-    cluster: Cluster, run_consumer: RunConsumer, assignor: str
+    cluster: Cluster, run_consumer: RunConsumer, assignor: str, protocol: str
 ) -> None:
     """One realtime partition and two bulk ones: of two members, one owns only bulk (each lane
     consumer is a member of its own, so the realtime partition goes to one member): group scope
@@ -108,12 +116,17 @@ def test_member_join_and_leave_while_bulk_paused(
     bulk_topic = cluster.lanes.bottom.topic
     cluster.produce(sample_chunks(3_000, low_priority_ratio=1.0, prefix="bulk"))
     cluster.produce(sample_chunks(2_500, prefix="live", seed=5))
-    group = f"join-{assignor}"
+    group = f"join-{assignor}-{protocol}"
 
     def member(name: str) -> tuple[PriorityConsumer, FlowProbe]:
         probe = FlowProbe(pause_lag=100, delay_realtime_s=0.004)
         settings = cluster.consumer_settings(
-            group, pause_lag=100, assignor=assignor, client_id=name, max_batch_messages=50
+            group,
+            pause_lag=100,
+            assignor=assignor,
+            group_protocol=protocol,
+            client_id=name,
+            max_batch_messages=50,
         )
         consumer = PriorityConsumer(settings, probe)
         probe.consumer = consumer
@@ -139,7 +152,7 @@ def test_member_join_and_leave_while_bulk_paused(
     bulk_owner = second if owns_realtime(first) else first
     assert not owns_realtime(bulk_owner)
     # The bulk-only member sees realtime lag through the group (scope auto -> group).
-    wait_until(lambda: bulk_owner.paused_partitions == set(bulk_owner.assignment), timeout_s=5)
+    wait_until(lambda: bulk_owner.paused_partitions == set(bulk_owner.assignment), timeout_s=10)
     for _ in range(20):  # stays paused while the realtime backlog lasts
         assert bulk_owner.paused_partitions == set(bulk_owner.assignment)
         time.sleep(0.05)
@@ -148,7 +161,7 @@ def test_member_join_and_leave_while_bulk_paused(
     wait_until(lambda: len(first.assignment) == 3, what="the first member to take everything")
     bulk_keys = {key for key in first.assignment if key[0] == bulk_topic}
     if first_probe.handled["realtime"] < 2_000:  # realtime still has a backlog: bulk stays paused
-        wait_until(lambda: bulk_keys <= first.paused_partitions, timeout_s=5)
+        wait_until(lambda: bulk_keys <= first.paused_partitions, timeout_s=10)
 
     wait_until(lambda: first_probe.handled["realtime"] + second_probe.handled["realtime"] >= 2_500)
     wait_until(

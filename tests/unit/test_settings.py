@@ -273,3 +273,21 @@ def test_static_membership_is_off_by_default_and_distinct_per_lane_consumer() ->
 def test_group_instance_id_must_be_a_legal_kafka_id(instance_id: str) -> None:
     with pytest.raises(ValidationError, match="group_instance_id"):
         ConsumerSettings(group_instance_id=instance_id)
+
+
+def test_consumer_group_protocol_sends_only_what_that_protocol_accepts() -> None:
+    classic = ConsumerSettings().to_librdkafka(lane="realtime")
+    assert classic["partition.assignment.strategy"] == "cooperative-sticky"
+    assert "session.timeout.ms" in classic
+    assert "group.protocol" not in classic
+    settings = ConsumerSettings(
+        group_protocol="consumer",
+        librdkafka_extra={"heartbeat.interval.ms": 500, "session.timeout.ms": 10_000},
+    )
+    conf = settings.to_librdkafka(lane="realtime")
+    assert conf["group.protocol"] == "consumer"
+    for key in ("partition.assignment.strategy", "session.timeout.ms", "heartbeat.interval.ms"):
+        assert key not in conf
+    assert settings.incremental_rebalances
+    assert not ConsumerSettings(assignor="roundrobin").incremental_rebalances
+    assert ConsumerSettings(assignor="roundrobin", group_protocol="consumer").incremental_rebalances

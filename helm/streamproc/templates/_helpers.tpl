@@ -185,6 +185,7 @@ data). Unset optional values (null) are left out so streamproc's own defaults ap
   "STREAMPROC_SINK" $c.sink
   "STREAMPROC_SCOPE" $c.scope
   "STREAMPROC_ASSIGNOR" $c.assignor
+  "STREAMPROC_GROUP_PROTOCOL" $c.groupProtocol
   "STREAMPROC_ORDERING" $c.ordering
   "STREAMPROC_AUTO_OFFSET_RESET" $c.autoOffsetReset
   "STREAMPROC_LOG_LEVEL" $c.logLevel
