@@ -399,12 +399,15 @@ ALONE = Variant("c", "(c) realtime only", bulk=False, flow=True)
 
 # Variant keys a run is limited to (``--variants``); None: every variant a configuration has.
 ONLY_VARIANTS: frozenset[str] | None = None
+# ``--compare-turn-ms``: (a) again with another bulk_turn_ms, in the same rounds.
+EXTRA_VARIANTS: tuple[Variant, ...] = ()
 
 
 def variants_of(config: Config) -> tuple[Variant, ...]:
     """(b) and (p) only where a target or a comparison asks for them: the product defaults."""
     every = (FLOW_ON, FLOW_OFF, PLAIN, ALONE) if config == PRODUCT_DEFAULTS else (FLOW_ON, ALONE)
-    return tuple(v for v in every if ONLY_VARIANTS is None or v.key in ONLY_VARIANTS)
+    chosen = tuple(v for v in every if ONLY_VARIANTS is None or v.key in ONLY_VARIANTS)
+    return chosen + EXTRA_VARIANTS
 
 
 def rotated(items: Sequence[Variant], by: int) -> Iterator[Variant]:
@@ -512,7 +515,25 @@ def main(argv: Sequence[str] | None = None) -> int:
         choices=("a", "b", "p", "c"),
         help="Run only these variants (a and c at least: the targets need them); default: all.",
     )
+    parser.add_argument(
+        "--compare-turn-ms",
+        type=float,
+        nargs="*",
+        default=[],
+        help="Also run (a) with each of these bulk_turn_ms in every round (variants t1, t2, ...).",
+    )
     args = parse(parser, argv)
+    global EXTRA_VARIANTS  # one run of the script, one selection
+    EXTRA_VARIANTS = tuple(
+        Variant(
+            f"t{index}",
+            f"(t{index}) flow control, bulk_turn_ms {turn_ms:g}",
+            bulk=True,
+            flow=True,
+            overrides=(("bulk_turn_ms", turn_ms),),
+        )
+        for index, turn_ms in enumerate(args.compare_turn_ms, start=1)
+    )
     if args.variants is not None:
         global ONLY_VARIANTS  # one run of the script, one selection
         ONLY_VARIANTS = frozenset(args.variants) | {"a", "c"}
