@@ -402,7 +402,8 @@ def chunk_from_record(record: dict[str, Any], limits: ChunkLimits = DEFAULT_LIMI
     (``Chunk.model_validate``); the unit tests compare both paths on generated records.
 
     Args:
-        record: The decoded record; the chunk keeps its lists.
+        record: The decoded record; it becomes the chunk's field dict (its nested records are
+            replaced by models in place), so the caller must not use it afterwards.
         limits: List and length limits to enforce.
 
     Returns:
@@ -430,19 +431,33 @@ def chunk_from_record(record: dict[str, Any], limits: ChunkLimits = DEFAULT_LIMI
         or (semantic_boost is not None and not _isfinite(semantic_boost["distance_factor"]))
     ):
         return validate_record(record, limits)
-    values = dict(record)
     if location is not None:
-        values["location"] = trusted_model(GeoInfo, location, GEO_INFO_FIELDS)
+        record["location"] = trusted_model(GeoInfo, location, GEO_INFO_FIELDS)
     if fulltext_boost is not None:
-        values["fulltext_boost"] = trusted_model(
+        record["fulltext_boost"] = trusted_model(
             FullTextBoost, fulltext_boost, FULL_TEXT_BOOST_FIELDS
         )
     if semantic_boost is not None:
-        values["semantic_boost"] = trusted_model(
+        record["semantic_boost"] = trusted_model(
             SemanticBoost, semantic_boost, SEMANTIC_BOOST_FIELDS
         )
-    chunk = trusted_model(Chunk, values, CHUNK_FIELDS)
-    check_limits(chunk, limits)
+    chunk = trusted_model(Chunk, record, CHUNK_FIELDS)
+    tracking_id = record["tracking_id"]
+    tag_set = record["tag_set"]
+    group_ids = record["group_ids"]
+    group_tracking_ids = record["group_tracking_ids"]
+    image_urls = record["image_urls"]
+    if (
+        (tracking_id is not None and len(tracking_id) > limits.max_tracking_id_length)
+        or (tag_set is not None and len(tag_set) > limits.max_tag_set)
+        or (group_ids is not None and len(group_ids) > limits.max_group_ids)
+        or (
+            group_tracking_ids is not None
+            and len(group_tracking_ids) > limits.max_group_tracking_ids
+        )
+        or (image_urls is not None and len(image_urls) > limits.max_image_urls)
+    ):
+        check_limits(chunk, limits)  # raises the error validation raises
     return chunk
 
 
