@@ -45,6 +45,7 @@ from functools import lru_cache
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 from io import BytesIO
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from pathlib import Path
 from typing import Any, Final, Protocol, cast, get_args
 
@@ -372,16 +373,42 @@ def nested_model(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
+_METADATA_ENCODER: Final = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+# The C encoder behind json.dumps, built once: json.dumps with non-default arguments builds an
+# encoder per call, which cost more than the encoding itself on small metadata. Without a
+# circular-reference check (markers None): a validated chunk's metadata is a tree.
+_METADATA_ITERENCODE: Final = (
+    None
+    if c_make_encoder is None
+    else c_make_encoder(
+        None,
+        _METADATA_ENCODER.default,
+        encode_basestring,
+        None,
+        _METADATA_ENCODER.key_separator,
+        _METADATA_ENCODER.item_separator,
+        True,  # sort_keys
+        False,  # skipkeys
+        False,  # allow_nan
+    )
+)
+
+
 def metadata_text(metadata: Any) -> str:
     """``metadata`` as the JSON text the wire carries (compact, sorted keys, UTF-8, finite).
+
+    Exactly ``json.dumps(metadata, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+    allow_nan=False)``, with the encoder built once.
 
     Raises:
         ChunkValidationError: A number is not finite.
     """
     try:
-        return json.dumps(
-            metadata, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        )
+        if _METADATA_ITERENCODE is not None:
+            return "".join(_METADATA_ITERENCODE(metadata, 0))
+        return _METADATA_ENCODER.encode(metadata)
     except ValueError as exc:
         raise ChunkValidationError(f"metadata: {exc}", field="metadata") from None
 

@@ -510,3 +510,19 @@ def test_boolean_bytes_read_as_fastavro_reads_them(byte: int) -> None:
     assert same(read, expected)
     assert read["low_priority"] is (byte != 0)
     assert end == expected_end
+
+
+@settings(max_examples=EXAMPLES)
+@given(value=json_values | st.floats())
+def test_metadata_text_is_json_dumps_with_sorted_keys(value: Any) -> None:
+    try:
+        expected: Any = json.dumps(
+            value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+        )
+    except ValueError:
+        expected = None
+    if expected is None:
+        with pytest.raises(ChunkValidationError):
+            metadata_text(value)
+    else:
+        assert metadata_text(value) == expected
