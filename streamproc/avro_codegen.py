@@ -18,8 +18,9 @@ Supported types: ``null``, ``boolean``, ``int``, ``long``, ``float``, ``double``
 Anything else raises :class:`UnsupportedSchemaError`; the codec then keeps fastavro for that
 schema.
 
-The writer reads the fields of an object by attribute (``chunk.tag_set``, ``location.lat``), so
-it writes a pydantic model directly, without building the intermediate record dict; a
+The writer reads the fields of an object from its instance dict (``chunk.__dict__["tag_set"]``,
+the same for nested records), so it writes a pydantic model directly, without building the
+intermediate record dict; a
 ``transforms`` entry maps a top-level field's value first (``metadata`` to its JSON text). The
 reader returns what fastavro's ``schemaless_reader`` returns: a dict per record, fields in schema
 order.
@@ -54,6 +55,11 @@ SMALL_LONGS: Final = tuple(
     bytes([(2 * n & 0x7F) | 0x80, 2 * n >> 7]) if 2 * n > 0x7F else bytes([2 * n])
     for n in range(SMALL_LONG_LIMIT)
 )
+
+
+UNION_SECOND: Final = b"\x02"  # the branch byte of a union's second branch
+# The same varints behind that branch byte: an optional string's prefix in one append.
+SECOND_SMALL_LONGS: Final = tuple(UNION_SECOND + encoded for encoded in SMALL_LONGS)
 
 
 class UnsupportedSchemaError(ValueError):
@@ -205,10 +211,11 @@ def writer_source(
     namespace = names.define(schema, None)
     emit = Emitter()
     transforms = dict(transforms or {})
+    emit.line("fields = obj.__dict__")
     for field in schema["fields"]:
         name = field["name"]
         value = emit.fresh("value")
-        emit.line(f"{value} = obj.{name}")
+        emit.line(f"{value} = fields[{name!r}]")
         if name in transforms:
             emit.line(f"if {value} is not None:")
             emit.indent().line(f"{value} = {transforms[name]}({value})")
@@ -218,29 +225,56 @@ def writer_source(
     return f"def write(out, obj):\n{body}\n", sorted(set(transforms.values()))
 
 
-def write_length(emit: Emitter, expression: str) -> None:
+def write_length(emit: Emitter, expression: str, prefix: bytes) -> None:
+    """Write a length, after ``prefix`` (the union branch byte before it, if any)."""
     length = emit.fresh("length")
     emit.line(f"{length} = {expression}")
+    if prefix == UNION_SECOND:
+        # One append for the branch byte and the length: the common case of an optional string.
+        emit.line(
+            f"out += _SECOND_SMALL_LONGS[{length}] if {length} < {SMALL_LONG_LIMIT}"
+            f" else {prefix!r} + _long({length})"
+        )
+        return
+    if prefix:
+        emit.line(f"out += {prefix!r}")
     emit.line(
         f"out += _SMALL_LONGS[{length}] if {length} < {SMALL_LONG_LIMIT} else _long({length})"
     )
 
 
 def write_value(
-    emit: Emitter, schema: Any, value: str, names: Names, namespace: str | None
+    emit: Emitter,
+    schema: Any,
+    value: str,
+    names: Names,
+    namespace: str | None,
+    prefix: bytes = b"",
 ) -> None:
+    """Emit the statements writing ``value``, after ``prefix`` (a union's branch byte)."""
     if isinstance(schema, list):
         null_byte, branch = nullable_branch(schema)
         some_byte = 2 - null_byte
         emit.line(f"if {value} is None:")
-        emit.indent().line(f"out += {bytes([null_byte])!r}")
+        emit.indent().line(f"out += {prefix + bytes([null_byte])!r}")
         emit.dedent()
         emit.line("else:")
-        emit.indent().line(f"out += {bytes([some_byte])!r}")
-        write_value(emit, branch, value, names, namespace)
+        emit.indent()
+        write_value(emit, branch, value, names, namespace, prefix + bytes([some_byte]))
         emit.dedent()
         return
     schema = canonical(schema, names)
+    if schema in ("string", "uuid", "bytes"):
+        encoded = value
+        if schema != "bytes":
+            encoded = emit.fresh("encoded")
+            text = f"str({value})" if schema == "uuid" else value
+            emit.line(f"{encoded} = {text}.encode()")
+        write_length(emit, f"len({encoded})", prefix)
+        emit.line(f"out += {encoded}")
+        return
+    if prefix:
+        emit.line(f"out += {prefix!r}")
     if schema == "null":
         return
     if schema == "boolean":
@@ -251,20 +285,11 @@ def write_value(
         emit.line(f"out += _PACK_FLOAT({value})")
     elif schema == "double":
         emit.line(f"out += _PACK_DOUBLE({value})")
-    elif schema in ("string", "uuid"):
-        encoded = emit.fresh("encoded")
-        text = f"str({value})" if schema == "uuid" else value
-        emit.line(f"{encoded} = {text}.encode()")
-        write_length(emit, f"len({encoded})")
-        emit.line(f"out += {encoded}")
-    elif schema == "bytes":
-        write_length(emit, f"len({value})")
-        emit.line(f"out += {value}")
     elif isinstance(schema, Mapping) and schema.get("type") == "array":
         item = emit.fresh("item")
         emit.line(f"if {value}:")
         emit.indent()
-        write_length(emit, f"len({value})")
+        write_length(emit, f"len({value})", b"")
         emit.line(f"for {item} in {value}:")
         emit.indent()
         write_value(emit, schema["items"], item, names, namespace)
@@ -273,9 +298,11 @@ def write_value(
         emit.line('out += b"\\x00"')
     elif isinstance(schema, Mapping) and schema.get("type") == "record":
         inner = names.define(schema, namespace)
+        members = emit.fresh("members")
+        emit.line(f"{members} = {value}.__dict__")
         for field in schema["fields"]:
             member = emit.fresh("member")
-            emit.line(f"{member} = {value}.{field['name']}")
+            emit.line(f"{member} = {members}[{field['name']!r}]")
             write_value(emit, field["type"], member, names, inner)
     else:
         raise UnsupportedSchemaError(f"unsupported Avro type: {schema}")
@@ -449,6 +476,7 @@ def generate(
     read_src = reader_source(schema)
     namespace: dict[str, Any] = {
         "_SMALL_LONGS": SMALL_LONGS,
+        "_SECOND_SMALL_LONGS": SECOND_SMALL_LONGS,
         "_long": write_long,
         "_long_tail": read_long_tail,
         "_bad_union": bad_union_index,
