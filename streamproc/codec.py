@@ -515,6 +515,7 @@ class ChunkCodec:
         # the chunk's; fastavro writes any other current schema and reads every other writer.
         self._generated = generated_codec(self._schema_raw)
         self._trusted_records = self._generated is not None
+        self._fast_read = None if self._generated is None else self._generated.read
         self._registry_header: bytes | None = None
         self._writers: dict[int, WriterSchema] = {
             self._fingerprint: WriterSchema(
@@ -607,6 +608,21 @@ class ChunkCodec:
             DecodeError: The header or body is truncated, garbage or followed by extra bytes.
             ChunkValidationError: The value decodes but is not a valid chunk.
         """
+        fast_read = self._fast_read
+        if (
+            fast_read is not None
+            and type(data) is bytes
+            and data[:SINGLE_OBJECT_HEADER_BYTES] == self._single_object_header
+        ):
+            # The hot path, the general one below inlined: the current schema in single-object
+            # framing, the generated reader, the trusted construction.
+            try:
+                record, end = fast_read(data, SINGLE_OBJECT_HEADER_BYTES)
+            except Exception as exc:  # IndexError/struct.error/UnicodeDecodeError/ValueError
+                raise undecodable(exc, data) from exc
+            if end != len(data):
+                raise trailing_bytes(data, end)
+            return chunk_from_record(parse_metadata(record), self._limits)
         if self.detect_framing(data) is Framing.SINGLE_OBJECT:
             if len(data) < SINGLE_OBJECT_HEADER_BYTES:
                 raise DecodeError(
@@ -737,11 +753,9 @@ def read_body(data: bytes, offset: int, writer: WriterSchema) -> dict[str, Any]:
         try:
             fast_record, end = writer.fast_read(data, offset)
         except Exception as exc:  # IndexError/struct.error/UnicodeDecodeError/ValueError
-            raise DecodeError(
-                f"undecodable Avro body ({type(exc).__name__}: {exc})", raw=data
-            ) from exc
+            raise undecodable(exc, data) from exc
         if end != len(data):
-            raise DecodeError(f"{len(data) - end} unexpected bytes after the Avro body", raw=data)
+            raise trailing_bytes(data, end)
         return fast_record
     stream = BytesIO(data)
     stream.seek(offset)
@@ -753,14 +767,22 @@ def read_body(data: bytes, offset: int, writer: WriterSchema) -> dict[str, Any]:
             raw=data,
         ) from exc
     except Exception as exc:  # fastavro raises IndexError/EOFError/ValueError/... on garbage
-        raise DecodeError(f"undecodable Avro body ({type(exc).__name__}: {exc})", raw=data) from exc
+        raise undecodable(exc, data) from exc
     if stream.tell() != len(data):
-        raise DecodeError(
-            f"{len(data) - stream.tell()} unexpected bytes after the Avro body", raw=data
-        )
+        raise trailing_bytes(data, stream.tell())
     if not isinstance(record, dict):
         raise DecodeError(f"Avro body is a {type(record).__name__}, not a record", raw=data)
     return cast(dict[str, Any], record)
+
+
+def undecodable(exc: Exception, data: bytes) -> DecodeError:
+    """The error for an Avro body the reader (generated or fastavro) failed on."""
+    return DecodeError(f"undecodable Avro body ({type(exc).__name__}: {exc})", raw=data)
+
+
+def trailing_bytes(data: bytes, end: int) -> DecodeError:
+    """The error for bytes left after a complete Avro body."""
+    return DecodeError(f"{len(data) - end} unexpected bytes after the Avro body", raw=data)
 
 
 def load_schema_file(path: Traversable) -> dict[str, Any]:
