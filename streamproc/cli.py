@@ -240,7 +240,8 @@ def produce(
     Invalid lines are reported with their line number (array items: their index) and reason and
     never sent. The exit code is 1 if any line was rejected, unless --rejects keeps them in a
     file. A malformed JSON array stops the reading where it breaks (the items before it are
-    sent) and always exits 1. A line over 16 MiB is rejected without being read whole.
+    sent) and always exits 1; in an array, NaN, Infinity and numbers beyond a 64-bit integer or
+    a double count as malformed. A line over 16 MiB is rejected without being read whole.
 
     On a terminal a progress bar shows the bytes read, chunks per second, chunks sent per lane
     and rejects; otherwise only the summary is printed (a table on stdout, totals on stderr).
