@@ -31,6 +31,7 @@ from streamproc.chunk import (
 )
 from streamproc.codec import (
     SINGLE_OBJECT_HEADER_BYTES,
+    TRUSTED_RECORD_FINGERPRINT,
     ChunkCodec,
     Framing,
     StaticSchemaIds,
@@ -526,3 +527,28 @@ def test_metadata_text_is_json_dumps_with_sorted_keys(value: Any) -> None:
             metadata_text(value)
     else:
         assert metadata_text(value) == expected
+
+
+def test_trusted_construction_is_for_the_schema_its_checks_were_written_for() -> None:
+    assert CODEC.fingerprint == TRUSTED_RECORD_FINGERPRINT, (
+        "chunk.avsc changed: review chunk_from_record's checks for its fields and types, then "
+        "move TRUSTED_RECORD_FINGERPRINT"
+    )
+
+
+def test_another_schema_with_the_chunk_fields_is_validated_in_full(tmp_path: Path) -> None:
+    # Same field names, one type changed: the generated codec serves it, validation judges it.
+    schema = copy.deepcopy(SCHEMA)
+    for field in schema["fields"]:
+        if field["name"] == "weight":
+            field["type"] = ["null", "string"]
+    (tmp_path / "chunk.avsc").write_text(json.dumps(schema), encoding="utf-8")
+    codec = ChunkCodec(tmp_path)
+    assert generated_codec(schema) is not None
+    buffer = BytesIO()
+    buffer.write(b"\xc3\x01" + codec.fingerprint.to_bytes(8, "little"))
+    schemaless_writer(buffer, parse_schema(schema), {**chunk_to_record(Chunk()), "weight": "x"})
+
+    with pytest.raises(ChunkValidationError) as caught:
+        codec.decode(buffer.getvalue())
+    assert caught.value.field == "weight"
