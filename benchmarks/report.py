@@ -61,8 +61,17 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
         "produce",
         "4. Producer throughput",
         "streamproc's ChunkProducer (route, key, Avro encode, produce) against raw "
-        "confluent-kafka produce of the same pre-encoded bytes, same producer configuration; "
-        "encode-only is the Kafka-free CPU cost streamproc adds per chunk.",
+        "confluent-kafka produce of the same pre-encoded bytes and a Quix Streams producer "
+        "(quixstreams from PyPI, serializing the same chunks' Avro records with fastavro), same "
+        "producer configuration; encode-only is the Kafka-free CPU cost streamproc adds per chunk.",
+    ),
+    (
+        "codec",
+        "Codec cost per message",
+        "Kafka-free, on the sample chunks: decode + Chunk construction per message with "
+        "fastavro or the reader generated from chunk.avsc, and with full validation or the "
+        "trusted construction (fastavro + validation is the path before the generated codec), "
+        "and encode with the generated writer or the generic record + fastavro path.",
     ),
     (
         "pause_reaction",

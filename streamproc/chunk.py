@@ -28,11 +28,12 @@ relies on pydantic-core for types and keeps the Python-level checks to a few ``l
 from __future__ import annotations
 
 import json
+import math
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from datetime import datetime
-from typing import Annotated, Any, Final, Self
+from typing import Annotated, Any, Final, Self, TypeVar
 
 from pydantic import (
     AliasChoices,
@@ -57,6 +58,7 @@ __all__ = [
     "FullTextBoost",
     "GeoInfo",
     "SemanticBoost",
+    "chunk_from_record",
     "parse_chunk",
     "parse_payload",
 ]
@@ -365,6 +367,160 @@ def parse_payload(
             field = f"{index}.{exc.field}" if exc.field else str(index)
             raise ChunkValidationError(f"chunk {index}: {exc}", field=field) from None
     return chunks
+
+
+CHUNK_FIELDS: Final = frozenset(Chunk.model_fields)
+GEO_INFO_FIELDS: Final = frozenset(GeoInfo.model_fields)
+FULL_TEXT_BOOST_FIELDS: Final = frozenset(FullTextBoost.model_fields)
+SEMANTIC_BOOST_FIELDS: Final = frozenset(SemanticBoost.model_fields)
+
+Model = TypeVar("Model", bound=BaseModel)
+_new_object = object.__new__
+_set_slot = object.__setattr__
+_isfinite = math.isfinite
+_fromisoformat = datetime.fromisoformat
+
+
+def chunk_from_record(record: dict[str, Any], limits: ChunkLimits = DEFAULT_LIMITS) -> Chunk:
+    """Build a chunk from a decoded Avro record, running only the checks Avro cannot make.
+
+    ``record`` must be what an Avro reader returns for a schema whose fields are exactly the
+    chunk's, nested records included, with ``metadata`` already parsed from its JSON text (see
+    :func:`streamproc.codec.record_to_chunk`). Avro then guarantees every type: text is ``str``,
+    numbers ``float``, flags ``bool``, ``group_ids`` ``uuid.UUID``, nested records dicts holding
+    their members, and no field is missing or extra. What Avro cannot guarantee is checked here:
+
+    1. every number is finite (``num_value``, ``weight``, ``location``, the boost factors and the
+       floats inside ``metadata``), and ``location`` is a valid latitude/longitude;
+    2. ``time_stamp`` parses as ISO 8601;
+    3. ``tracking_id`` and ``dataset_id`` are not empty (validation turns an empty ``tracking_id``
+       into ``None`` and refuses an empty ``dataset_id``);
+    4. the list and length limits (:func:`check_limits`, the check validation runs last).
+
+    When any of 1-3 is in doubt the record goes through full pydantic validation instead, so the
+    chunk returned and every error raised are exactly those of validating the record
+    (``Chunk.model_validate``); the unit tests compare both paths on generated records.
+
+    Args:
+        record: The decoded record; it becomes the chunk's field dict (its nested records are
+            replaced by models in place), so the caller must not use it afterwards.
+        limits: List and length limits to enforce.
+
+    Returns:
+        The chunk, equal to what validation builds (fields, fields set, nested models).
+
+    Raises:
+        ChunkValidationError: The record is not a valid chunk; ``field`` names the field.
+    """
+    num_value = record["num_value"]
+    weight = record["weight"]
+    metadata = record["metadata"]
+    time_stamp = record["time_stamp"]
+    location = record["location"]
+    fulltext_boost = record["fulltext_boost"]
+    semantic_boost = record["semantic_boost"]
+    if (
+        (num_value is not None and not _isfinite(num_value))
+        or (weight is not None and not _isfinite(weight))
+        or record["tracking_id"] == ""
+        or record["dataset_id"] == ""
+        or (metadata is not None and not json_is_finite(metadata))
+        or (time_stamp is not None and not is_iso8601(time_stamp))
+        or (location is not None and not is_geo_point(location["lat"], location["lon"]))
+        or (fulltext_boost is not None and not _isfinite(fulltext_boost["boost_factor"]))
+        or (semantic_boost is not None and not _isfinite(semantic_boost["distance_factor"]))
+    ):
+        return validate_record(record, limits)
+    if location is not None:
+        record["location"] = trusted_model(GeoInfo, location, GEO_INFO_FIELDS)
+    if fulltext_boost is not None:
+        record["fulltext_boost"] = trusted_model(
+            FullTextBoost, fulltext_boost, FULL_TEXT_BOOST_FIELDS
+        )
+    if semantic_boost is not None:
+        record["semantic_boost"] = trusted_model(
+            SemanticBoost, semantic_boost, SEMANTIC_BOOST_FIELDS
+        )
+    chunk = trusted_model(Chunk, record, CHUNK_FIELDS)
+    tracking_id = record["tracking_id"]
+    tag_set = record["tag_set"]
+    group_ids = record["group_ids"]
+    group_tracking_ids = record["group_tracking_ids"]
+    image_urls = record["image_urls"]
+    if (
+        (tracking_id is not None and len(tracking_id) > limits.max_tracking_id_length)
+        or (tag_set is not None and len(tag_set) > limits.max_tag_set)
+        or (group_ids is not None and len(group_ids) > limits.max_group_ids)
+        or (
+            group_tracking_ids is not None
+            and len(group_tracking_ids) > limits.max_group_tracking_ids
+        )
+        or (image_urls is not None and len(image_urls) > limits.max_image_urls)
+    ):
+        check_limits(chunk, limits)  # raises the error validation raises
+    return chunk
+
+
+def validate_record(record: dict[str, Any], limits: ChunkLimits) -> Chunk:
+    """Validate a decoded record (``metadata`` parsed) into a chunk: the full pydantic path.
+
+    Raises:
+        ChunkValidationError: The record is not a valid chunk; ``field`` names the field.
+    """
+    try:
+        return Chunk.model_validate(record, context={LIMITS_CONTEXT_KEY: limits})
+    except ValidationError as exc:
+        raise chunk_validation_error(exc) from None
+
+
+def trusted_model(model: type[Model], values: dict[str, Any], fields_set: frozenset[str]) -> Model:
+    """An instance of ``model`` holding ``values`` as they are, as validation would store them.
+
+    Sets the four slots pydantic's own ``model_construct`` sets, without its per-field default
+    and alias handling (the values hold every field): the dict of values, the fields set (every
+    field, as validating a complete record reports) and no extra or private values.
+    """
+    instance = _new_object(model)
+    _set_slot(instance, "__dict__", values)
+    _set_slot(instance, "__pydantic_fields_set__", set(fields_set))
+    _set_slot(instance, "__pydantic_extra__", None)
+    _set_slot(instance, "__pydantic_private__", None)
+    return instance
+
+
+def is_geo_point(lat: float, lon: float) -> bool:
+    """True if ``lat``/``lon`` pass :class:`GeoInfo` validation (NaN fails every comparison)."""
+    return -90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0
+
+
+def is_iso8601(text: str) -> bool:
+    """True if ``text`` passes the ``time_stamp`` check of :class:`Chunk`."""
+    try:
+        _fromisoformat(text)
+    except ValueError:
+        return False
+    return True
+
+
+def json_is_finite(value: Any) -> bool:
+    """True if no float inside a parsed JSON value is infinite or NaN (``1e400`` parses as inf)."""
+    kind = type(value)
+    if kind is float:
+        return _isfinite(value)
+    if kind is dict:
+        items = value.values()
+    elif kind is list:
+        items = value
+    else:
+        return True
+    for item in items:
+        item_kind = type(item)
+        if item_kind is float:
+            if not _isfinite(item):
+                return False
+        elif (item_kind is dict or item_kind is list) and not json_is_finite(item):
+            return False
+    return True
 
 
 def reject_non_json_constant(name: str) -> None:

@@ -6,15 +6,18 @@ Every option can also be given through the environment variable named in its ``-
 from __future__ import annotations
 
 import json
+import os
+import stat
 import sys
-from collections.abc import Iterator
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, TextIO
+from typing import Annotated, Any, BinaryIO
 
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.markup import escape
+from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from streamproc import __version__
@@ -286,67 +289,6 @@ def schema_fingerprint() -> None:
 # -- produce ----------------------------------------------------------------------------------
 
 
-@dataclass(slots=True)
-class InputRecord:
-    """One JSON object read from the input, with where it came from."""
-
-    line: int
-    text: str
-    value: object
-
-
-def read_records(stream: TextIO) -> Iterator[InputRecord | tuple[int, str, str]]:
-    """Yield chunk payloads from JSON lines, one JSON array (Trieve batch) or one JSON object.
-
-    A whole input that parses as one JSON array is a batch; its items are numbered from 1. A whole
-    input that parses as one object (a pretty-printed Trieve ``ChunkReqPayload``) is one chunk.
-    Otherwise each line holds one object or an array of objects, numbered by line. Unparseable
-    lines are yielded as ``(line, text, reason)`` so the caller reports them and sends nothing
-    for them.
-    """
-    text = stream.read()
-    stripped = text.lstrip()
-    if stripped.startswith(("[", "{")):
-        try:
-            document = json.loads(text)
-        except json.JSONDecodeError as exc:
-            if stripped.startswith("[") and not _parses(stripped.split("\n", 1)[0]):
-                # A broken array document: one rejection that says where, not one per line.
-                yield (exc.lineno, text, f"malformed JSON: {exc.msg} (column {exc.colno})")
-                return
-            document = None  # JSON lines
-        if isinstance(document, list):
-            for index, item in enumerate(document, start=1):
-                yield InputRecord(index, json.dumps(item), item)
-            return
-        if isinstance(document, dict):
-            first_line = text[: len(text) - len(stripped)].count("\n") + 1
-            yield InputRecord(first_line, stripped.strip(), document)
-            return
-    for number, raw in enumerate(text.splitlines(), start=1):
-        line = raw.strip()
-        if not line:
-            continue
-        try:
-            value = json.loads(line)
-        except json.JSONDecodeError as exc:
-            yield (number, line, f"malformed JSON: {exc.msg} (column {exc.colno})")
-            continue
-        if isinstance(value, list):
-            for item in value:
-                yield InputRecord(number, json.dumps(item), item)
-        else:
-            yield InputRecord(number, line, value)
-
-
-def _parses(text: str) -> bool:
-    try:
-        json.loads(text)
-    except json.JSONDecodeError:
-        return False
-    return True
-
-
 @app.command()
 def produce(
     source: Annotated[
@@ -396,10 +338,21 @@ def produce(
 ) -> None:
     """Validate chunk payloads (Trieve ChunkReqPayload JSON accepted) and produce each to its lane.
 
-    Invalid lines are reported with their line number and reason and never sent. The exit code is
-    1 if any line was rejected, unless --rejects keeps them in a file.
+    SOURCE holds JSON lines (an object, or an array of objects, per line), one JSON array or one
+    pretty-printed object. It is streamed: JSON lines are read line by line and a JSON array item
+    by item (ijson), so memory stays bounded whatever the input size.
+
+    Invalid lines are reported with their line number (array items: their index) and reason and
+    never sent. The exit code is 1 if any line was rejected, unless --rejects keeps them in a
+    file. A malformed JSON array stops the reading where it breaks (the items before it are
+    sent) and always exits 1; in an array, NaN, Infinity and numbers beyond a 64-bit integer or
+    a double count as malformed. A line over 16 MiB is rejected without being read whole.
+
+    On a terminal a progress bar shows the bytes read, chunks per second, chunks sent per lane
+    and rejects; otherwise only the summary is printed (a table on stdout, totals on stderr).
     """
     from streamproc.chunk import Chunk, parse_chunk
+    from streamproc.jsoninput import BrokenInput, read_records
     from streamproc.metrics import ProducerMetrics
     from streamproc.producer import ChunkProducer
     from streamproc.settings import ProducerSettings
@@ -433,34 +386,32 @@ def produce(
         raise
     bottom = producer.lanes.bottom
     rejected = 0
+    broken = False
     rejects_file = rejects.open("w", encoding="utf-8") if rejects else None
-    stream: TextIO = sys.stdin if source == "-" else Path(source).open(encoding="utf-8")  # noqa: SIM115
-    show_progress = progress and console.is_terminal
-    bar = Progress(
-        TextColumn("[bold]producing"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]:>9} chunks/s"),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not show_progress,
+    stream: BinaryIO = sys.stdin.buffer if source == "-" else Path(source).open("rb")  # noqa: SIM115
+    progress_bar = ProduceProgress(
+        producer, stream, enabled=progress and console.is_terminal, console=console
     )
 
-    def reject(line: int, text: str, reason: str, chunk: Chunk | None = None) -> None:
+    def reject(line: int, text: str | None, reason: str, chunk: Chunk | None = None) -> None:
         nonlocal rejected
         rejected += 1
         lane = None if chunk is None else bottom if low_priority else producer.lanes.route(chunk)
         metrics.rejected(None if lane is None else lane.name)
-        console.print(f"[red]line {line}:[/] {reason}")
-        if rejects_file is not None:
+        progress_bar.console.print(f"[red]line {line}:[/] {escape(reason)}")
+        if rejects_file is not None and text is not None:
             rejects_file.write(text + "\n")
 
+    started = time.monotonic()
     try:
-        with bar:
-            task = bar.add_task("produce", total=None, rate="")
+        with progress_bar:
             for record in read_records(stream):
                 if isinstance(record, tuple):
                     reject(*record)
+                    continue
+                if isinstance(record, BrokenInput):
+                    broken = True
+                    reject(record.line, None, record.reason)
                     continue
                 chunk = None
                 try:
@@ -475,19 +426,19 @@ def produce(
                 except ChunkValidationError as exc:
                     reject(record.line, record.text, str(exc), chunk)
                     continue
-                bar.advance(task)
-                speed = bar.tasks[0].speed
-                bar.update(task, rate=f"{speed:,.0f}" if speed else "")
+                progress_bar.advance(rejected)
+            progress_bar.advance(rejected, force=True)
             producer.close()
     except StreamprocError as exc:
         raise fail(str(exc)) from exc
     finally:
-        if stream is not sys.stdin:
+        if stream is not sys.stdin.buffer:
             stream.close()
         if rejects_file is not None:
             rejects_file.close()
         if server is not None:
             server.stop()
+    seconds = time.monotonic() - started
 
     table = Table("lane", "topic", "sent", "delivered", "failed", title="produced")
     for lane in producer.lanes:
@@ -496,13 +447,92 @@ def produce(
             lane.name, lane.topic, str(counts.sent), str(counts.delivered), str(counts.failed)
         )
     out.print(table)
+    sent = sum(counts.sent for counts in producer.stats.lanes.values())
+    console.print(
+        f"{sent:,} chunk(s) sent in {seconds:.1f} s ({sent / seconds if seconds else 0:,.0f}/s)",
+        highlight=False,
+    )
     if rejected:
         where = f", kept in {rejects}" if rejects else ""
         console.print(f"[yellow]{rejected} line(s) rejected{where}[/]")
+    if broken:
+        raise fail("the input is malformed JSON: what follows the reported point was not read")
     if producer.stats.failed:
         raise fail(f"{producer.stats.failed} chunk(s) failed delivery")
     if rejected and rejects is None:
         raise typer.Exit(1)
+
+
+class ProduceProgress:
+    """The progress display of ``produce`` on a terminal: bytes read, rate, lanes, rejects.
+
+    Refreshed at most every :data:`PROGRESS_INTERVAL_S` (checked every 256 chunks), so the
+    per-chunk cost is one counter increment. Disabled, it prints nothing.
+    """
+
+    def __init__(self, producer: Any, stream: BinaryIO, *, enabled: bool, console: Console) -> None:
+        self._producer = producer
+        self._stream = stream
+        total = file_size(stream)
+        self._seekable = total is not None
+        self._progress = Progress(
+            TextColumn("[bold]producing"),
+            BarColumn(bar_width=20),
+            DownloadColumn() if total else TextColumn(""),
+            TextColumn("{task.fields[rate]:>9} chunks/s"),
+            TextColumn("{task.fields[lanes]}"),
+            TextColumn("{task.fields[rejected]}"),
+            TimeElapsedColumn(),
+            console=console,
+            disable=not enabled,
+        )
+        self._task = self._progress.add_task("produce", total=total, rate="", lanes="", rejected="")
+        self._enabled = enabled
+        self._count = 0
+        self._started = time.monotonic()
+        self._next_refresh = 0.0
+
+    @property
+    def console(self) -> Console:
+        return self._progress.console
+
+    def __enter__(self) -> ProduceProgress:
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._progress.__exit__(None, None, None)
+
+    def advance(self, rejected: int, *, force: bool = False) -> None:
+        """Count one produced chunk; refresh the display now and then."""
+        self._count += 1
+        if not self._enabled or (self._count & 0xFF and not force):
+            return
+        now = time.monotonic()
+        if now < self._next_refresh and not force:
+            return
+        self._next_refresh = now + PROGRESS_INTERVAL_S
+        elapsed = now - self._started
+        lanes = self._producer.stats.lanes
+        self._progress.update(
+            self._task,
+            completed=self._stream.tell() if self._seekable else 0,
+            rate=f"{self._count / elapsed:,.0f}" if elapsed > 0 else "",
+            lanes="  ".join(f"{name} {counts.sent:,}" for name, counts in lanes.items()),
+            rejected=f"[red]{rejected:,} rejected[/]" if rejected else "0 rejected",
+        )
+
+
+PROGRESS_INTERVAL_S = 0.2
+
+
+def file_size(stream: BinaryIO) -> int | None:
+    """Size of ``stream`` when it is a regular file (a path, or stdin redirected from one)."""
+    try:
+        info = os.fstat(stream.fileno())
+    except (OSError, ValueError):  # no file descriptor (in-memory streams)
+        return None
+    return info.st_size if stat.S_ISREG(info.st_mode) else None
 
 
 # -- consume ----------------------------------------------------------------------------------

@@ -24,7 +24,13 @@ raise :class:`~streamproc.errors.ChunkValidationError` (dead-letter reason ``inv
 failure of the Avro decoder itself raises :class:`~streamproc.errors.DecodeError` or one of its
 subclasses, always with the undecodable bytes in ``raw``.
 
-Schemas are parsed once per :class:`ChunkCodec`; encode and decode do no schema work.
+Schemas are parsed once per :class:`ChunkCodec`; encode and decode do no schema work. The current
+schema is written and read by a straight-line writer and reader generated from it
+(:mod:`streamproc.avro_codegen`, compiled once per schema) whenever its fields are exactly the
+chunk's; fastavro writes any other current schema and reads every other writer schema (history,
+registry ids), with schema resolution. Records of the current schema become chunks through
+:func:`~streamproc.chunk.chunk_from_record`, which runs only the checks Avro cannot make and falls
+back to full validation on any doubt: the same chunks and the same errors as validating.
 """
 
 from __future__ import annotations
@@ -32,31 +38,38 @@ from __future__ import annotations
 import json
 import os
 import re
-import struct
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
+from functools import lru_cache
 from importlib.resources import files
 from importlib.resources.abc import Traversable
 from io import BytesIO
+from json.encoder import c_make_encoder, encode_basestring  # type: ignore[attr-defined]
 from pathlib import Path
-from typing import Any, Final, Protocol, cast
+from typing import Any, Final, Protocol, cast, get_args
 
 from fastavro import schemaless_reader, schemaless_writer
 from fastavro.read import SchemaResolutionError
 from fastavro.schema import fingerprint as fastavro_fingerprint
 from fastavro.schema import parse_schema, to_parsing_canonical_form
-from pydantic import ValidationError
+from pydantic import BaseModel
 from pydantic_core import from_json
 
+from streamproc.avro_codegen import (
+    PRIMITIVES,
+    GeneratedCodec,
+    Reader,
+    UnsupportedSchemaError,
+    generate,
+)
 from streamproc.chunk import (
     DEFAULT_LIMITS,
-    LIMITS_CONTEXT_KEY,
     Chunk,
     ChunkLimits,
-    FullTextBoost,
-    chunk_validation_error,
+    chunk_from_record,
     reject_non_json_constant,
+    validate_record,
 )
 from streamproc.errors import (
     ChunkValidationError,
@@ -70,7 +83,6 @@ from streamproc.errors import (
 
 __all__ = [
     "CURRENT_SCHEMA_FILE",
-    "FAST_ENCODER_FINGERPRINT",
     "HISTORY_DIR",
     "REGISTRY_MAGIC_BYTE",
     "SINGLE_OBJECT_MARKER",
@@ -81,6 +93,7 @@ __all__ = [
     "bundled_schema_dir",
     "chunk_to_record",
     "encode_chunk_body",
+    "generated_codec",
     "record_to_chunk",
     "schema_fingerprint",
 ]
@@ -214,12 +227,15 @@ class WriterSchema:
             the current one (fastavro then skips resolution, the fast path).
         fingerprint: CRC-64-AVRO fingerprint of the writer schema.
         source: Where the schema came from, for error messages.
+        fast_read: The generated reader, when the writer schema is the current one and the
+            generator handles it; fastavro reads every other writer schema.
     """
 
     parsed: Any
     reader: Any
     fingerprint: int
     source: str
+    fast_read: Reader | None = None
 
 
 def chunk_to_record(chunk: Chunk) -> dict[str, Any]:
@@ -273,157 +289,145 @@ def chunk_to_record(chunk: Chunk) -> dict[str, Any]:
     }
 
 
-FAST_ENCODER_FINGERPRINT: Final = 0x3D36929805045E89
-"""Fingerprint of the schema :func:`encode_chunk_body` writes (the bundled ``chunk.avsc``)."""
-
-_PACK_DOUBLE: Final = struct.Struct("<d").pack
-_NULL: Final = b"\x00"  # union branch 0 (null); also an empty array's end marker and False
-_SOME: Final = b"\x02"  # union branch 1 (the value)
-_TRUE: Final = b"\x01"
-_SMALL_LONGS: Final = tuple(
-    bytes([(2 * n & 0x7F) | 0x80, 2 * n >> 7]) if 2 * n > 0x7F else bytes([2 * n])
-    for n in range(8192)
-)  # zigzag varints of 0..8191 (2n < 2**14 fits two bytes), the lengths and counts seen in practice
-
-
-def _long(value: int) -> bytes:
-    """Avro ``long``: zigzag, then base-128 varint, least significant group first."""
-    if 0 <= value < 8192:
-        return _SMALL_LONGS[value]
-    encoded = (value << 1) ^ (value >> 63)
-    out = bytearray()
-    while encoded > 0x7F:
-        out.append((encoded & 0x7F) | 0x80)
-        encoded >>= 7
-    out.append(encoded)
-    return bytes(out)
-
-
-def _write_string(out: bytearray, text: str) -> None:
-    data = text.encode("utf-8")
-    out += _long(len(data))
-    out += data
-
-
-def _write_optional_string(out: bytearray, text: str | None) -> None:
-    if text is None:
-        out += _NULL
-    else:
-        out += _SOME
-        _write_string(out, text)
-
-
-def _write_optional_strings(out: bytearray, items: list[str] | None) -> None:
-    if items is None:
-        out += _NULL
-        return
-    out += _SOME
-    if items:
-        out += _long(len(items))
-        for item in items:
-            _write_string(out, item)
-    out += _NULL
-
-
-def _write_optional_double(out: bytearray, value: float | None) -> None:
-    if value is None:
-        out += _NULL
-    else:
-        out += _SOME
-        out += _PACK_DOUBLE(value)
-
-
-def _write_optional_boolean(out: bytearray, value: bool | None) -> None:
-    if value is None:
-        out += _NULL
-    else:
-        out += _SOME
-        out += _TRUE if value else _NULL
-
-
 def encode_chunk_body(chunk: Chunk) -> bytes:
-    """The Avro body of ``chunk`` in the bundled schema, written directly from the model.
+    """The Avro body of ``chunk`` in the bundled schema, written by the generated writer.
 
-    Byte for byte what ``schemaless_writer(chunk_to_record(chunk))`` writes with the schema of
-    fingerprint :data:`FAST_ENCODER_FINGERPRINT` (the unit tests compare both on random chunks),
-    without the intermediate record and fastavro's per-field union matching: the encode hot path,
-    several times faster. :class:`ChunkCodec` uses it only when its current schema is that schema.
+    Byte for byte what ``schemaless_writer(chunk_to_record(chunk))`` writes with the bundled
+    ``chunk.avsc`` (the unit tests compare both on generated chunks).
 
     Raises:
         ChunkValidationError: ``metadata`` holds a non-finite number.
         UnicodeEncodeError: A string holds a lone surrogate.
+        ConfigError: The bundled schema is one the generator does not handle.
     """
+    generated = bundled_generated_codec()
+    if generated is None:
+        raise ConfigError("the bundled chunk schema has no generated writer")
     out = bytearray()
-    _write_optional_string(out, chunk.chunk_html)
-    _write_optional_string(out, chunk.semantic_content)
-    _write_optional_string(out, chunk.fulltext_content)
-    _write_optional_string(out, chunk.link)
-    _write_optional_strings(out, chunk.tag_set)
-    _write_optional_double(out, chunk.num_value)
-    metadata = chunk.metadata
-    _write_optional_string(out, None if metadata is None else metadata_text(metadata))
-    _write_optional_string(out, chunk.tracking_id)
-    _write_optional_boolean(out, chunk.upsert_by_tracking_id)
-    group_ids = chunk.group_ids
-    _write_optional_strings(
-        out, None if group_ids is None else [str(group_id) for group_id in group_ids]
-    )
-    _write_optional_strings(out, chunk.group_tracking_ids)
-    _write_optional_string(out, chunk.time_stamp)
-    location = chunk.location
-    if location is None:
-        out += _NULL
-    else:
-        out += _SOME
-        out += _PACK_DOUBLE(location.lat)
-        out += _PACK_DOUBLE(location.lon)
-    _write_optional_strings(out, chunk.image_urls)
-    _write_optional_double(out, chunk.weight)
-    _write_optional_boolean(out, chunk.split_avg)
-    _write_optional_boolean(out, chunk.convert_html_to_text)
-    for boost in (chunk.fulltext_boost, chunk.semantic_boost):
-        if boost is None:
-            out += _NULL
-        else:
-            out += _SOME
-            _write_string(out, boost.phrase)
-            out += _PACK_DOUBLE(
-                boost.boost_factor if isinstance(boost, FullTextBoost) else boost.distance_factor
-            )
-    out += _TRUE if chunk.low_priority else _NULL
-    _write_optional_string(out, chunk.dataset_id)
+    generated.write(out, chunk)
     return bytes(out)
+
+
+TRUSTED_RECORD_FINGERPRINT: Final = 0x3D36929805045E89
+"""Fingerprint of the schema whose records :func:`~streamproc.chunk.chunk_from_record` checks
+(the bundled ``chunk.avsc``). Records of another current schema, and of every older writer schema,
+are validated in full: when the schema changes, review ``chunk_from_record``'s checks against the
+new fields and types, then move this constant (a unit test fails until then)."""
+
+
+@lru_cache(maxsize=1)
+def bundled_generated_codec() -> GeneratedCodec | None:
+    """The generated writer and reader of the bundled ``chunk.avsc`` (:func:`generated_codec`)."""
+    return generated_codec(load_schema_file(bundled_schema_dir().joinpath(CURRENT_SCHEMA_FILE)))
+
+
+def generated_codec(schema: Mapping[str, Any]) -> GeneratedCodec | None:
+    """The generated writer and reader of ``schema``, compiled once per schema text.
+
+    Returns:
+        The generated functions, or ``None`` when the generator does not handle the schema or
+        its fields are not exactly the chunk's (the writer reads them from a :class:`Chunk`);
+        the codec then uses fastavro for it.
+    """
+    return _generated_codec(json.dumps(schema, sort_keys=True))
+
+
+@lru_cache(maxsize=16)
+def _generated_codec(schema_text: str) -> GeneratedCodec | None:
+    schema = json.loads(schema_text)
+    if not record_matches_model(schema, Chunk):
+        return None
+    try:
+        return generate(schema, {"metadata": metadata_text})
+    except UnsupportedSchemaError:
+        return None
+
+
+def record_matches_model(record: Mapping[str, Any], model: type[BaseModel]) -> bool:
+    """True if the record schema has exactly ``model``'s fields, nested records recursively.
+
+    A nested record may be inline or behind a union with ``null``; one given by name, in an
+    array or in any other shape counts as no match.
+    """
+    fields = record.get("fields")
+    model_fields = model.model_fields
+    if record.get("type") != "record" or not isinstance(fields, list):
+        return False
+    if {field.get("name") for field in fields} != set(model_fields) or len(fields) != len(
+        model_fields
+    ):
+        return False
+    for field in fields:
+        kind = field.get("type")
+        branches = kind if isinstance(kind, list) else [kind]
+        for branch in branches:
+            if isinstance(branch, Mapping) and branch.get("type") == "record":
+                nested = nested_model(model_fields[field["name"]].annotation)
+                if nested is None or not record_matches_model(branch, nested):
+                    return False
+            elif isinstance(branch, str) and branch not in PRIMITIVES:
+                return False
+    return True
+
+
+def nested_model(annotation: Any) -> type[BaseModel] | None:
+    """The pydantic model of a field annotated ``Model`` or ``Model | None``."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in get_args(annotation):
+        if isinstance(argument, type) and issubclass(argument, BaseModel):
+            return argument
+    return None
+
+
+_METADATA_ENCODER: Final = json.JSONEncoder(
+    sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+)
+# The C encoder behind json.dumps, built once: json.dumps with non-default arguments builds an
+# encoder per call, which cost more than the encoding itself on small metadata. Without a
+# circular-reference check (markers None): a validated chunk's metadata is a tree.
+_METADATA_ITERENCODE: Final = (
+    None
+    if c_make_encoder is None
+    else c_make_encoder(
+        None,
+        _METADATA_ENCODER.default,
+        encode_basestring,
+        None,
+        _METADATA_ENCODER.key_separator,
+        _METADATA_ENCODER.item_separator,
+        True,  # sort_keys
+        False,  # skipkeys
+        False,  # allow_nan
+    )
+)
 
 
 def metadata_text(metadata: Any) -> str:
     """``metadata`` as the JSON text the wire carries (compact, sorted keys, UTF-8, finite).
 
+    Exactly ``json.dumps(metadata, sort_keys=True, separators=(",", ":"), ensure_ascii=False,
+    allow_nan=False)``, with the encoder built once.
+
     Raises:
         ChunkValidationError: A number is not finite.
     """
     try:
-        return json.dumps(
-            metadata, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-        )
+        if _METADATA_ITERENCODE is not None:
+            return "".join(_METADATA_ITERENCODE(metadata, 0))
+        return _METADATA_ENCODER.encode(metadata)
     except ValueError as exc:
         raise ChunkValidationError(f"metadata: {exc}", field="metadata") from None
 
 
-def record_to_chunk(record: dict[str, Any], limits: ChunkLimits = DEFAULT_LIMITS) -> Chunk:
-    """Validate a decoded Avro record (of the current schema) into a chunk.
-
-    The record is validated, not trusted: a value can be well-formed Avro and still break the
-    model (a latitude of 200, a malformed ``time_stamp``, metadata that is not JSON).
-
-    Args:
-        record: The record as fastavro returns it; ``metadata`` is replaced in place.
-        limits: List and length limits to enforce.
+def parse_metadata(record: dict[str, Any]) -> dict[str, Any]:
+    """Replace a decoded record's ``metadata`` JSON text by the JSON value it holds, in place.
 
     Returns:
-        The chunk.
+        ``record`` itself.
 
     Raises:
-        ChunkValidationError: The record is not a valid chunk; ``field`` names the field.
+        ChunkValidationError: The text is not JSON, or holds ``NaN``/``Infinity``.
     """
     metadata = record.get("metadata")
     if metadata is not None:
@@ -439,10 +443,35 @@ def record_to_chunk(record: dict[str, Any], limits: ChunkLimits = DEFAULT_LIMITS
                 raise ChunkValidationError(
                     f"metadata: not valid JSON text: {exc}", field="metadata"
                 ) from None
-    try:
-        return Chunk.model_validate(record, context={LIMITS_CONTEXT_KEY: limits})
-    except ValidationError as exc:
-        raise chunk_validation_error(exc) from None
+    return record
+
+
+def record_to_chunk(
+    record: dict[str, Any], limits: ChunkLimits = DEFAULT_LIMITS, *, trusted: bool = False
+) -> Chunk:
+    """Turn a decoded Avro record (of the current schema) into a chunk.
+
+    The record is checked, not trusted blindly: a value can be well-formed Avro and still break
+    the model (a latitude of 200, a malformed ``time_stamp``, metadata that is not JSON).
+
+    Args:
+        record: The record as an Avro reader returns it; ``metadata`` is replaced in place.
+        limits: List and length limits to enforce.
+        trusted: The record comes from an Avro reader of a schema whose fields are exactly the
+            chunk's: only the checks Avro cannot make run (:func:`~streamproc.chunk.
+            chunk_from_record`), with full validation whenever one is in doubt. Otherwise the
+            record is validated field by field. Both give the same chunk and the same errors.
+
+    Returns:
+        The chunk.
+
+    Raises:
+        ChunkValidationError: The record is not a valid chunk; ``field`` names the field.
+    """
+    parse_metadata(record)
+    if trusted:
+        return chunk_from_record(record, limits)
+    return validate_record(record, limits)
 
 
 class ChunkCodec:
@@ -489,13 +518,25 @@ class ChunkCodec:
         self._fingerprint = schema_fingerprint(self._schema_raw)
         self._schema = parse_schema(self._schema_raw)
         self._single_object_header = SINGLE_OBJECT_MARKER + self._fingerprint.to_bytes(8, "little")
-        # The hand-written encoder knows one schema; any other current schema goes through
-        # fastavro.
-        self._fast_encode = self._fingerprint == FAST_ENCODER_FINGERPRINT
+        # The generated writer and reader serve the current schema when its fields are exactly
+        # the chunk's; fastavro writes any other current schema and reads every other writer.
+        self._generated = generated_codec(self._schema_raw)
+        # Records of the current schema skip the checks Avro makes only for the schema those
+        # checks were written for; any other goes through full validation.
+        self._trusted_records = (
+            self._generated is not None and self._fingerprint == TRUSTED_RECORD_FINGERPRINT
+        )
+        self._fast_read = (
+            self._generated.read if self._generated is not None and self._trusted_records else None
+        )
         self._registry_header: bytes | None = None
         self._writers: dict[int, WriterSchema] = {
             self._fingerprint: WriterSchema(
-                self._schema, None, self._fingerprint, str(current_file)
+                self._schema,
+                None,
+                self._fingerprint,
+                str(current_file),
+                None if self._generated is None else self._generated.read,
             )
         }
         for history_file in history_files(directory):
@@ -549,8 +590,10 @@ class ChunkCodec:
         else:
             header = self._registry_header or self._resolve_registry_header()
         try:
-            if self._fast_encode:
-                value = header + encode_chunk_body(chunk)
+            if self._generated is not None:
+                out = bytearray(header)
+                self._generated.write(out, chunk)
+                value = bytes(out)
             else:
                 buffer = BytesIO()
                 buffer.write(header)
@@ -578,6 +621,21 @@ class ChunkCodec:
             DecodeError: The header or body is truncated, garbage or followed by extra bytes.
             ChunkValidationError: The value decodes but is not a valid chunk.
         """
+        fast_read = self._fast_read
+        if (
+            fast_read is not None
+            and type(data) is bytes
+            and data[:SINGLE_OBJECT_HEADER_BYTES] == self._single_object_header
+        ):
+            # The hot path, the general one below inlined: the current schema in single-object
+            # framing, the generated reader, the trusted construction.
+            try:
+                record, end = fast_read(data, SINGLE_OBJECT_HEADER_BYTES)
+            except Exception as exc:  # IndexError/struct.error/UnicodeDecodeError/ValueError
+                raise undecodable(exc, data) from exc
+            if end != len(data):
+                raise trailing_bytes(data, end)
+            return chunk_from_record(parse_metadata(record), self._limits)
         if self.detect_framing(data) is Framing.SINGLE_OBJECT:
             if len(data) < SINGLE_OBJECT_HEADER_BYTES:
                 raise DecodeError(
@@ -605,7 +663,8 @@ class ChunkCodec:
             writer = self._writers_by_id.get(schema_id) or self._writer_for_id(schema_id, data)
             body_offset = REGISTRY_HEADER_BYTES
         record = read_body(data, body_offset, writer)
-        return record_to_chunk(record, self._limits)
+        trusted = self._trusted_records and writer.fingerprint == self._fingerprint
+        return record_to_chunk(record, self._limits, trusted=trusted)
 
     @staticmethod
     def detect_framing(data: bytes) -> Framing:
@@ -702,6 +761,16 @@ def read_body(data: bytes, offset: int, writer: WriterSchema) -> dict[str, Any]:
         IncompatibleSchemaError: The writer schema does not resolve against the reader schema.
         DecodeError: The body is truncated, garbage, or followed by extra bytes.
     """
+    if writer.fast_read is not None:
+        if type(data) is not bytes:
+            data = bytes(data)  # the generated reader decodes slices, which memoryviews cannot
+        try:
+            fast_record, end = writer.fast_read(data, offset)
+        except Exception as exc:  # IndexError/struct.error/UnicodeDecodeError/ValueError
+            raise undecodable(exc, data) from exc
+        if end != len(data):
+            raise trailing_bytes(data, end)
+        return fast_record
     stream = BytesIO(data)
     stream.seek(offset)
     try:
@@ -712,14 +781,22 @@ def read_body(data: bytes, offset: int, writer: WriterSchema) -> dict[str, Any]:
             raw=data,
         ) from exc
     except Exception as exc:  # fastavro raises IndexError/EOFError/ValueError/... on garbage
-        raise DecodeError(f"undecodable Avro body ({type(exc).__name__}: {exc})", raw=data) from exc
+        raise undecodable(exc, data) from exc
     if stream.tell() != len(data):
-        raise DecodeError(
-            f"{len(data) - stream.tell()} unexpected bytes after the Avro body", raw=data
-        )
+        raise trailing_bytes(data, stream.tell())
     if not isinstance(record, dict):
         raise DecodeError(f"Avro body is a {type(record).__name__}, not a record", raw=data)
     return cast(dict[str, Any], record)
+
+
+def undecodable(exc: Exception, data: bytes) -> DecodeError:
+    """The error for an Avro body the reader (generated or fastavro) failed on."""
+    return DecodeError(f"undecodable Avro body ({type(exc).__name__}: {exc})", raw=data)
+
+
+def trailing_bytes(data: bytes, end: int) -> DecodeError:
+    """The error for bytes left after a complete Avro body."""
+    return DecodeError(f"{len(data) - end} unexpected bytes after the Avro body", raw=data)
 
 
 def load_schema_file(path: Traversable) -> dict[str, Any]:

@@ -106,7 +106,14 @@ class ChunkProducer:
         self.stats = ProducerStats({lane.name: LaneCounts() for lane in self.lanes})
         self._on_delivery = on_delivery
         self._lane_of_topic = {lane.topic: lane.name for lane in self.lanes}
+        self._counts_of_topic = {lane.topic: self.stats.lanes[lane.name] for lane in self.lanes}
         self._producer = Producer(self.settings.to_librdkafka())
+        # Bound once: the hot path below runs per chunk.
+        self._encode = codec.encode
+        self._route = self.lanes.route
+        self._produce = self._producer.produce
+        self._poll = self._producer.poll
+        self._delivery_callback = self._delivered
 
     def produce(
         self,
@@ -129,13 +136,26 @@ class ChunkProducer:
             OversizeError: the encoded chunk exceeds ``settings.max_chunk_bytes``.
             ProduceError: librdkafka refused the message outright.
         """
-        target = lane or self.lanes.route(chunk)
+        target = lane or self._route(chunk)
         try:
-            value = self.codec.encode(chunk, self.framing)  # enforces max_chunk_bytes
+            value = self._encode(chunk, self.framing)  # enforces max_chunk_bytes
         except OversizeError:
             self.stats.rejected += 1
             raise
-        self.produce_encoded(target, chunk.key.encode(), value, headers)
+        tracking_id = chunk.tracking_id
+        key = (chunk.key if tracking_id is None else tracking_id).encode()
+        if headers:
+            self.produce_encoded(target, key, value, headers)
+            return target
+        try:
+            self._produce(target.topic, value, key, on_delivery=self._delivery_callback)
+        except BufferError:
+            self.produce_encoded(target, key, value)  # waits for room, then produces
+            return target
+        except KafkaException as exc:
+            raise ProduceError(f"could not produce to {target.topic}: {exc}") from exc
+        self._counts_of_topic[target.topic].sent += 1
+        self._poll(0)
         return target
 
     def produce_encoded(
@@ -151,17 +171,17 @@ class ChunkProducer:
         )
         while True:
             try:
-                self._producer.produce(
-                    lane.topic, value, key, headers=header_list, on_delivery=self._delivered
+                self._produce(
+                    lane.topic, value, key, headers=header_list, on_delivery=self._delivery_callback
                 )
                 break
             except BufferError:
                 # librdkafka's queue is full: serve delivery reports to make room, then retry.
-                self._producer.poll(_QUEUE_FULL_POLL_S)
+                self._poll(_QUEUE_FULL_POLL_S)
             except KafkaException as exc:
                 raise ProduceError(f"could not produce to {lane.topic}: {exc}") from exc
         self.stats.lanes[lane.name].sent += 1
-        self._producer.poll(0)
+        self._poll(0)
 
     def produce_many(self, chunks: Iterable[Chunk]) -> int:
         """Produce every chunk of ``chunks``; returns how many were queued."""
@@ -206,17 +226,17 @@ class ChunkProducer:
         self.close()
 
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:
-        topic, partition, offset = coordinates(msg)
-        lane = self._lane_of_topic.get(topic, topic)
-        counts = self.stats.lanes[lane]
+        topic = msg.topic()
+        counts = self._counts_of_topic[topic]  # type: ignore[index]  # set on a delivered message
         if err is None:
             counts.delivered += 1
         else:
             counts.failed += 1
         if self._on_delivery is not None:
+            topic, partition, offset = coordinates(msg)
             self._on_delivery(
                 Delivery(
-                    lane=lane,
+                    lane=self._lane_of_topic.get(topic, topic),
                     topic=topic,
                     partition=partition,
                     offset=offset,

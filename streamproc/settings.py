@@ -142,6 +142,15 @@ class ProducerSettings(KafkaSettings):
     queue_buffering_max_messages: int = Field(
         500_000, gt=0, description="Local produce queue capacity before backpressure."
     )
+    queue_buffering_max_kbytes: int = Field(
+        65_536,
+        gt=0,
+        description=(
+            "Local produce queue size bound in KiB before backpressure"
+            " (queue.buffering.max.kbytes): bounds the producer's memory when the brokers are"
+            " slower than the input."
+        ),
+    )
     delivery_timeout_ms: int = Field(
         120_000, gt=0, description="Give up on a message after this long (delivery.timeout.ms)."
     )
@@ -168,6 +177,7 @@ class ProducerSettings(KafkaSettings):
             "batch.size": self.batch_size,
             "compression.type": self.compression_type,
             "queue.buffering.max.messages": self.queue_buffering_max_messages,
+            "queue.buffering.max.kbytes": self.queue_buffering_max_kbytes,
             "delivery.timeout.ms": self.delivery_timeout_ms,
             **self.librdkafka_extra,
             **self.connection(),

@@ -7,6 +7,9 @@ other Kafka client would see.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -284,6 +287,110 @@ def test_invalid_lines_are_reported_and_never_sent(
         assert rejects.read_text(encoding="utf-8") == "".join(t + "\n" for t, _ in BAD_LINES)
     else:
         assert not rejects.exists()
+
+
+def test_broken_json_array_sends_what_precedes_the_break_and_exits_1(
+    runner: CliRunner, kafka_bootstrap: str, lanes: Lanes, tmp_path: Path
+) -> None:
+    chunks = list(sample_chunks(500, low_priority_ratio=0.3, seed=8, prefix="broken"))
+    good = json.dumps([c.model_dump(mode="json", exclude_none=True) for c in chunks], indent=2)
+    source = tmp_path / "broken.json"
+    # Item 501 is cut off: everything before it is read and sent, nothing after.
+    source.write_text(good[:-2] + ',\n  {"chunk_html": }\n, {"chunk_html": "after"}]\n', "utf-8")
+    rejects = tmp_path / "rejects.jsonl"
+
+    result = produce(runner, kafka_bootstrap, lanes, source, "--rejects", str(rejects))
+
+    assert result.exit_code == 1, result.output
+    stderr = flat(result.stderr)
+    assert "line 501: malformed JSON array after item 500" in stderr
+    assert "was not read" in stderr
+    read = read_lanes(kafka_bootstrap, lanes)
+    assert read["realtime"] == {c.key: c for c in chunks if not c.low_priority}
+    assert read["bulk"] == {c.key: c for c in chunks if c.low_priority}
+
+
+def test_json_array_from_stdin(
+    runner: CliRunner, kafka_bootstrap: str, lanes: Lanes, tmp_path: Path
+) -> None:
+    chunks = list(sample_chunks(200, low_priority_ratio=0.5, seed=9, prefix="stdin"))
+    payload = json.dumps([c.model_dump(mode="json", exclude_none=True) for c in chunks], indent=1)
+
+    result = runner.invoke(
+        app,
+        ["produce", "-", "-b", kafka_bootstrap, "--topic-prefix", lanes.prefix, "--no-progress"],
+        input=payload,
+    )
+
+    assert result.exit_code == 0, result.output
+    assert "200 chunk(s) sent in" in flat(result.stderr)
+    read = read_lanes(kafka_bootstrap, lanes)
+    assert read["realtime"] == {c.key: c for c in chunks if not c.low_priority}
+    assert read["bulk"] == {c.key: c for c in chunks if c.low_priority}
+
+
+# -- memory -------------------------------------------------------------------------------------
+
+LARGE_INPUT_CHUNKS = 50_000
+LARGE_INPUT_PAD = "lorem ipsum dolor sit amet " * 100  # about 2.8 KB of JSON per chunk
+# The peak resident memory of a produce of a ~140 MB input may exceed that of a one-chunk input
+# by at most this much: reading the input whole needs more than its size.
+MAX_GROWTH_BYTES = 80 * 1024 * 1024
+MAX_PEAK_BYTES = 250 * 1024 * 1024  # the target for any input size
+
+
+def large_payloads() -> Iterator[dict[str, Any]]:
+    for index in range(LARGE_INPUT_CHUNKS):
+        yield {
+            "chunk_html": f"<p>{index} {LARGE_INPUT_PAD}</p>",
+            "tracking_id": f"large-{index}",
+            "low_priority": index % 3 == 0,
+            "metadata": {"index": index},
+        }
+
+
+def peak_rss_of_produce(bootstrap: str, lanes: Lanes, source: Path) -> int:
+    """Run ``streamproc produce`` as a child process; its peak resident set size in bytes."""
+    command = [
+        *(sys.executable, "-m", "streamproc", "produce", str(source)),
+        *("--bootstrap-servers", bootstrap, "--topic-prefix", lanes.prefix, "--no-progress"),
+    ]
+    with subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE) as child:
+        assert child.stderr is not None
+        errors = child.stderr.read()
+        _, status, usage = os.wait4(child.pid, 0)
+        child.returncode = os.waitstatus_to_exitcode(status)
+    assert child.returncode == 0, errors.decode()
+    return usage.ru_maxrss * 1024  # kilobytes on Linux
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("shape", ["json-lines", "json-array"])
+def test_peak_memory_does_not_grow_with_the_input(
+    kafka_bootstrap: str, lanes: Lanes, tmp_path: Path, shape: str
+) -> None:
+    small = tmp_path / "one.jsonl"
+    small.write_text(json.dumps(next(large_payloads())) + "\n", encoding="utf-8")
+    large = tmp_path / f"large.{shape}"
+    with large.open("w", encoding="utf-8") as out:
+        if shape == "json-lines":
+            for payload in large_payloads():
+                out.write(json.dumps(payload) + "\n")
+        else:
+            out.write("[\n")
+            for index, payload in enumerate(large_payloads()):
+                out.write(("" if index == 0 else ",\n") + json.dumps(payload, indent=1))
+            out.write("\n]\n")
+    size = large.stat().st_size
+    assert size > 130 * 1024 * 1024
+
+    baseline = peak_rss_of_produce(kafka_bootstrap, lanes, small)
+    peak = peak_rss_of_produce(kafka_bootstrap, lanes, large)
+
+    assert peak - baseline < MAX_GROWTH_BYTES, (peak, baseline, size)
+    assert peak < MAX_PEAK_BYTES, (peak, size)
+    sent = sum(sum(high_watermarks(kafka_bootstrap, lane.topic).values()) for lane in lanes)
+    assert sent == LARGE_INPUT_CHUNKS + 1
 
 
 # -- topics -----------------------------------------------------------------------------------
