@@ -21,7 +21,9 @@ from rich.progress import BarColumn, DownloadColumn, Progress, TextColumn, TimeE
 from rich.table import Table
 
 from streamproc import __version__
+from streamproc.cliopts import settings_options
 from streamproc.errors import ChunkValidationError, StreamprocError
+from streamproc.settings import ConsumerSettings
 
 app = typer.Typer(
     name="streamproc",
@@ -580,7 +582,33 @@ def parse_error_actions(values: list[str]) -> dict[str, str]:
     return actions
 
 
+# The consumer settings given as options of their own (names, types, help and environment
+# variables come from the settings model; see streamproc.cliopts).
+CONSUME_SETTINGS = (
+    "pause_lag",
+    "resume_lag",
+    "pause_delay_s",
+    "max_pause_s",
+    "starvation_slice_s",
+    "min_bulk_share",
+    "min_bulk_share_window_s",
+    "scope",
+    "group_protocol",
+    "assignor",
+    "auto_offset_reset",
+    "max_batch_messages",
+    "poll_timeout_s",
+    "max_retries",
+    "concurrency",
+    "bulk_turn_ms",
+    "ordering",
+    "max_in_flight",
+    "reserved_workers",
+)
+
+
 @app.command()
+@settings_options(ConsumerSettings, CONSUME_SETTINGS)
 def consume(
     bootstrap_servers: BootstrapOption = DEFAULT_BOOTSTRAP,
     topic_prefix: PrefixOption = DEFAULT_PREFIX,
@@ -595,97 +623,6 @@ def consume(
             "Built-in sink: sqlite:PATH, postgresql://..., jsonl:PATH, jsonl:- or null.", "SINK"
         ),
     ] = "sqlite:streamproc.sqlite",
-    pause_lag: Annotated[
-        int | None, _option("Pause lower lanes when a lane's lag exceeds this.", "PAUSE_LAG")
-    ] = None,
-    resume_lag: Annotated[
-        int | None,
-        _option("Resume when the lane's lag is at most this (0 = drained).", "RESUME_LAG"),
-    ] = None,
-    pause_delay_s: Annotated[
-        float | None,
-        _option("Also pause when a lane's delay exceeds this (seconds).", "PAUSE_DELAY_S"),
-    ] = None,
-    max_pause_s: Annotated[
-        float | None,
-        _option("Starvation guard: longest continuous pause (seconds).", "MAX_PAUSE_S"),
-    ] = None,
-    starvation_slice_s: Annotated[
-        float | None, _option("How long a starved lane then runs (seconds).", "STARVATION_SLICE_S")
-    ] = None,
-    min_bulk_share: Annotated[
-        float | None,
-        _option("Starvation guard: minimum running share of lower lanes.", "MIN_BULK_SHARE"),
-    ] = None,
-    scope: Annotated[
-        str | None, _option("Lag scope driving the policy: local, group or auto.", "SCOPE")
-    ] = None,
-    assignor: Annotated[
-        str | None, _option("cooperative-sticky (default), range or roundrobin.", "ASSIGNOR")
-    ] = None,
-    group_protocol: Annotated[
-        str | None,
-        _option(
-            "Group protocol: classic (default) or consumer (KIP-848, Kafka 4.0+).",
-            "GROUP_PROTOCOL",
-        ),
-    ] = None,
-    auto_offset_reset: Annotated[
-        str | None, _option("earliest (default) or latest.", "AUTO_OFFSET_RESET")
-    ] = None,
-    max_batch_messages: Annotated[
-        int | None, _option("Most messages taken per poll.", "MAX_BATCH_MESSAGES")
-    ] = None,
-    poll_timeout_s: Annotated[
-        float | None, _option("Longest wait of one poll (seconds).", "POLL_TIMEOUT_S")
-    ] = None,
-    max_retries: Annotated[
-        int | None, _option("Retries of a retriable handler error.", "MAX_RETRIES")
-    ] = None,
-    concurrency: Annotated[
-        int | None,
-        _option(
-            "Worker slots: chunks handled at once (threads for sync handlers, one event loop for"
-            " async def ones), realtime first; every lane consumer is polled on however long a"
-            " handler runs.",
-            "CONCURRENCY",
-            min=1,
-        ),
-    ] = None,
-    bulk_turn_ms: Annotated[
-        float | None,
-        _option(
-            "Time budget of one bulk turn (ms, default 5): a realtime chunk waits for a worker"
-            " about this long at most.",
-            "BULK_TURN_MS",
-            min=0.1,
-        ),
-    ] = None,
-    ordering: Annotated[
-        str | None,
-        _option(
-            "key (default; same message key never twice in flight), partition (one chunk in"
-            " flight per partition) or unordered.",
-            "ORDERING",
-        ),
-    ] = None,
-    max_in_flight: Annotated[
-        int | None,
-        _option(
-            "Chunks taken but unfinished per lane; a lane still full after a second is paused"
-            " until it is back at half (default 4 x concurrency, at least two batches).",
-            "MAX_IN_FLIGHT",
-            min=1,
-        ),
-    ] = None,
-    reserved_workers: Annotated[
-        int | None,
-        _option(
-            "Workers bulk leaves free while realtime is active (default: concurrency / 8).",
-            "RESERVED_WORKERS",
-            min=0,
-        ),
-    ] = None,
     schema_registry_url: RegistryOption = None,
     on_error: Annotated[
         list[str] | None,
@@ -699,6 +636,8 @@ def consume(
     metrics_enabled: MetricsEnabledOption = True,
     log_level: LogLevelOption = "INFO",
     log_format: LogFormatOption = "text",
+    *,
+    settings: dict[str, Any] | None = None,
 ) -> None:
     """Consume every lane in one group, realtime first, pausing bulk while realtime lags.
 
@@ -707,42 +646,23 @@ def consume(
     from streamproc.consumer import PriorityConsumer
     from streamproc.handlers import load_handler, open_sink
     from streamproc.metrics import ConsumerMetrics
-    from streamproc.settings import ConsumerSettings
 
     setup_logging(log_level, log_format)
-    given: dict[str, Any] = {
-        "pause_lag": pause_lag,
-        "resume_lag": resume_lag,
-        "pause_delay_s": pause_delay_s,
-        "max_pause_s": max_pause_s,
-        "starvation_slice_s": starvation_slice_s,
-        "min_bulk_share": min_bulk_share,
-        "scope": scope,
-        "assignor": assignor,
-        "group_protocol": group_protocol,
-        "auto_offset_reset": auto_offset_reset,
-        "max_batch_messages": max_batch_messages,
-        "poll_timeout_s": poll_timeout_s,
-        "max_retries": max_retries,
-        "concurrency": concurrency,
-        "bulk_turn_ms": bulk_turn_ms,
-        "ordering": ordering,
-        "max_in_flight": max_in_flight,
-        "reserved_workers": reserved_workers,
-        "schema_registry_url": schema_registry_url,
-    }
+    given: dict[str, Any] = dict(settings or {})
+    if schema_registry_url is not None:
+        given["schema_registry_url"] = schema_registry_url
     try:
-        settings = ConsumerSettings(
+        consumer_settings = ConsumerSettings(
             bootstrap_servers=bootstrap_servers,
             topic_prefix=topic_prefix,
             group_id=group,
             error_actions=parse_error_actions(on_error or []),
-            **{name: value for name, value in given.items() if value is not None},
+            **given,
         )
     except (ValueError, StreamprocError) as exc:  # pydantic's ValidationError is a ValueError
         raise fail(str(exc), 2) from exc
-    setup_logging(log_level, log_format, settings)
-    metrics = ConsumerMetrics(lane.name for lane in settings.topology)
+    setup_logging(log_level, log_format, consumer_settings)
+    metrics = ConsumerMetrics(lane.name for lane in consumer_settings.topology)
     started: list[PriorityConsumer] = []
 
     def probe(name: str) -> Any:
@@ -764,12 +684,12 @@ def consume(
     )
     target: Any = None
     try:
-        check_broker(settings)
+        check_broker(consumer_settings)
         try:
             target = load_handler(handler) if handler else open_sink(sink)
         except (ValueError, StreamprocError) as exc:
             raise fail(str(exc), 2) from exc
-        consumer = PriorityConsumer(settings, target, metrics=metrics)
+        consumer = PriorityConsumer(consumer_settings, target, metrics=metrics)
         started.append(consumer)
         code = consumer.run()
     finally:
