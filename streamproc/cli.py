@@ -10,7 +10,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, TextIO
+from typing import Annotated, Any, TextIO, cast
 
 import typer
 from rich.console import Console
@@ -18,6 +18,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from streamproc import __version__
+from streamproc.deliverable import IsolationLevel
 from streamproc.errors import ChunkValidationError, StreamprocError
 
 app = typer.Typer(
@@ -471,6 +472,22 @@ def consume(
     auto_offset_reset: Annotated[
         str | None, _option("earliest (default) or latest.", "AUTO_OFFSET_RESET")
     ] = None,
+    isolation_level: Annotated[
+        str | None,
+        _option(
+            "read_committed (default: records of open or aborted transactions are never"
+            " handled) or read_uncommitted.",
+            "ISOLATION_LEVEL",
+        ),
+    ] = None,
+    transaction_hold_warn_s: Annotated[
+        float | None,
+        _option(
+            "Log a partition whose last stable offset an open transaction has held this long"
+            " (seconds, default 60).",
+            "TRANSACTION_HOLD_WARN_S",
+        ),
+    ] = None,
     max_batch_messages: Annotated[
         int | None, _option("Most messages taken per poll.", "MAX_BATCH_MESSAGES")
     ] = None,
@@ -560,6 +577,8 @@ def consume(
         "scope": scope,
         "assignor": assignor,
         "auto_offset_reset": auto_offset_reset,
+        "isolation_level": isolation_level,
+        "transaction_hold_warn_s": transaction_hold_warn_s,
         "max_batch_messages": max_batch_messages,
         "poll_timeout_s": poll_timeout_s,
         "max_retries": max_retries,
@@ -610,10 +629,19 @@ def lag(
     bootstrap_servers: BootstrapOption = DEFAULT_BOOTSTRAP,
     topic_prefix: PrefixOption = DEFAULT_PREFIX,
     group: GroupOption = "streamproc",
+    isolation_level: Annotated[
+        str,
+        _option(
+            "read_committed (default): lag ends at the last stable offset, as the group's"
+            " consumers read; read_uncommitted: at the high watermark.",
+            "ISOLATION_LEVEL",
+        ),
+    ] = "read_committed",
 ) -> None:
     """Per-lane, per-partition lag of a group: high watermark, committed, lag, paused, owner.
 
-    Exits 1 when the group does not exist.
+    Under read_committed the end is the last stable offset (records of a transaction still open
+    are not lag yet). Exits 1 when the group does not exist.
     """
     from confluent_kafka.admin import AdminClient
 
@@ -624,7 +652,13 @@ def lag(
     admin = AdminClient(settings.admin_config())
     if not group_exists(admin, group):
         raise fail(f"consumer group {group!r} does not exist")
-    rows = describe_group_lag(admin, settings.topology, group)
+    if isolation_level not in ("read_committed", "read_uncommitted"):
+        raise fail(
+            f"--isolation-level: {isolation_level!r} is not read_committed or read_uncommitted", 2
+        )
+    rows = describe_group_lag(
+        admin, settings.topology, group, cast(IsolationLevel, isolation_level)
+    )
     table = Table(
         "lane",
         "partition",

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streamproc.deliverable import STATISTICS_INTERVAL_MS, IsolationLevel
 from streamproc.dispatch import Ordering
 from streamproc.errors import ConfigError
 from streamproc.flow import FlowSettings
@@ -190,6 +191,22 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest", description="Where a partition without a committed offset starts."
     )
+    isolation_level: IsolationLevel = Field(
+        "read_committed",
+        description=(
+            "read_committed (the default): records of transactions still open or aborted are"
+            " never handled, and lag counts up to the last stable offset. read_uncommitted:"
+            " every record is handled as soon as it is written, aborted ones included."
+        ),
+    )
+    transaction_hold_warn_s: float = Field(
+        60.0,
+        gt=0,
+        description=(
+            "Log a warning when an open transaction has held a partition's last stable offset"
+            " for this many seconds, and again every as long while it lasts (read_committed)."
+        ),
+    )
     session_timeout_ms: int = Field(45_000, gt=0, description="Group session timeout.")
     max_poll_interval_ms: int = Field(300_000, gt=0, description="Longest gap between polls.")
     auto_commit_interval_ms: int = Field(
@@ -344,6 +361,7 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
         on_commit: Callable[[Any, Any], None] | None = None,
         *,
         lane: str | None = None,
+        stats_cb: Callable[[str], None] | None = None,
     ) -> dict[str, Any]:
         """The consumer configuration. Manual offset storage cannot be overridden.
 
@@ -354,6 +372,9 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
                 the group of its own): ``client.id`` and a static ``group.instance.id`` (from
                 :attr:`group_instance_id` or ``librdkafka_extra``) get ``-<lane>`` appended,
                 since two members of one group must never share an instance id.
+            stats_cb: librdkafka's statistics callback; given, statistics are emitted every
+                ``STATISTICS_INTERVAL_MS`` under read_committed (they carry the last stable
+                offsets). Only for consumers that poll: statistics queue up otherwise.
         """
         conf: dict[str, Any] = {
             "auto.offset.reset": self.auto_offset_reset,
@@ -374,6 +395,7 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
             **self.librdkafka_extra,
             **self.connection(),
             "group.id": self.group_id,
+            "isolation.level": self.isolation_level,
             # Safety last: offsets are stored by streamproc only after a message is handled or
             # parked; librdkafka commits what was stored, on an interval.
             "enable.auto.offset.store": False,
@@ -384,6 +406,9 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
             conf["client.id"] = f"{conf.get('client.id', self.client_id)}-{lane}"
         if instance := self.group_instance_id or conf.get("group.instance.id"):
             conf["group.instance.id"] = instance if lane is None else f"{instance}-{lane}"
+        if stats_cb is not None and self.isolation_level == "read_committed":
+            conf["statistics.interval.ms"] = STATISTICS_INTERVAL_MS
+            conf["stats_cb"] = stats_cb
         if error_cb is not None:
             conf["error_cb"] = error_cb
         if on_commit is not None:

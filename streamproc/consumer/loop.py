@@ -167,7 +167,12 @@ class PriorityConsumer:
             LaneConsumer(
                 lane,
                 clients.consumer(
-                    settings.to_librdkafka(self._on_error, self._on_commit, lane=lane.name)
+                    settings.to_librdkafka(
+                        self._on_error,
+                        self._on_commit,
+                        lane=lane.name,
+                        stats_cb=self._on_statistics,
+                    )
                 ),
             )
             for lane in self.lanes
@@ -192,6 +197,9 @@ class PriorityConsumer:
             group_refresh_s=settings.group_refresh_s,
             group_lag_slack=settings.group_lag_slack,
             offset_reset=settings.auto_offset_reset,
+            isolation_level=settings.isolation_level,
+            unfinished=self._offsets.unfinished,
+            lso_warn_after_s=settings.transaction_hold_warn_s,
         )
         self._planner = TurnPlanner(
             len(self.lanes.all),
@@ -722,8 +730,17 @@ class PriorityConsumer:
         self.metrics.set_partition_lags(
             (p.lane, p.topic, p.partition, p.lag_messages) for p in snapshot.partitions
         )
+        self.metrics.set_lso_held(self._lag.lso_held_s())
+        self._store_drained()
         self.stats.last_snapshot = snapshot
         self.stats.rebalances = self._rebalancer.count
+
+    def _store_drained(self) -> None:
+        """Store the application position of drained partitions: the committed offset moves past
+        commit markers and aborted batches (:meth:`~streamproc.lag.LagMonitor.drained_positions`).
+        """
+        if drained := self._lag.drained_positions():
+            self._store(drained, {})
 
     def _hold_for_priority(self) -> None:
         """The partitions of the lanes the flow policy holds, in the pause book."""
@@ -792,6 +809,9 @@ class PriorityConsumer:
         if error.code() == KafkaError._ALL_BROKERS_DOWN:
             self._broker_down_since = self._broker_down_since or time.monotonic()
         log.warning("kafka: %s", error.str())
+
+    def _on_statistics(self, statistics_json: str) -> None:
+        self._lag.statistics(statistics_json)
 
     def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
         if error is None:

@@ -187,6 +187,7 @@ data). Unset optional values (null) are left out so streamproc's own defaults ap
   "STREAMPROC_ASSIGNOR" $c.assignor
   "STREAMPROC_ORDERING" $c.ordering
   "STREAMPROC_AUTO_OFFSET_RESET" $c.autoOffsetReset
+  "STREAMPROC_ISOLATION_LEVEL" $c.isolationLevel
   "STREAMPROC_LOG_LEVEL" $c.logLevel
 }}
 {{- /* YAML numbers reach templates as float64: integers are converted so 1000000 does not become 1e+06. */}}
@@ -214,6 +215,7 @@ data). Unset optional values (null) are left out so streamproc's own defaults ap
   "STREAMPROC_DLQ_FLUSH_TIMEOUT_S" $c.dlqFlushTimeoutS
   "STREAMPROC_REVOKE_TIMEOUT_S" $c.revokeTimeoutS
   "STREAMPROC_DRAIN_TIMEOUT_S" $c.drainTimeoutS
+  "STREAMPROC_TRANSACTION_HOLD_WARN_S" $c.transactionHoldWarnS
   "STREAMPROC_BULK_TURN_MS" $c.bulkTurnMs
   "STREAMPROC_PAUSE_DELAY_S" $f.pauseDelayS
   "STREAMPROC_MAX_PAUSE_S" $f.maxPauseS
