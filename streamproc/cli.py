@@ -638,10 +638,11 @@ def lag(
         ),
     ] = "read_committed",
 ) -> None:
-    """Per-lane, per-partition lag of a group: high watermark, committed, lag, paused, owner.
+    """Per-lane, per-partition lag of a group: end offset, committed, lag, paused, owner.
 
-    Under read_committed the end is the last stable offset (records of a transaction still open
-    are not lag yet). Exits 1 when the group does not exist.
+    The end offset is the last stable offset under read_committed (records of a transaction still
+    open are not lag yet; it equals the high watermark when none is open), the high watermark under
+    read_uncommitted. Exits 1 when the group does not exist.
     """
     from confluent_kafka.admin import AdminClient
 
@@ -662,7 +663,7 @@ def lag(
     table = Table(
         "lane",
         "partition",
-        "high watermark",
+        "end offset",
         "committed",
         "lag",
         "paused",
