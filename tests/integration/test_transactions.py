@@ -7,12 +7,14 @@ aborted records a ``read_committed`` consumer never gets. streamproc must handle
 chunk once and no aborted one, resume bulk once realtime is drained, and commit the log end, so
 that ``streamproc lag`` and Kafka's own ``kafka-consumer-groups`` both show lag 0.
 
-The transactional producer here is confluent-kafka's (librdkafka), a first step: the Java client
-(``examples/java``) writes the same transactions, and is the shape the wire contract documents.
+Two transactional producers write the same transactions: the Java client of ``examples/java``
+(``--transactional-id``, what Kafka Streams and Connect use underneath) and confluent-kafka's
+(librdkafka).
 """
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import threading
@@ -23,6 +25,7 @@ from pathlib import Path
 import pytest
 from confluent_kafka import Producer
 from kafka_helpers import Cluster, ThreadedConsumer, wait_until
+from test_examples import java_producer
 from typer.testing import CliRunner
 
 from streamproc.chunk import Chunk
@@ -33,6 +36,7 @@ from streamproc.handlers import ChunkRecord
 from streamproc.samples import sample_chunks
 
 RunConsumer = Callable[[PriorityConsumer], ThreadedConsumer]
+WriteInTransactions = Callable[..., "Written"]
 REPO = Path(__file__).resolve().parents[2]
 KAFKA_LOCAL = REPO / "scripts" / "kafka-local"
 
@@ -91,6 +95,47 @@ def produce_in_transactions(
     return written
 
 
+def produce_in_transactions_java(
+    bootstrap: str,
+    topic: str,
+    chunks: Iterable[Chunk],
+    *,
+    per_transaction: int,
+    abort_every: int,
+    transactional_id: str,
+    work_dir: Path,
+) -> Written:
+    """The same with the Java example (kafka-clients' transactional producer)."""
+    command = java_producer()  # skips the test when java or mvn is missing
+    chunk_list = list(chunks)
+    prefix = topic.rsplit(".", 1)[0]
+    assert all(not chunk.low_priority for chunk in chunk_list) and topic == f"{prefix}.realtime"
+    source = work_dir / "transactions.jsonl"
+    source.write_text(
+        "".join(json.dumps(c.model_dump(mode="json", exclude_none=True)) + "\n" for c in chunk_list)
+    )
+    result = subprocess.run(
+        [*command, "--bootstrap-servers", bootstrap, "--topic-prefix", prefix,
+         "--input", str(source), "--transactional-id", transactional_id,
+         "--transaction-size", str(per_transaction), "--abort-every", str(abort_every)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    written = Written()
+    for number, start in enumerate(range(0, len(chunk_list), per_transaction)):
+        ids = [c.tracking_id or "" for c in chunk_list[start : start + per_transaction]]
+        if number % abort_every == abort_every - 1:
+            written.aborted += ids
+        else:
+            written.committed += ids
+    transactions = -(-len(chunk_list) // per_transaction)
+    assert (
+        f"in {transactions} transactions ({transactions // abort_every} aborted): "
+        f"{len(written.committed)} realtime" in result.stdout
+    ), result.stdout
+    return written
+
+
 @dataclass
 class Recorder:
     """Every chunk handled, by lane (ids in handling order)."""
@@ -126,26 +171,32 @@ def kafka_consumer_groups_lag(bootstrap: str, group: str) -> dict[tuple[str, int
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("client", ["java", "librdkafka"])
 def test_transactions_with_aborts_over_a_bulk_backlog_drain_and_commit_the_log_end(
-    cluster: Cluster, run_consumer: RunConsumer
+    cluster: Cluster, run_consumer: RunConsumer, tmp_path: Path, client: str
 ) -> None:
     cluster.create_topics(partitions=3)
     realtime, bulk = cluster.lanes.top.topic, cluster.lanes.bottom.topic
     bulk_count = cluster.produce(sample_chunks(200, low_priority_ratio=1.0, prefix="bulk"))
-    written = produce_in_transactions(
+    options: dict[str, object] = {"work_dir": tmp_path} if client == "java" else {}
+    write: WriteInTransactions = (
+        produce_in_transactions_java if client == "java" else produce_in_transactions
+    )
+    written = write(
         cluster.bootstrap,
         realtime,
         sample_chunks(1_000, low_priority_ratio=0.0, prefix="rt", seed=7),
         per_transaction=100,
         abort_every=5,
         transactional_id=f"{cluster.prefix}-rt",
+        **options,
     )
     assert len(written.committed) == 800 and len(written.aborted) == 200
     # Markers and aborted records: the high watermarks are far past what can be delivered.
     assert sum(cluster.high_watermarks(realtime).values()) > 1_000
 
     recorder = Recorder()
-    group = "txn"
+    group = f"{cluster.prefix}-txn"  # one group per run: the broker is shared by the session
     # pause_lag well below the realtime backlog: bulk is held first, and must be resumed.
     consumer = PriorityConsumer(
         cluster.consumer_settings(group, pause_lag=100, max_batch_messages=50), recorder
