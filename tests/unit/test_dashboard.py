@@ -66,6 +66,7 @@ def exported_metric_names() -> set[str]:
     metrics.dead_letters.labels(lane="bulk", reason="undecodable").inc()
     metrics.describe(consumer_group="g", topic_prefix="chunks")
     metrics.set_partition_lags([("bulk", "chunks.bulk", 0, 7)])
+    metrics.set_lso_held([("realtime", "chunks.realtime", 0, 0.0)])
     text = generate_latest(metrics.registry).decode()
     return {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line[:1] != "#"}
 

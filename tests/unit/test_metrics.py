@@ -143,7 +143,7 @@ def test_endpoint_serves_metrics_health_and_readiness() -> None:
 def test_rules_pass_promtool_check_rules() -> None:
     code, output = run_promtool("check", "rules", str(RULES))
     assert code == 0, output
-    assert "SUCCESS: 6 rules found" in output
+    assert "SUCCESS: 7 rules found" in output
 
 
 def test_every_alert_has_a_promtool_unit_test() -> None:
