@@ -372,7 +372,7 @@ def test_dashboard_variables_find_the_namespace_and_group(observed_run: Observed
 @pytest.mark.slow
 def test_every_alert_expression_evaluates(observed_run: ObservedRun) -> None:
     rules = shipped_rules()
-    assert len(rules) == 6
+    assert len(rules) == 7
     for rule in rules:
         observed_run.prometheus.query(rule["expr"])  # raises on a query error
 
