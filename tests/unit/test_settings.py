@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 from pydantic import SecretStr, ValidationError
 
+from streamproc.deliverable import STATISTICS_INTERVAL_MS
 from streamproc.errors import ConfigError
 from streamproc.flow import FlowSettings
 from streamproc.lanes import BULK, REALTIME
@@ -271,3 +272,20 @@ def test_static_membership_is_off_by_default_and_distinct_per_lane_consumer() ->
 def test_group_instance_id_must_be_a_legal_kafka_id(instance_id: str) -> None:
     with pytest.raises(ValidationError, match="group_instance_id"):
         ConsumerSettings(group_instance_id=instance_id)
+
+
+def test_isolation_level_is_read_committed_with_statistics_for_the_lso() -> None:
+    def stats(statistics_json: str) -> None: ...
+
+    conf = ConsumerSettings().to_librdkafka(stats_cb=stats)
+    assert conf["isolation.level"] == "read_committed"
+    assert conf["statistics.interval.ms"] == STATISTICS_INTERVAL_MS
+    assert conf["stats_cb"] is stats
+    # A consumer that never polls gets none (its statistics would pile up unread).
+    assert "statistics.interval.ms" not in ConsumerSettings().to_librdkafka()
+    uncommitted = ConsumerSettings(isolation_level="read_uncommitted")
+    conf = uncommitted.to_librdkafka(stats_cb=stats)
+    assert conf["isolation.level"] == "read_uncommitted"
+    assert "stats_cb" not in conf  # the LSO does not bound what it reads
+    extra = ConsumerSettings(librdkafka_extra={"isolation.level": "read_uncommitted"})
+    assert extra.to_librdkafka()["isolation.level"] == "read_committed"  # the setting wins
