@@ -17,8 +17,10 @@ The figures used instead, per partition:
   committed offset stands in.
 * **deliverable end**: the high watermark under ``read_uncommitted``; under ``read_committed`` the
   LSO. librdkafka's cached "high watermark" is the real high watermark in both modes (it keeps the
-  LSO apart, reported in its statistics as ``ls_offset``), so the end is the cached high watermark
-  minus the records past the LSO at the last statistics event (:func:`deliverable_end`).
+  LSO apart, reported in its statistics as ``ls_offset``). On a partition written in transactions
+  every record is written past the LSO first, so a fresher high watermark says nothing about what
+  can be delivered: there the end is the LSO of the last statistics event; on a partition never
+  seen with an open transaction it is the cached high watermark (:func:`deliverable_end`).
 
 Lag = ``end - application position`` + chunks taken and not finished (:func:`deliverable_lag`).
 It is 0 exactly when everything deliverable was handled, which is what resuming a lower lane and
@@ -54,7 +56,7 @@ IsolationLevel = Literal["read_committed", "read_uncommitted"]
 """librdkafka ``isolation.level``: whether records of open and aborted transactions are read."""
 
 _INVALID: Final = -1001
-STATISTICS_INTERVAL_MS: Final = 500
+STATISTICS_INTERVAL_MS: Final = 250
 """How often librdkafka reports its statistics (the LSO of each fetched partition) under
 ``read_committed``: the LSO only matters while a transaction is open, and one event costs a JSON
 parse of a few kilobytes per lane consumer."""
@@ -103,17 +105,24 @@ def stable_offsets(statistics_json: str) -> dict[tuple[str, int], StableOffsets]
     return offsets
 
 
-def deliverable_end(high_watermark: int, last_measured: StableOffsets | None) -> int:
-    """The offset a ``read_committed`` consumer can read up to, from a fresh high watermark.
+def deliverable_end(
+    high_watermark: int, last_measured: StableOffsets | None, *, transactional: bool
+) -> int:
+    """The offset a ``read_committed`` consumer can read up to.
 
-    The LSO itself is only known as of the last statistics event; the records written since then
-    are in the (fresher) cached high watermark. The records past the LSO then are assumed still
-    held, so the end is the cached high watermark minus them: exactly the LSO while no fetch
-    answered since, and off by at most what was written or committed in one statistics interval.
+    Args:
+        high_watermark: librdkafka's cached high watermark (fresher than the statistics).
+        last_measured: The partition's offsets at the last statistics event, if any.
+        transactional: The partition was seen written in transactions (an open transaction at a
+            statistics event, or markers passed). Its records are all written past the LSO
+            before their transaction commits, so counting a fresher high watermark would count
+            records of open transactions as lag (and could pause lower lanes for them): the end
+            is the LSO of the last statistics event, late by at most one statistics interval.
+            Otherwise the cached high watermark is the end, as without transactions.
     """
-    if high_watermark < 0 or last_measured is None:
+    if high_watermark < 0 or last_measured is None or not transactional:
         return high_watermark
-    return max(0, high_watermark - last_measured.held)
+    return min(high_watermark, last_measured.last_stable)
 
 
 def deliverable_lag(

@@ -174,6 +174,8 @@ class LagMonitor:
         # current assignment (see _read_app_positions).
         self._app_positions: dict[PartitionKey, int] = {}
         self._app_position_current: set[PartitionKey] = set()
+        # Partitions seen written in transactions: their end is the LSO of the statistics.
+        self._transactional: set[PartitionKey] = set()
         self.lso_holds = LsoHolds(lso_warn_after_s)
         # Next offset to handle per assigned partition (the committed one until one is handled).
         self._positions: dict[PartitionKey, int] = {}
@@ -251,6 +253,7 @@ class LagMonitor:
             self._refreshed.pop(key, None)
             self._app_positions.pop(key, None)
             self._app_position_current.discard(key)
+            self._transactional.discard(key)
         self.lso_holds.forget(keys)
 
     def handled(self, topic: str, partition: int, offset: int, timestamp_ms: int) -> None:
@@ -283,6 +286,7 @@ class LagMonitor:
             )
             if offset is not None:
                 drained[key] = offset
+                self._transactional.add(key)  # it passed records no consumer gets
         return drained
 
     def statistics(self, statistics_json: str) -> None:
@@ -297,6 +301,7 @@ class LagMonitor:
             for key, offsets in stable_offsets(statistics_json).items()
             if key in self._positions
         }
+        self._transactional.update(key for key, offsets in measured.items() if offsets.held)
         to_report, released = self.lso_holds.update(measured, time.monotonic())
         for hold in to_report:
             log.warning(
@@ -420,8 +425,8 @@ class LagMonitor:
             lane_name = self._lane_of_topic[topic]
             is_paused = key in paused
             low, high, cached = self._watermarks(topic, partition, is_paused)
-            # A cached high watermark is the real one: subtract what the LSO held back last time.
-            end = deliverable_end(high, self.lso_holds.latest(key)) if cached else high
+            # A cached high watermark is the real one, past records of open transactions too.
+            end = self._end(key, high) if cached else high
             app_position = self._app_positions.get(key, OFFSET_INVALID)
             lag = deliverable_lag(
                 low=low,
@@ -455,6 +460,17 @@ class LagMonitor:
             return 0.0
         last = self._last_timestamp_ms.get(lane)
         return None if last is None else max(0.0, now - last / 1000.0)
+
+    def _end(self, key: PartitionKey, high: int) -> int:
+        """The deliverable end of a partition being fetched, from its cached high watermark."""
+        measured = self.lso_holds.latest(key)
+        if measured is None and self.isolation_level == "read_committed":
+            # No statistics event yet (just assigned): the LSO asked of the broker on assignment
+            # stands in, so records an open transaction holds are not lag for a new member either.
+            refreshed = self._refreshed.get(key)
+            if refreshed is not None and high >= 0:
+                return min(high, refreshed[1])
+        return deliverable_end(high, measured, transactional=key in self._transactional)
 
     def _watermarks(self, topic: str, partition: int, paused: bool) -> tuple[int, int, bool]:
         """``(low, end, cached)``: from librdkafka's cache (end = high watermark, cached True) or

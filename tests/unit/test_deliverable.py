@@ -137,8 +137,8 @@ def test_lag_counts_what_is_deliverable_and_reaches_zero_past_markers(
     rng = random.Random(15)
     end = partition.end if isolation == "read_uncommitted" else partition.high
     if isolation == "read_committed":
-        # The cached high watermark, corrected by what the LSO held at the statistics event.
-        end = deliverable_end(partition.high, partition.stable_offsets())
+        # The LSO of the statistics event, the partition being written in transactions.
+        end = deliverable_end(partition.high, partition.stable_offsets(), transactional=True)
     assert end == partition.end
     while True:
         lag = reader.lag(end)
@@ -206,12 +206,17 @@ def test_open_transaction_is_not_lag_until_it_commits() -> None:
     partition = Partition(transactional_log([(3, "commit"), (4, "open")]), "read_committed")
     measured = partition.stable_offsets()
     assert (measured.high_watermark, measured.last_stable, measured.held) == (8, 4, 4)
-    assert deliverable_end(8, measured) == 4
-    # Written since the statistics event: counted at once (the cached watermark is fresher).
-    assert deliverable_end(11, measured) == 7
-    # Before any statistics event, or under read_uncommitted, the high watermark stands.
-    assert deliverable_end(8, None) == 8
-    assert deliverable_end(-1001, measured) == -1001
+    assert deliverable_end(8, measured, transactional=True) == 4
+    # Written since the statistics event, into a transaction still open or not: not counted
+    # before the next event says how far the LSO moved.
+    assert deliverable_end(11, measured, transactional=True) == 4
+    # A partition never seen written in transactions, no statistics yet, or read_uncommitted:
+    # the cached high watermark stands.
+    assert deliverable_end(11, measured, transactional=False) == 11
+    assert deliverable_end(8, None, transactional=True) == 8
+    assert deliverable_end(-1001, measured, transactional=True) == -1001
+    # A stale LSO is never past the high watermark.
+    assert deliverable_end(3, measured, transactional=True) == 3
 
 
 def test_without_an_application_position_the_committed_offset_and_reset_apply() -> None:
