@@ -15,7 +15,8 @@ time (:mod:`streamproc.dispatch`), and the loop only polls, decides and stores. 
    turn, unless a starvation guard grants it a slice (then it gets every other batch).
 4. Flow control (every ``FLOW_TICK_S``): measure lag, run the :class:`~streamproc.flow.
    FlowController`, pause or resume the held lanes' partitions (:mod:`streamproc.consumer.
-   pausebook`), publish the pause state.
+   pausebook`), publish the pause state, store the position of drained partitions (past
+   transaction markers: :mod:`streamproc.deliverable`).
 5. Keep every lane consumer alive: one polled less recently than ``poll_timeout_s`` is polled now
    (its rebalance callbacks run, ``max.poll.interval.ms`` never runs out), even while realtime
    saturates the slots or a handler runs for minutes. A lane holding its in-flight bound has its
@@ -730,7 +731,6 @@ class PriorityConsumer:
         self.metrics.set_partition_lags(
             (p.lane, p.topic, p.partition, p.lag_messages) for p in snapshot.partitions
         )
-        self.metrics.set_lso_held(self._lag.lso_held_s())
         self._store_drained()
         self.stats.last_snapshot = snapshot
         self.stats.rebalances = self._rebalancer.count
@@ -811,7 +811,9 @@ class PriorityConsumer:
         log.warning("kafka: %s", error.str())
 
     def _on_statistics(self, statistics_json: str) -> None:
+        """librdkafka's statistics of a lane consumer (read_committed): LSO and its holds."""
         self._lag.statistics(statistics_json)
+        self.metrics.set_lso_held(self._lag.lso_held_s())
 
     def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
         if error is None:
