@@ -82,7 +82,11 @@ def _kafka_isolation(isolation_level: IsolationLevel) -> KafkaIsolationLevel:
 
 @dataclass(frozen=True, slots=True)
 class PartitionLag:
-    """Lag of one assigned partition, as last measured."""
+    """Lag of one assigned partition, as last measured.
+
+    ``high_watermark`` is the deliverable end (the last stable offset under read_committed) and
+    ``position`` the next offset to take (librdkafka's application position once known).
+    """
 
     lane: str
     topic: str
@@ -599,7 +603,8 @@ class LagMonitor:
 
 @dataclass(frozen=True, slots=True)
 class GroupPartitionLag:
-    """One row of ``streamproc lag``."""
+    """One row of ``streamproc lag``; ``high_watermark`` is the end offset at the isolation level
+    asked (the last stable offset under read_committed)."""
 
     lane: str
     topic: str
