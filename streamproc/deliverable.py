@@ -10,11 +10,11 @@ the log ends with a marker, and a lane held back until its lane above drains wou
 The figures used instead, per partition:
 
 * **application position**: librdkafka's ``position()``, the offset after the last record the
-  consumer took from its queue. Control records and the abort markers that end aborted batches are
-  queued in log order like messages and move it when they are dequeued, so it passes markers and
-  aborted batches as soon as everything before them was taken, exactly and without a broker round
-  trip. Before anything is taken from a freshly assigned partition it is unknown, and then the
-  committed offset stands in.
+  consumer took from its queue. Control records (commit and abort markers) are queued in log order
+  like messages, never returned, and move it when they are dequeued; aborted batches are dropped
+  at fetch and followed by their abort marker. So it passes markers and aborted batches as soon as
+  everything before them was taken, exactly and without a broker round trip. Before anything is
+  taken from a freshly assigned partition it is unknown, and then the committed offset stands in.
 * **deliverable end**: the high watermark under ``read_uncommitted``; under ``read_committed`` the
   LSO. librdkafka's cached "high watermark" is the real high watermark in both modes (it keeps the
   LSO apart, reported in its statistics as ``ls_offset``). On a partition written in transactions
@@ -22,13 +22,14 @@ The figures used instead, per partition:
   can be delivered: there the end is the LSO of the last statistics event; on a partition never
   seen with an open transaction it is the cached high watermark (:func:`deliverable_end`).
 
-Lag = ``end - application position`` + chunks taken and not finished (:func:`deliverable_lag`).
-It is 0 exactly when everything deliverable was handled, which is what resuming a lower lane and
-KEDA's scaling need. A partition is *drained* when nothing taken from it is unfinished: its
-application position may then be stored (:func:`drained_position`), so the committed offset moves
-past trailing markers and aborted batches and reaches the log end, as Kafka's own
-``kafka-consumer-groups`` expects. It never passes a message that was not handled: every record
-below the application position was taken by the consumer, and none of those is unfinished.
+Lag = ``end - application position`` + chunks taken and not finished (:func:`deliverable_lag`). It
+reaches 0 once everything deliverable was handled, which is what resuming a lower lane and KEDA's
+scaling need, and never counts a record no consumer will get once that record is passed. A partition
+is *drained* when nothing taken from it is unfinished: its application position may then be stored
+(:func:`drained_position`), so the committed offset moves past trailing markers and aborted batches
+and reaches the log end, as Kafka's own ``kafka-consumer-groups`` expects. It never passes a message
+that was not handled: every record below the application position was taken by the consumer, and
+none of those is unfinished.
 
 :class:`LsoHolds` tells how long an open transaction has held a partition's LSO back.
 """
