@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO
+from typing import Annotated, Any, BinaryIO, cast
 
 import typer
 from rich.console import Console
@@ -22,6 +22,7 @@ from rich.table import Table
 
 from streamproc import __version__
 from streamproc.cliopts import settings_options
+from streamproc.deliverable import IsolationLevel
 from streamproc.errors import ChunkValidationError, StreamprocError
 from streamproc.settings import ConsumerSettings
 
@@ -604,6 +605,8 @@ CONSUME_SETTINGS = (
     "ordering",
     "max_in_flight",
     "reserved_workers",
+    "isolation_level",
+    "transaction_hold_warn_s",
 )
 
 
@@ -709,6 +712,14 @@ def lag(
     bootstrap_servers: BootstrapOption = DEFAULT_BOOTSTRAP,
     topic_prefix: PrefixOption = DEFAULT_PREFIX,
     group: GroupOption = "streamproc",
+    isolation_level: Annotated[
+        str,
+        _option(
+            "read_committed (default): lag ends at the last stable offset, as the group's"
+            " consumers read; read_uncommitted: at the high watermark.",
+            "ISOLATION_LEVEL",
+        ),
+    ] = "read_committed",
     output: Annotated[
         str,
         typer.Option(
@@ -721,9 +732,11 @@ def lag(
     log_level: LogLevelOption = "WARNING",
     log_format: LogFormatOption = "text",
 ) -> None:
-    """Per-lane, per-partition lag of a group: high watermark, committed, lag, paused, owner.
+    """Per-lane, per-partition lag of a group: end offset, committed, lag, paused, owner.
 
-    Exits 1 when the group does not exist or no broker answers.
+    The end offset is the last stable offset under read_committed (records of a transaction still
+    open are not lag yet; it equals the high watermark when none is open), the high watermark under
+    read_uncommitted. Exits 1 when the group does not exist or no broker answers.
     """
     from confluent_kafka.admin import AdminClient
 
@@ -732,13 +745,19 @@ def lag(
 
     if output not in ("table", "json"):
         raise typer.BadParameter(f"{output!r}: expected table or json", param_hint="--output")
+    if isolation_level not in ("read_committed", "read_uncommitted"):
+        raise fail(
+            f"--isolation-level: {isolation_level!r} is not read_committed or read_uncommitted", 2
+        )
     settings = KafkaSettings(bootstrap_servers=bootstrap_servers, topic_prefix=topic_prefix)
     setup_logging(log_level, log_format, settings)
     check_broker(settings)
     admin = AdminClient(settings.admin_config())
     if not group_exists(admin, group):
         raise fail(f"consumer group {group!r} does not exist")
-    rows = describe_group_lag(admin, settings.topology, group)
+    rows = describe_group_lag(
+        admin, settings.topology, group, cast(IsolationLevel, isolation_level)
+    )
     totals: dict[str, int] = {lane.name: 0 for lane in settings.topology}
     unknown: dict[str, int] = {lane.name: 0 for lane in settings.topology}
     for row in rows:
@@ -771,7 +790,7 @@ def lag(
     table = Table(
         "lane",
         "partition",
-        "high watermark",
+        "end offset",
         "committed",
         "lag",
         "paused",

@@ -1,9 +1,17 @@
 """Measuring lag: this member's partitions (local) and the whole group's top lane (group).
 
-Local lag of a partition is its high watermark minus the next offset this member will handle.
-Watermarks come from librdkafka's cache, which is refreshed by fetch responses; on a paused
-partition there are no fetches, so its cached watermark freezes. Paused partitions (and any whose
-cache is still empty) are therefore refreshed from the broker with ``ListOffsets`` on a slow timer.
+Local lag of a partition is what it can still deliver and this member has not handled
+(:mod:`streamproc.deliverable`): the deliverable end (the last stable offset under
+``read_committed``, the high watermark under ``read_uncommitted``) minus librdkafka's application
+position, which moves past commit markers and aborted batches, plus the chunks taken and not
+finished. Watermarks come from librdkafka's cache, which is refreshed by fetch responses; the LSO
+from its statistics events. On a paused partition there are no fetches, so its cached watermark
+freezes. Paused partitions (and any whose cache is still empty) are therefore refreshed from the
+broker with ``ListOffsets`` (at the consumer's isolation level, so the answer is the LSO under
+``read_committed``) on a slow timer.
+
+A drained partition (nothing taken from it unfinished) has its application position stored
+(:meth:`LagMonitor.drained_positions`), so committed offsets reach the log end past markers.
 
 Group lag of the top lane sums, over every partition of the top lane, the high watermark minus the
 group's committed offset (``OffsetFetch`` by the member's own consumer). It is what a member that
@@ -21,8 +29,9 @@ moving or loading, which is exactly what a broker restart does (librdkafka issue
 
 from __future__ import annotations
 
+import logging
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from concurrent.futures import Future
 from concurrent.futures import wait as wait_for
 from dataclasses import dataclass
@@ -35,14 +44,25 @@ from confluent_kafka import (
     KafkaException,
     TopicPartition,
 )
+from confluent_kafka import IsolationLevel as KafkaIsolationLevel
 from confluent_kafka.admin import (  # type: ignore[attr-defined]  # OffsetSpec: public, untyped
     AdminClient,
     OffsetSpec,
 )
 
+from streamproc.deliverable import (
+    IsolationLevel,
+    LsoHolds,
+    deliverable_end,
+    deliverable_lag,
+    drained_position,
+    stable_offsets,
+)
 from streamproc.flow import LaneLag, OffsetReset, Scope, effective_scope, lane_lag, partition_lag
 from streamproc.lanes import Lanes
 from streamproc.messages import PartitionKey
+
+log = logging.getLogger(__name__)
 
 _ADMIN_TIMEOUT_S = 10.0
 # Longest the poll loop waits for the group's committed offsets (group scope only); while the
@@ -54,9 +74,19 @@ PAUSED_METADATA = "streamproc:paused"
 RUNNING_METADATA = "streamproc:running"
 
 
+def _kafka_isolation(isolation_level: IsolationLevel) -> KafkaIsolationLevel:
+    if isolation_level == "read_committed":
+        return KafkaIsolationLevel.READ_COMMITTED
+    return KafkaIsolationLevel.READ_UNCOMMITTED
+
+
 @dataclass(frozen=True, slots=True)
 class PartitionLag:
-    """Lag of one assigned partition, as last measured."""
+    """Lag of one assigned partition, as last measured.
+
+    ``high_watermark`` is the deliverable end (the last stable offset under read_committed) and
+    ``position`` the next offset to take (librdkafka's application position once known).
+    """
 
     lane: str
     topic: str
@@ -103,6 +133,10 @@ class LagMonitor:
         group_lag_slack: Messages of group lag forgiven for committed offsets trailing positions.
         offset_reset: The consumer's ``auto.offset.reset`` (where a partition with no committed
             offset starts).
+        isolation_level: The consumer's ``isolation.level`` (what the deliverable end is).
+        unfinished: How many chunks taken from a partition are not finished yet.
+        lso_warn_after_s: An LSO held this long by an open transaction is logged (and again
+            every as long while it lasts).
     """
 
     def __init__(
@@ -118,6 +152,9 @@ class LagMonitor:
         group_refresh_s: float = 1.0,
         group_lag_slack: int = 0,
         offset_reset: str = "earliest",
+        isolation_level: IsolationLevel = "read_committed",
+        unfinished: Callable[[PartitionKey], int] = lambda key: 0,
+        lso_warn_after_s: float = 60.0,
     ) -> None:
         self._consumers = dict(consumers)
         # Blocking questions (committed offsets, metadata, broker watermarks) go through a
@@ -134,6 +171,16 @@ class LagMonitor:
         self._group_refresh_s = group_refresh_s
         self._group_lag_slack = group_lag_slack
         self._reset: OffsetReset = "latest" if offset_reset == "latest" else "earliest"
+        self.isolation_level: IsolationLevel = isolation_level
+        self._isolation = _kafka_isolation(isolation_level)
+        self._unfinished = unfinished
+        # librdkafka's application position per partition, once it is known to belong to the
+        # current assignment (see _read_app_positions).
+        self._app_positions: dict[PartitionKey, int] = {}
+        self._app_position_current: set[PartitionKey] = set()
+        # Partitions seen written in transactions: their end is the LSO of the statistics.
+        self._transactional: set[PartitionKey] = set()
+        self.lso_holds = LsoHolds(lso_warn_after_s)
         # Next offset to handle per assigned partition (the committed one until one is handled).
         self._positions: dict[PartitionKey, int] = {}
         # Watermarks asked of the broker: (low, high, when).
@@ -166,7 +213,12 @@ class LagMonitor:
         except KafkaException:
             committed = [TopicPartition(tp.topic, tp.partition, OFFSET_INVALID) for tp in new]
         for tp in committed:
-            self._positions[(tp.topic, tp.partition)] = tp.offset
+            key = (tp.topic, tp.partition)
+            self._positions[key] = tp.offset
+            # Until librdkafka shows it reset, its application position may be the previous
+            # assignment's (it is cleared asynchronously when fetching stops).
+            self._app_position_current.discard(key)
+            self._app_positions.pop(key, None)
         self._measure_now()
 
     def _measure_now(self) -> None:
@@ -199,21 +251,113 @@ class LagMonitor:
 
     def revoked(self, partitions: Iterable[TopicPartition]) -> None:
         """Stop tracking revoked or lost partitions."""
-        for tp in partitions:
-            self._positions.pop((tp.topic, tp.partition), None)
-            self._refreshed.pop((tp.topic, tp.partition), None)
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        for key in keys:
+            self._positions.pop(key, None)
+            self._refreshed.pop(key, None)
+            self._app_positions.pop(key, None)
+            self._app_position_current.discard(key)
+            self._transactional.discard(key)
+        self.lso_holds.forget(keys)
 
     def handled(self, topic: str, partition: int, offset: int, timestamp_ms: int) -> None:
         """Record that ``offset`` was handled (or parked): the position moves past it.
 
         Ignored for a partition not assigned (any more).
         """
-        if (topic, partition) not in self._positions:
+        key = (topic, partition)
+        if key not in self._positions:
             return
-        self._positions[(topic, partition)] = offset + 1
+        self._positions[key] = offset + 1
+        # A chunk of this assignment was taken: the application position is this assignment's.
+        self._app_position_current.add(key)
         lane = self._lane_of_topic.get(topic)
-        if lane is not None:
+        if lane is not None and timestamp_ms > 0:
             self._last_timestamp_ms[lane] = timestamp_ms
+
+    def drained_positions(self) -> dict[PartitionKey, int]:
+        """Application positions to store for drained partitions (nothing taken unfinished).
+
+        Read on the loop thread between two polls, so every record below a position was taken and
+        counted by ``unfinished`` (see :func:`~streamproc.deliverable.drained_position`).
+        """
+        drained = {}
+        for key, app_position in self._app_positions.items():
+            offset = drained_position(
+                app_position=app_position,
+                position=self._positions.get(key, OFFSET_INVALID),
+                unfinished=self._unfinished(key),
+            )
+            if offset is not None:
+                drained[key] = offset
+                self._transactional.add(key)  # it passed records no consumer gets
+        return drained
+
+    def statistics(self, statistics_json: str) -> None:
+        """A librdkafka statistics event of a lane consumer: the LSO of each fetched partition.
+
+        Logs a partition whose LSO an open transaction has held for ``lso_warn_after_s``.
+        """
+        if self.isolation_level != "read_committed":
+            return
+        measured = {
+            key: offsets
+            for key, offsets in stable_offsets(statistics_json).items()
+            if key in self._positions
+        }
+        self._transactional.update(key for key, offsets in measured.items() if offsets.held)
+        to_report, released = self.lso_holds.update(measured, time.monotonic())
+        for hold in to_report:
+            log.warning(
+                "%s[%d]: last stable offset held at %d for %.0fs by an open transaction"
+                " (%d offsets past it are not delivered until it commits or aborts)",
+                hold.topic,
+                hold.partition,
+                hold.last_stable,
+                hold.held_s,
+                hold.held_offsets,
+            )
+        for topic, partition in released:
+            log.info("%s[%d]: last stable offset moves again", topic, partition)
+
+    def lso_held_s(self) -> list[tuple[str, str, int, float]]:
+        """``(lane, topic, partition, seconds)`` of every assigned partition: how long an open
+        transaction has held its LSO (0 when none does)."""
+        now = time.monotonic()
+        return [
+            (
+                self._lane_of_topic[topic],
+                topic,
+                partition,
+                self.lso_holds.held_s((topic, partition), now),
+            )
+            for topic, partition in self._positions
+        ]
+
+    def _read_app_positions(self) -> None:
+        """Ask each lane consumer for its application positions (local, no broker round trip).
+
+        A position is used once it belongs to the current assignment: librdkafka showed it unset
+        (it clears it when fetching stops and on seeks), or a chunk of this assignment was taken.
+        """
+        by_topic: dict[str, list[TopicPartition]] = {}
+        for topic, partition in self._positions:
+            by_topic.setdefault(topic, []).append(TopicPartition(topic, partition))
+        for topic, partitions in by_topic.items():
+            consumer = self._consumers.get(topic)
+            if consumer is None:
+                continue
+            try:
+                positions = consumer.position(partitions)
+            except KafkaException:
+                continue
+            for tp in positions:
+                key = (tp.topic, tp.partition)
+                if tp.offset < 0:
+                    self._app_position_current.add(key)
+                    self._app_positions.pop(key, None)
+                elif key in self._app_position_current:
+                    self._app_positions[key] = tp.offset
 
     def rewound(self, topic: str, partition: int, offset: int) -> None:
         """Record a seek back to ``offset`` (messages dropped from a batch for redelivery)."""
@@ -277,18 +421,30 @@ class LagMonitor:
         if scope == "group":
             self._refresh_group(monotonic)
 
+        self._read_app_positions()
         per_lane: dict[str, list[int | None]] = {lane.name: [] for lane in self._lanes}
         details = []
         for (topic, partition), position in self._positions.items():
+            key = (topic, partition)
             lane_name = self._lane_of_topic[topic]
-            is_paused = (topic, partition) in paused
-            low, high = self._watermarks(topic, partition, is_paused)
-            lag = partition_lag(
-                low=low, high=high, position=position, committed=position, reset=self._reset
+            is_paused = key in paused
+            low, high, cached = self._watermarks(topic, partition, is_paused)
+            # A cached high watermark is the real one, past records of open transactions too.
+            end = self._end(key, high) if cached else high
+            app_position = self._app_positions.get(key, OFFSET_INVALID)
+            lag = deliverable_lag(
+                low=low,
+                end=end,
+                app_position=app_position,
+                position=position,
+                unfinished=self._unfinished(key),
+                reset_to_low=self._reset == "earliest",
             )
             per_lane[lane_name].append(lag)
             details.append(
-                PartitionLag(lane_name, topic, partition, high, position, lag, is_paused)
+                PartitionLag(
+                    lane_name, topic, partition, end, max(position, app_position), lag, is_paused
+                )
             )
 
         group_top = self._group_top_lag()
@@ -309,16 +465,29 @@ class LagMonitor:
         last = self._last_timestamp_ms.get(lane)
         return None if last is None else max(0.0, now - last / 1000.0)
 
-    def _watermarks(self, topic: str, partition: int, paused: bool) -> tuple[int, int]:
+    def _end(self, key: PartitionKey, high: int) -> int:
+        """The deliverable end of a partition being fetched, from its cached high watermark."""
+        measured = self.lso_holds.latest(key)
+        if measured is None and self.isolation_level == "read_committed":
+            # No statistics event yet (just assigned): the LSO asked of the broker on assignment
+            # stands in, so records an open transaction holds are not lag for a new member either.
+            refreshed = self._refreshed.get(key)
+            if refreshed is not None and high >= 0:
+                return min(high, refreshed[1])
+        return deliverable_end(high, measured, transactional=key in self._transactional)
+
+    def _watermarks(self, topic: str, partition: int, paused: bool) -> tuple[int, int, bool]:
+        """``(low, end, cached)``: from librdkafka's cache (end = high watermark, cached True) or
+        asked of the broker at the isolation level (end = LSO under read_committed)."""
         refreshed = self._refreshed.get((topic, partition))
         if paused and refreshed is not None:
-            return refreshed[0], refreshed[1]
+            return refreshed[0], refreshed[1], False
         low, high = self._consumers[topic].get_watermark_offsets(
             TopicPartition(topic, partition), cached=True
         )
         if high < 0 and refreshed is not None:
-            return refreshed[0], refreshed[1]
-        return int(low), int(high)
+            return refreshed[0], refreshed[1], False
+        return int(low), int(high), True
 
     def _request_watermarks(self, keys: list[PartitionKey], monotonic: float) -> None:
         if self._watermark_request is not None:
@@ -327,7 +496,9 @@ class LagMonitor:
         for topic, partition in keys:
             request[TopicPartition(topic, partition)] = _LATEST
         try:
-            futures = self._admin.list_offsets(request, request_timeout=_ADMIN_TIMEOUT_S)
+            futures = self._admin.list_offsets(
+                request, request_timeout=_ADMIN_TIMEOUT_S, isolation_level=self._isolation
+            )
         except KafkaException:
             return
         self._watermark_request = _Pending(futures, monotonic)
@@ -370,6 +541,7 @@ class LagMonitor:
             watermark_futures = self._admin.list_offsets(
                 {TopicPartition(t, p): _LATEST for t, p in top_partitions},
                 request_timeout=_ADMIN_TIMEOUT_S,
+                isolation_level=self._isolation,
             )
         except KafkaException:
             return
@@ -431,7 +603,8 @@ class LagMonitor:
 
 @dataclass(frozen=True, slots=True)
 class GroupPartitionLag:
-    """One row of ``streamproc lag``."""
+    """One row of ``streamproc lag``; ``high_watermark`` is the end offset at the isolation level
+    asked (the last stable offset under read_committed)."""
 
     lane: str
     topic: str
@@ -460,11 +633,18 @@ def group_exists(admin: AdminClient, group_id: str) -> bool:
     return any(tp.offset >= 0 for tp in offsets.topic_partitions or ())
 
 
-def describe_group_lag(admin: AdminClient, lanes: Lanes, group_id: str) -> list[GroupPartitionLag]:
+def describe_group_lag(
+    admin: AdminClient,
+    lanes: Lanes,
+    group_id: str,
+    isolation_level: IsolationLevel = "read_committed",
+) -> list[GroupPartitionLag]:
     """Per-lane, per-partition lag of ``group_id`` from the broker's point of view.
 
-    ``paused`` comes from the commit metadata the consumer writes when it pauses or resumes a
-    partition, so it is visible from any machine.
+    The end is asked at ``isolation_level``: under ``read_committed`` it is the last stable
+    offset, so records of a transaction still open are not counted as lag yet (the group's
+    consumers cannot read them either). ``paused`` comes from the commit metadata the consumer
+    writes when it pauses or resumes a partition, so it is visible from any machine.
     """
     metadata = admin.list_topics(timeout=_ADMIN_TIMEOUT_S)
     partitions = [
@@ -478,7 +658,9 @@ def describe_group_lag(admin: AdminClient, lanes: Lanes, group_id: str) -> list[
     highs = {
         (tp.topic, tp.partition): future.result().offset
         for tp, future in admin.list_offsets(
-            dict.fromkeys(partitions, _LATEST), request_timeout=_ADMIN_TIMEOUT_S
+            dict.fromkeys(partitions, _LATEST),
+            request_timeout=_ADMIN_TIMEOUT_S,
+            isolation_level=_kafka_isolation(isolation_level),
         ).items()
     }
     committed_result = admin.list_consumer_group_offsets(

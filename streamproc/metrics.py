@@ -136,6 +136,13 @@ class ConsumerMetrics:
             ["lane", "topic", "partition"],
             registry=r,
         )
+        self.lso_held = Gauge(
+            "streamproc_lso_held_seconds",
+            "How long an open transaction has held the partition's last stable offset (0 when"
+            " none does; read_committed, partitions being fetched).",
+            ["lane", "topic", "partition"],
+            registry=r,
+        )
         self.lane_lag = Gauge(
             "streamproc_lane_lag_messages",
             "Lag of a lane as the flow policy sees it (group-wide for the top lane in group scope)."
@@ -263,6 +270,7 @@ class ConsumerMetrics:
         for kind in ("assign", "revoke", "lost"):
             self.rebalances.labels(kind=kind)
         self._partition_lag_keys: set[tuple[str, str, str]] = set()
+        self._lso_held_keys: set[tuple[str, str, str]] = set()
         self._partition_lag_lock = threading.Lock()
 
     def describe(self, *, consumer_group: str, topic_prefix: str) -> None:
@@ -308,6 +316,19 @@ class ConsumerMetrics:
                 with contextlib.suppress(KeyError):  # already cleared on a reassignment
                     self.partition_lag.remove(*key)
             self._partition_lag_keys = current
+
+    def set_lso_held(self, held: Iterable[tuple[str, str, int, float]]) -> None:
+        """Replace the per-partition LSO hold series with ``(lane, topic, partition, seconds)``."""
+        current: set[tuple[str, str, str]] = set()
+        with self._partition_lag_lock:
+            for lane, topic, partition, seconds in held:
+                key = (lane, topic, str(partition))
+                self.lso_held.labels(*key).set(seconds)
+                current.add(key)
+            for key in self._lso_held_keys - current:
+                with contextlib.suppress(KeyError):
+                    self.lso_held.remove(*key)
+            self._lso_held_keys = current
 
 
 class ProducerMetrics:

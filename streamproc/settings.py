@@ -15,6 +15,7 @@ from urllib.parse import urlsplit
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from streamproc.deliverable import STATISTICS_INTERVAL_MS, IsolationLevel
 from streamproc.dispatch import Ordering
 from streamproc.errors import ConfigError
 from streamproc.flow import FlowSettings
@@ -236,6 +237,22 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
     auto_offset_reset: Literal["earliest", "latest"] = Field(
         "earliest", description="Where a partition without a committed offset starts."
     )
+    isolation_level: IsolationLevel = Field(
+        "read_committed",
+        description=(
+            "read_committed (the default): records of transactions still open or aborted are"
+            " never handled, and lag counts up to the last stable offset. read_uncommitted:"
+            " every record is handled as soon as it is written, aborted ones included."
+        ),
+    )
+    transaction_hold_warn_s: float = Field(
+        60.0,
+        gt=0,
+        description=(
+            "Log a warning when an open transaction has held a partition's last stable offset"
+            " for this many seconds, and again every as long while it lasts (read_committed)."
+        ),
+    )
     session_timeout_ms: int = Field(45_000, gt=0, description="Group session timeout.")
     max_poll_interval_ms: int = Field(300_000, gt=0, description="Longest gap between polls.")
     auto_commit_interval_ms: int = Field(
@@ -422,8 +439,10 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
                 the group of its own): ``client.id`` and a static ``group.instance.id`` (from
                 :attr:`group_instance_id` or ``librdkafka_extra``) get ``-<lane>`` appended,
                 since two members of one group must never share an instance id.
-            stats_cb: librdkafka's statistics callback (JSON text), called every
-                :attr:`statistics_interval_s` from the consumer's poll; none without it.
+            stats_cb: librdkafka's statistics callback (JSON text), called from the consumer's
+                poll every :attr:`statistics_interval_s`, or every ``STATISTICS_INTERVAL_MS``
+                under read_committed when that is shorter (the statistics carry the last stable
+                offsets). Only for consumers that poll: statistics queue up otherwise.
         """
         conf: dict[str, Any] = {
             "auto.offset.reset": self.auto_offset_reset,
@@ -442,6 +461,7 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
             **self.librdkafka_extra,
             **self.connection(),
             "group.id": self.group_id,
+            "isolation.level": self.isolation_level,
             # Safety last: offsets are stored by streamproc only after a message is handled or
             # parked; librdkafka commits what was stored, on an interval.
             "enable.auto.offset.store": False,
@@ -464,9 +484,15 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
             conf["error_cb"] = error_cb
         if on_commit is not None:
             conf["on_commit"] = on_commit
-        if stats_cb is not None and self.statistics_interval_s > 0:
-            conf["stats_cb"] = stats_cb
-            conf["statistics.interval.ms"] = int(self.statistics_interval_s * 1000)
+        if stats_cb is not None:
+            intervals = []
+            if self.statistics_interval_s > 0:
+                intervals.append(int(self.statistics_interval_s * 1000))
+            if self.isolation_level == "read_committed":
+                intervals.append(STATISTICS_INTERVAL_MS)
+            if intervals:
+                conf["stats_cb"] = stats_cb
+                conf["statistics.interval.ms"] = min(intervals)
         return conf
 
     def dead_letter_producer_config(self) -> dict[str, Any]:

@@ -15,7 +15,8 @@ time (:mod:`streamproc.dispatch`), and the loop only polls, decides and stores. 
    turn, unless a starvation guard grants it a slice (then it gets every other batch).
 4. Flow control (every ``FLOW_TICK_S``): measure lag, run the :class:`~streamproc.flow.
    FlowController`, pause or resume the held lanes' partitions (:mod:`streamproc.consumer.
-   pausebook`), publish the pause state.
+   pausebook`), publish the pause state, store the position of drained partitions (past
+   transaction markers: :mod:`streamproc.deliverable`).
 5. Keep every lane consumer alive: one polled less recently than ``poll_timeout_s`` is polled now
    (its rebalance callbacks run, ``max.poll.interval.ms`` never runs out), even while realtime
    saturates the slots or a handler runs for minutes. A lane holding its in-flight bound has its
@@ -40,6 +41,7 @@ import signal
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import FrameType
 from typing import cast
@@ -178,7 +180,7 @@ class PriorityConsumer:
                         self._on_error,
                         self._on_commit,
                         lane=lane.name,
-                        stats_cb=self.metrics.librdkafka_statistics(lane.name),
+                        stats_cb=self._statistics_of(lane.name),
                     )
                 ),
             )
@@ -204,6 +206,9 @@ class PriorityConsumer:
             group_refresh_s=settings.group_refresh_s,
             group_lag_slack=settings.group_lag_slack,
             offset_reset=settings.auto_offset_reset,
+            isolation_level=settings.isolation_level,
+            unfinished=self._offsets.unfinished,
+            lso_warn_after_s=settings.transaction_hold_warn_s,
         )
         self._planner = TurnPlanner(
             len(self.lanes.all),
@@ -747,8 +752,16 @@ class PriorityConsumer:
         self.metrics.set_partition_lags(
             (p.lane, p.topic, p.partition, p.lag_messages) for p in snapshot.partitions
         )
+        self._store_drained()
         self.stats.last_snapshot = snapshot
         self.stats.rebalances = self._rebalancer.count
+
+    def _store_drained(self) -> None:
+        """Store the application position of drained partitions: the committed offset moves past
+        commit markers and aborted batches (:meth:`~streamproc.lag.LagMonitor.drained_positions`).
+        """
+        if drained := self._lag.drained_positions():
+            self._store(drained, {})
 
     def _hold_for_priority(self) -> None:
         """The partitions of the lanes the flow policy holds, in the pause book."""
@@ -817,6 +830,21 @@ class PriorityConsumer:
         if error.code() == KafkaError._ALL_BROKERS_DOWN:
             self._broker_down_since = self._broker_down_since or time.monotonic()
         log.warning("kafka: %s", error.str())
+
+    def _statistics_of(self, lane: str) -> Callable[[str], None]:
+        """The ``stats_cb`` of a lane consumer: client metrics, and the LSO and its holds."""
+        record = self.metrics.librdkafka_statistics(lane)
+
+        def on_statistics(statistics_json: str) -> None:
+            record(statistics_json)
+            self._on_statistics(statistics_json)
+
+        return on_statistics
+
+    def _on_statistics(self, statistics_json: str) -> None:
+        """librdkafka's statistics of a lane consumer (read_committed): LSO and its holds."""
+        self._lag.statistics(statistics_json)
+        self.metrics.set_lso_held(self._lag.lso_held_s())
 
     def _on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
         if error is None:

@@ -138,6 +138,7 @@ def check(
     invariants: Iterable[str] = ("I1", "I2", "I3", "I4", "I5"),
     notes: Mapping[str, object] | None = None,
     record: bool = True,
+    undeliverable: Mapping[PartitionKey, Iterable[int]] | None = None,
 ) -> Figures:
     """Evaluate the invariants over the scenario's ledgers, print and record the figure line.
 
@@ -158,6 +159,8 @@ def check(
         invariants: Which invariants the scenario claims (reported in the figure line).
         notes: Extra figures of the scenario (rebalances, pauses, latency...).
         record: Print the figure line and write the results file (off for the checker's tests).
+        undeliverable: Offsets no consumer gets, per partition: transaction markers, and under
+            read_committed the records of aborted transactions. They count as covered for I2.
     """
     checked = list(invariants)
     acked = read_acked(directory)
@@ -176,6 +179,8 @@ def check(
     handled_or_parked: list[Processed | DeadLettered] = [*processed, *dead]
     for entry in handled_or_parked:
         covered[(entry.topic, entry.partition)].add(entry.offset)
+    for key, offsets in (undeliverable or {}).items():
+        covered[key].update(offsets)
     for key, offset in sorted(committed.items()):
         end = contiguous_end(covered[key])
         if offset > end:

@@ -23,6 +23,7 @@ from confluent_kafka import Consumer, KafkaException, TopicPartition
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamproc.chunk import Chunk
+from streamproc.messages import coordinates
 from streamproc.producer import ChunkProducer
 from streamproc.settings import ProducerSettings
 from tests.conftest import kafka_local
@@ -178,6 +179,40 @@ def high_watermarks(cluster: Cluster, timeout_s: float = 30) -> dict[PartitionKe
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.5)
+
+
+def undeliverable_offsets(cluster: Cluster, timeout_s: float = 60) -> dict[PartitionKey, set[int]]:
+    """Offsets of the lane partitions that a read_committed consumer never gets.
+
+    Transaction markers and the records of aborted transactions: read every partition from its
+    start until the consumer's position (which passes markers) reaches the high watermark.
+    """
+    highs = high_watermarks(cluster)
+    consumer = Consumer(
+        {
+            "bootstrap.servers": cluster.bootstrap,
+            "group.id": "undeliverable",
+            "enable.auto.commit": False,
+            "isolation.level": "read_committed",
+        }
+    )
+    delivered: dict[PartitionKey, set[int]] = {key: set() for key in highs}
+    try:
+        consumer.assign([TopicPartition(t, p, 0) for t, p in highs])
+        deadline = time.monotonic() + timeout_s
+        pending = {key for key, high in highs.items() if high > 0}
+        while pending:
+            assert time.monotonic() < deadline, f"not read to the end: {sorted(pending)}"
+            for message in consumer.consume(500, 0.2):
+                if message.error() is None:
+                    topic, partition, offset = coordinates(message)
+                    delivered[(topic, partition)].add(offset)
+            for tp in consumer.position([TopicPartition(t, p) for t, p in pending]):
+                if tp.offset >= highs[(tp.topic, tp.partition)]:
+                    pending.discard((tp.topic, tp.partition))
+    finally:
+        consumer.close()
+    return {key: set(range(highs[key])) - delivered[key] for key in highs}
 
 
 def committed(cluster: Cluster, group: str) -> dict[PartitionKey, int]:

@@ -109,3 +109,14 @@ def test_priority_from_outside_held_paused_unknown_lag_and_no_scrape_after() -> 
     assert bulk_started_while_due_paused(held, [(0.95, 3)], pause_lag=10) == 0  # killed after
     unknown = [flow(t / 10, lag=None) for t in range(10)]
     assert bulk_started_while_due_paused(unknown, [(0.55, 3)], pause_lag=10) == 0
+
+
+def test_transaction_markers_are_no_gap_but_a_missing_committed_record_is(tmp_path: Path) -> None:
+    """Offsets no consumer gets (markers, aborted records) count as covered, nothing else."""
+    write(tmp_path, ACKED, [("a0", TOPIC, 0, 0), ("a1", TOPIC, 0, 1), ("a3", TOPIC, 0, 3)])
+    write(tmp_path, PROCESSED, [("a0", TOPIC, 0, 0, 1), ("a1", TOPIC, 0, 1, 1)])
+    markers = {(TOPIC, 0): {2, 4}}
+    assert set(run(tmp_path, 5, undeliverable=markers)) == {"I1", "I2", "I3"}  # a3 missing
+    write(tmp_path, PROCESSED, [("a3", TOPIC, 0, 3, 1)])
+    assert run(tmp_path, 5, undeliverable=markers) == {}
+    assert set(run(tmp_path, 5)) == {"I2", "I3"}  # without them, the markers are gaps

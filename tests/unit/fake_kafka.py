@@ -3,7 +3,9 @@
 Only what :class:`~streamproc.consumer.PriorityConsumer` calls is modelled, and simply: one
 member per consumer, which gets every partition of its subscribed topics on its first
 ``consume()``; positions start at the group's committed offset; ``consume()`` takes from assigned,
-unpaused partitions in turn. Every call that matters is recorded in ``calls`` so tests can check
+unpaused partitions in turn. A log entry ``None`` is a control record (a transaction marker): never
+returned, but taken past like librdkafka does, so ``position()`` (the application position) moves
+past it. Every call that matters is recorded in ``calls`` so tests can check
 the order of a protocol (store, commit, resume, unassign). The real broker proves the
 integration (tests/integration); these prove the loop's decisions in milliseconds.
 """
@@ -34,7 +36,7 @@ class FakeBroker:
     """Partition logs and the group's committed offsets."""
 
     partitions: dict[str, int]
-    logs: dict[Key, list[Message]] = field(default_factory=dict)
+    logs: dict[Key, list[Message | None]] = field(default_factory=dict)
     committed: dict[Key, int] = field(default_factory=dict)
 
     def produce(
@@ -52,6 +54,10 @@ class FakeBroker:
             )
         )
 
+    def produce_marker(self, topic: str, partition: int) -> None:
+        """Append a control record (a transaction's commit or abort marker)."""
+        self.logs.setdefault((topic, partition), []).append(None)
+
     def high(self, key: Key) -> int:
         return len(self.logs.get(key, []))
 
@@ -68,6 +74,9 @@ class FakeConsumer:
         self.assigned: set[Key] = set()
         self.paused: set[Key] = set()
         self.positions: dict[Key, int] = {}
+        # librdkafka's application position: past the last message or marker taken; unset
+        # until something is taken after an assignment or a seek.
+        self.app_positions: dict[Key, int] = {}
         self.stored: dict[Key, int] = {}
         self.stored_since_commit = False
         self.calls: list[tuple[str, Any]] = []
@@ -101,8 +110,11 @@ class FakeConsumer:
                 position = self.positions[key]
                 log = self.broker.logs.get(key, [])
                 if position < len(log) and len(taken) < num_messages:
-                    taken.append(log[position])
+                    message = log[position]
+                    if message is not None:
+                        taken.append(message)
                     self.positions[key] = position + 1
+                    self.app_positions[key] = position + 1
                     progress = True
         if not taken and timeout and timeout > 0:
             time.sleep(min(timeout, 0.002))
@@ -113,6 +125,7 @@ class FakeConsumer:
         for key in _keys(partitions):
             self.assigned.add(key)
             self.positions[key] = max(0, self.broker.committed.get(key, 0))
+            self.app_positions.pop(key, None)
 
     assign = incremental_assign
 
@@ -121,6 +134,7 @@ class FakeConsumer:
         for key in _keys(partitions):
             self.assigned.discard(key)
             self.positions.pop(key, None)
+            self.app_positions.pop(key, None)
             self.stored.pop(key, None)
 
     def unassign(self) -> None:
@@ -136,6 +150,17 @@ class FakeConsumer:
 
     def seek(self, partition: TopicPartition) -> None:
         self.positions[(partition.topic, partition.partition)] = partition.offset
+        self.app_positions.pop((partition.topic, partition.partition), None)
+
+    def position(self, partitions: list[TopicPartition]) -> list[TopicPartition]:
+        return [
+            TopicPartition(
+                tp.topic,
+                tp.partition,
+                self.app_positions.get((tp.topic, tp.partition), OFFSET_INVALID),
+            )
+            for tp in partitions
+        ]
 
     def store_offsets(self, offsets: list[TopicPartition]) -> None:
         for tp in offsets:

@@ -354,3 +354,61 @@ def test_with_realtime_idle_bulk_works_one_turn_ahead_and_realtime_still_goes_fi
     # The first realtime chunk after the idle spell waits for the running and the queued turn
     # at most.
     assert handler.batches.index(("realtime", 1)) <= live_sent_after + 2, handler.batches
+
+
+# -- partitions written in transactions -------------------------------------------------------
+# Control records (commit and abort markers) are never returned but move the application
+# position, as librdkafka's do; tests/integration/test_transactions.py proves it on the broker.
+
+
+def transactional_broker(transactions: int, per_transaction: int, bulk: int) -> FakeBroker:
+    """Realtime written in transactions (each ended by a marker per partition), over bulk."""
+    fake = FakeBroker({REALTIME: 2, BULK: 2})
+    for txn in range(transactions):
+        for partition in (0, 1):
+            for index in range(per_transaction):
+                chunk_id = f"rt-{txn}-{partition}-{index}"
+                fake.produce(REALTIME, partition, CODEC.encode(Chunk(tracking_id=chunk_id)))
+            fake.produce_marker(REALTIME, partition)
+    for index in range(bulk):
+        fake.produce(BULK, index % 2, CODEC.encode(Chunk(tracking_id=f"bulk-{index}")))
+    return fake
+
+
+def test_bulk_resumes_and_offsets_pass_the_last_commit_marker() -> None:
+    fake = transactional_broker(transactions=6, per_transaction=20, bulk=60)
+    handler = Recorder(cost_s=lambda lane: 0.0002 if lane == "realtime" else 0.0)
+    consumer, clients = consumer_on(fake, handler, pause_lag=50, max_batch_messages=20)
+    bulk = lane_consumer(clients, "bulk")
+    realtime = lane_consumer(clients, "realtime")
+    consumer.subscribe()
+    run_until(consumer, lambda: bool(bulk.paused))
+    assert "bulk" in consumer.paused_lanes
+    # Before the fix, realtime lag stayed at one marker per partition and bulk stayed paused.
+    run_until(consumer, lambda: handler.handled["bulk"] == 60 and not consumer.paused_lanes)
+    run_until(consumer, lambda: realtime.stored == {(REALTIME, 0): 126, (REALTIME, 1): 126})
+    snapshot = consumer.stats.last_snapshot
+    assert snapshot is not None
+    assert snapshot.lanes["realtime"].lag_messages == 0
+    consumer.close()
+    assert handler.handled == {"realtime": 240, "bulk": 60}
+    # The committed offsets are the log end: past the last marker, not the last message.
+    assert fake.committed[(REALTIME, 0)] == fake.high((REALTIME, 0)) == 126
+    assert fake.committed[(REALTIME, 1)] == fake.high((REALTIME, 1)) == 126
+
+
+def test_nothing_is_stored_past_a_chunk_still_in_hand() -> None:
+    fake = transactional_broker(transactions=1, per_transaction=5, bulk=0)
+    handler = Recorder()
+    handler.gate = threading.Event()  # the first batch blocks
+    consumer, clients = consumer_on(fake, handler, max_batch_messages=5)
+    realtime = lane_consumer(clients, "realtime")
+    consumer.subscribe()
+    run_until(consumer, lambda: realtime.app_positions.get((REALTIME, 0), 0) >= 6, timeout_s=5)
+    for _ in range(20):
+        consumer.tick()
+    # Taken past the marker, but the chunks are not handled: nothing stored for them.
+    assert (REALTIME, 0) not in realtime.stored
+    handler.gate.set()
+    run_until(consumer, lambda: realtime.stored.get((REALTIME, 0)) == 6)
+    consumer.close()

@@ -66,6 +66,7 @@ def exported_metric_names() -> set[str]:
     metrics.dead_letters.labels(lane="bulk", reason="undecodable").inc()
     metrics.describe(consumer_group="g", topic_prefix="chunks")
     metrics.set_partition_lags([("bulk", "chunks.bulk", 0, 7)])
+    metrics.set_lso_held([("realtime", "chunks.realtime", 0, 0.0)])
     metrics.fetch_queue_messages.labels(lane="bulk").set(3)
     metrics.broker_rtt_avg.labels(lane="bulk", broker="b:9092").set(0.001)
     metrics.broker_rtt_p99.labels(lane="bulk", broker="b:9092").set(0.002)

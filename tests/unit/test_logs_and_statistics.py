@@ -6,10 +6,12 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from pydantic import SecretStr
 
+from streamproc.deliverable import STATISTICS_INTERVAL_MS
 from streamproc.kafkastats import parse_statistics
 from streamproc.logs import LIBRDKAFKA_LOGGER, configure_logging, redact, scrub
 from streamproc.metrics import ConsumerMetrics
@@ -75,11 +77,19 @@ def test_every_client_logs_through_python_logging() -> None:
 
 def test_statistics_callback_only_with_an_interval() -> None:
     record = ConsumerMetrics(["realtime"]).librdkafka_statistics("realtime")
-    conf = ConsumerSettings(statistics_interval_s=2).to_librdkafka(lane="realtime", stats_cb=record)
+    uncommitted: dict[str, Any] = {"isolation_level": "read_uncommitted"}
+    conf = ConsumerSettings(statistics_interval_s=2, **uncommitted).to_librdkafka(
+        lane="realtime", stats_cb=record
+    )
     assert conf["stats_cb"] is record and conf["statistics.interval.ms"] == 2000
-    off = ConsumerSettings(statistics_interval_s=0).to_librdkafka(lane="realtime", stats_cb=record)
+    off = ConsumerSettings(statistics_interval_s=0, **uncommitted).to_librdkafka(
+        lane="realtime", stats_cb=record
+    )
     assert "stats_cb" not in off and "statistics.interval.ms" not in off
     assert "stats_cb" not in ConsumerSettings().to_librdkafka(lane="realtime")
+    # Under read_committed the statistics carry the last stable offsets: the shorter interval.
+    committed = ConsumerSettings(statistics_interval_s=2).to_librdkafka(stats_cb=record)
+    assert committed["statistics.interval.ms"] == STATISTICS_INTERVAL_MS
 
 
 # A lane consumer's statistics document, trimmed to what is read (librdkafka STATISTICS.md).

@@ -233,6 +233,7 @@ def test_rules_alert_on_what_operators_asked_for() -> None:
         "StreamprocCommitsFailing",
         "StreamprocRebalanceStorm",
         "StreamprocNoProgress",
+        "StreamprocOpenTransactionHoldsPartition",
     }
     records = {rule["record"] for rule in shipped_rules() if "record" in rule}
     assert "streamproc:lag_messages:sum" in records

@@ -8,6 +8,7 @@ from collections.abc import Iterator
 import pytest
 from pydantic import SecretStr, ValidationError
 
+from streamproc.deliverable import STATISTICS_INTERVAL_MS
 from streamproc.errors import ConfigError
 from streamproc.flow import FlowSettings
 from streamproc.lanes import BULK, REALTIME
@@ -291,3 +292,23 @@ def test_consumer_group_protocol_sends_only_what_that_protocol_accepts() -> None
     assert settings.incremental_rebalances
     assert not ConsumerSettings(assignor="roundrobin").incremental_rebalances
     assert ConsumerSettings(assignor="roundrobin", group_protocol="consumer").incremental_rebalances
+
+
+def test_isolation_level_is_read_committed_with_statistics_for_the_lso() -> None:
+    def stats(statistics_json: str) -> None: ...
+
+    conf = ConsumerSettings().to_librdkafka(stats_cb=stats)
+    assert conf["isolation.level"] == "read_committed"
+    assert conf["statistics.interval.ms"] == STATISTICS_INTERVAL_MS
+    assert conf["stats_cb"] is stats
+    # A consumer that never polls gets none (its statistics would pile up unread).
+    assert "statistics.interval.ms" not in ConsumerSettings().to_librdkafka()
+    uncommitted = ConsumerSettings(isolation_level="read_uncommitted")
+    conf = uncommitted.to_librdkafka(stats_cb=stats)
+    assert conf["isolation.level"] == "read_uncommitted"
+    # The LSO does not bound what it reads: statistics only at the client-metrics interval.
+    assert conf["statistics.interval.ms"] == int(uncommitted.statistics_interval_s * 1000)
+    quiet = ConsumerSettings(isolation_level="read_uncommitted", statistics_interval_s=0)
+    assert "stats_cb" not in quiet.to_librdkafka(stats_cb=stats)
+    extra = ConsumerSettings(librdkafka_extra={"isolation.level": "read_uncommitted"})
+    assert extra.to_librdkafka()["isolation.level"] == "read_committed"  # the setting wins

@@ -210,4 +210,18 @@ Prometheus' own templates ({{ $labels.x }}) sit inside Go string literals, so He
         summary: {{ `"{{ $labels.consumer_group }} handles nothing of the {{ $labels.lane }} lane despite lag"` }}
         description: {{ printf "The {{ $labels.lane }} lane of consumer group {{ $labels.consumer_group }} in namespace {{ $labels.namespace }} has lag but no message was handled for %s, and flow control is not what holds it: the consumers are stuck." $a.noProgress.for | quote }}
         runbook_url: {{ printf "%s#streamprocnoprogress" $runbook | quote }}
+
+    - alert: StreamprocOpenTransactionHoldsPartition
+      expr: |
+        max by (namespace, consumer_group, lane, topic, partition) (
+          streamproc_lso_held_seconds
+          * on (job, instance) group_left (consumer_group) streamproc_consumer_info
+        ) > {{ $a.openTransactionHold.seconds }}
+      for: {{ $a.openTransactionHold.for }}
+      labels:
+        severity: {{ $a.openTransactionHold.severity }}
+      annotations:
+        summary: {{ `"An open transaction has held {{ $labels.topic }}[{{ $labels.partition }}] for {{ $value | humanizeDuration }}"` }}
+        description: {{ printf "The last stable offset of {{ $labels.topic }} partition {{ $labels.partition }} (lane {{ $labels.lane }}, consumer group {{ $labels.consumer_group }}, namespace {{ $labels.namespace }}) has not moved for over %v seconds while records wait past it: a producer's transaction stays open, and nothing written after it is delivered." $a.openTransactionHold.seconds | quote }}
+        runbook_url: {{ printf "%s#streamprocopentransactionholdspartition" $runbook | quote }}
 {{- end }}

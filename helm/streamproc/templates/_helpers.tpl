@@ -188,6 +188,7 @@ data). Unset optional values (null) are left out so streamproc's own defaults ap
   "STREAMPROC_GROUP_PROTOCOL" $c.groupProtocol
   "STREAMPROC_ORDERING" $c.ordering
   "STREAMPROC_AUTO_OFFSET_RESET" $c.autoOffsetReset
+  "STREAMPROC_ISOLATION_LEVEL" $c.isolationLevel
   "STREAMPROC_LOG_LEVEL" $c.logLevel
   "STREAMPROC_LOG_FORMAT" $c.logFormat
   "STREAMPROC_METRICS_ENABLED" "true"
@@ -217,6 +218,7 @@ data). Unset optional values (null) are left out so streamproc's own defaults ap
   "STREAMPROC_DLQ_FLUSH_TIMEOUT_S" $c.dlqFlushTimeoutS
   "STREAMPROC_REVOKE_TIMEOUT_S" $c.revokeTimeoutS
   "STREAMPROC_DRAIN_TIMEOUT_S" $c.drainTimeoutS
+  "STREAMPROC_TRANSACTION_HOLD_WARN_S" $c.transactionHoldWarnS
   "STREAMPROC_BULK_TURN_MS" $c.bulkTurnMs
   "STREAMPROC_STATISTICS_INTERVAL_S" $c.statisticsIntervalS
   "STREAMPROC_PAUSE_DELAY_S" $f.pauseDelayS

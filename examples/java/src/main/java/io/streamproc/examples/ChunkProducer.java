@@ -48,9 +48,14 @@ import org.apache.kafka.common.serialization.StringSerializer;
  * java -jar chunk-producer.jar --bootstrap-servers localhost:9092 --topic-prefix chunks \
  *     --input chunks.jsonl [--schema avro/chunk.avsc]
  * java -jar chunk-producer.jar --encode-to DIR --input chunks.jsonl
+ * java -jar chunk-producer.jar --bootstrap-servers localhost:9092 --input chunks.jsonl \
+ *     --transactional-id my-writer [--transaction-size 100] [--abort-every 5]
  * </pre>
  *
- * <p>With {@code --encode-to} it only encodes, writing the files the kcat example sends.
+ * <p>With {@code --encode-to} it only encodes, writing the files the kcat example sends. With
+ * {@code --transactional-id} it writes in transactions of {@code --transaction-size} chunks, the
+ * way Kafka Streams or Connect with exactly-once write; {@code --abort-every N} aborts every N-th
+ * transaction instead of committing it (to try what consumers make of aborted transactions).
  */
 public final class ChunkProducer {
 
@@ -97,6 +102,17 @@ public final class ChunkProducer {
     config.put(ProducerConfig.LINGER_MS_CONFIG, 5);
     config.put(ProducerConfig.KEY_SERIALIZER_CLASS_CONFIG, StringSerializer.class);
     config.put(ProducerConfig.VALUE_SERIALIZER_CLASS_CONFIG, ByteArraySerializer.class);
+    if (options.containsKey("transactional-id")) {
+      config.put(ProducerConfig.TRANSACTIONAL_ID_CONFIG, options.get("transactional-id"));
+      produceInTransactions(
+          config,
+          prefix,
+          encoder,
+          chunks,
+          positive(options.getOrDefault("transaction-size", "100"), "--transaction-size"),
+          Integer.parseInt(options.getOrDefault("abort-every", "0")));
+      return;
+    }
 
     int realtime = 0;
     int bulk = 0;
@@ -120,6 +136,65 @@ public final class ChunkProducer {
       fail("delivery failed: " + e.getCause());
     }
     System.out.printf("produced %d chunks: %d realtime, %d bulk%n", chunks.size(), realtime, bulk);
+  }
+
+  /**
+   * Writes {@code chunks} in transactions of {@code size}; when {@code abortEvery} is above 0, every
+   * {@code abortEvery}-th transaction is aborted after its records were written.
+   */
+  static void produceInTransactions(
+      Properties config,
+      String prefix,
+      BinaryMessageEncoder<GenericRecord> encoder,
+      List<GenericRecord> chunks,
+      int size,
+      int abortEvery)
+      throws Exception {
+    int transactions = 0;
+    int aborted = 0;
+    int realtime = 0;
+    int bulk = 0;
+    try (KafkaProducer<String, byte[]> producer = new KafkaProducer<>(config)) {
+      producer.initTransactions();
+      for (int start = 0; start < chunks.size(); start += size) {
+        List<GenericRecord> batch = chunks.subList(start, Math.min(chunks.size(), start + size));
+        producer.beginTransaction();
+        List<Future<RecordMetadata>> sent = new ArrayList<>();
+        int batchRealtime = 0;
+        for (GenericRecord chunk : batch) {
+          boolean lowPriority = (Boolean) chunk.get("low_priority");
+          String topic = prefix + (lowPriority ? ".bulk" : ".realtime");
+          sent.add(producer.send(new ProducerRecord<>(topic, key(chunk), encode(encoder, chunk))));
+          batchRealtime += lowPriority ? 0 : 1;
+        }
+        producer.flush();
+        for (Future<RecordMetadata> delivery : sent) {
+          delivery.get(); // throws if a record was not written
+        }
+        transactions++;
+        if (abortEvery > 0 && transactions % abortEvery == 0) {
+          producer.abortTransaction();
+          aborted++;
+        } else {
+          producer.commitTransaction();
+          realtime += batchRealtime;
+          bulk += batch.size() - batchRealtime;
+        }
+      }
+    } catch (ExecutionException e) {
+      fail("delivery failed: " + e.getCause());
+    }
+    System.out.printf(
+        "produced %d chunks in %d transactions (%d aborted): %d realtime, %d bulk committed%n",
+        chunks.size(), transactions, aborted, realtime, bulk);
+  }
+
+  private static int positive(String value, String option) {
+    int parsed = Integer.parseInt(value);
+    if (parsed < 1) {
+      throw new IllegalArgumentException(option + ": must be at least 1");
+    }
+    return parsed;
   }
 
   /** The chunk in Avro single-object encoding, as Avro's {@link BinaryMessageEncoder} writes it. */
@@ -344,7 +419,8 @@ public final class ChunkProducer {
       if (!args[i].startsWith("--") || i + 1 >= args.length) {
         fail(
             "usage: (--bootstrap-servers HOST:PORT [--topic-prefix chunks] | --encode-to DIR)"
-                + " [--input FILE|-] [--schema FILE]");
+                + " [--input FILE|-] [--schema FILE]"
+                + " [--transactional-id ID [--transaction-size N] [--abort-every N]]");
       }
       options.put(args[i].substring(2), args[++i]);
     }
