@@ -291,3 +291,10 @@ def test_consumer_group_protocol_sends_only_what_that_protocol_accepts() -> None
     assert settings.incremental_rebalances
     assert not ConsumerSettings(assignor="roundrobin").incremental_rebalances
     assert ConsumerSettings(assignor="roundrobin", group_protocol="consumer").incremental_rebalances
+
+
+def test_a_settings_validation_error_does_not_quote_the_password() -> None:
+    with pytest.raises(ValueError, match="sasl_mechanism is required") as invalid:
+        KafkaSettings(security_protocol="SASL_SSL", sasl_password="never-shown")  # noqa: S106
+    assert "never-shown" not in str(invalid.value)
+    assert "never-shown" not in repr(invalid.value)
