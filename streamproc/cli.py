@@ -723,7 +723,8 @@ def lag(
 ) -> None:
     """Per-lane, per-partition lag of a group: high watermark, committed, lag, paused, owner.
 
-    Exits 1 when the group does not exist or no broker answers.
+    Exits 1 when the group does not exist, the principal may not describe it, or no broker
+    answers.
     """
     from confluent_kafka.admin import AdminClient
 
@@ -736,7 +737,11 @@ def lag(
     setup_logging(log_level, log_format, settings)
     check_broker(settings)
     admin = AdminClient(settings.admin_config())
-    if not group_exists(admin, group):
+    try:
+        exists = group_exists(admin, group, settings.sasl_username)
+    except StreamprocError as exc:  # not authorized to describe it
+        raise fail(str(exc)) from exc
+    if not exists:
         raise fail(f"consumer group {group!r} does not exist")
     rows = describe_group_lag(admin, settings.topology, group)
     totals: dict[str, int] = {lane.name: 0 for lane in settings.topology}
