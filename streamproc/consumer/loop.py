@@ -323,7 +323,7 @@ class PriorityConsumer:
             while not self._stop.is_set():
                 self.tick()
         except StopConsumer as exc:
-            log.error("stopping on error policy: %s", exc)
+            log.error("stopping: %s", exc)
             exit_code = 1
         except SchemaRegistryUnavailableError as exc:
             # Nothing is wrong with the message: stop without storing it, to be restarted.
