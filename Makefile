@@ -7,7 +7,7 @@ BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: help venv lint format test unit integration broker broker-stop registry registry-stop postgres postgres-stop demo bench docs helm helm-lint promtool alert-rules clean
+.PHONY: help venv lint format test unit integration security broker broker-stop broker-secure broker-secure-stop registry registry-stop postgres postgres-stop demo bench docs helm helm-lint promtool alert-rules clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -38,11 +38,20 @@ unit: $(STAMP)  ## unit tests only: no broker, seconds
 integration: $(STAMP)  ## tests against the real broker
 	$(BIN)/pytest -m integration $(PYTEST_ARGS)
 
+security: $(STAMP)  ## the tests against the secured broker (SASL_SSL, SCRAM, ACLs) only
+	$(BIN)/pytest -m security $(PYTEST_ARGS)
+
 broker:  ## start the local Apache Kafka broker (KRaft, Maven Central jars); prints its address
 	@scripts/kafka-local start
 
 broker-stop:  ## stop the local broker
 	@scripts/kafka-local stop
+
+broker-secure:  ## start a second local broker requiring TLS, SCRAM-SHA-512 and ACLs; writes client.env
+	@scripts/kafka-local --security sasl_ssl start
+
+broker-secure-stop:  ## stop the secured local broker
+	@scripts/kafka-local --security sasl_ssl stop
 
 postgres:  ## start a local PostgreSQL server (the machine's packages); prints its connection URL
 	@scripts/postgres-local start
@@ -84,6 +93,7 @@ helm-lint:  ## helm lint --strict the chart with every helm/streamproc/ci/*-valu
 
 clean:  ## remove the virtualenv, caches and local broker state
 	-scripts/kafka-local stop
+	-scripts/kafka-local --security sasl_ssl stop
 	-scripts/registry-local stop
 	-scripts/postgres-local stop
 	rm -rf $(VENV) site .streamproc .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -736,7 +736,8 @@ def lag(
 
     The end offset is the last stable offset under read_committed (records of a transaction still
     open are not lag yet; it equals the high watermark when none is open), the high watermark under
-    read_uncommitted. Exits 1 when the group does not exist or no broker answers.
+    read_uncommitted. Exits 1 when the group does not exist, the principal may not describe it, or
+    no broker answers.
     """
     from confluent_kafka.admin import AdminClient
 
@@ -753,7 +754,11 @@ def lag(
     setup_logging(log_level, log_format, settings)
     check_broker(settings)
     admin = AdminClient(settings.admin_config())
-    if not group_exists(admin, group):
+    try:
+        exists = group_exists(admin, group, settings.sasl_username)
+    except StreamprocError as exc:  # not authorized to describe it
+        raise fail(str(exc)) from exc
+    if not exists:
         raise fail(f"consumer group {group!r} does not exist")
     rows = describe_group_lag(
         admin, settings.topology, group, cast(IsolationLevel, isolation_level)

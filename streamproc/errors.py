@@ -141,6 +141,12 @@ class MetricsPortInUseError(StreamprocError):
         self.port = port
 
 
+class NotAuthorizedError(StreamprocError):
+    """The broker refused the credentials, or the principal lacks an ACL: no retry cures it."""
+
+    reason = "not_authorized"
+
+
 class BrokerUnreachableError(StreamprocError):
     """No broker of the bootstrap list answered within the start-up check."""
 

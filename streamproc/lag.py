@@ -41,6 +41,7 @@ from confluent_kafka import (
     OFFSET_INVALID,
     Consumer,
     ConsumerGroupTopicPartitions,
+    KafkaError,
     KafkaException,
     TopicPartition,
 )
@@ -50,6 +51,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # OffsetSpec:
     OffsetSpec,
 )
 
+from streamproc.access import denial_message, is_denied
 from streamproc.deliverable import (
     IsolationLevel,
     LsoHolds,
@@ -58,6 +60,7 @@ from streamproc.deliverable import (
     drained_position,
     stable_offsets,
 )
+from streamproc.errors import NotAuthorizedError
 from streamproc.flow import LaneLag, OffsetReset, Scope, effective_scope, lane_lag, partition_lag
 from streamproc.lanes import Lanes
 from streamproc.messages import PartitionKey
@@ -616,12 +619,21 @@ class GroupPartitionLag:
     owner: str | None
 
 
-def group_exists(admin: AdminClient, group_id: str) -> bool:
-    """True when the broker knows ``group_id`` (it has members or committed offsets)."""
+def group_exists(admin: AdminClient, group_id: str, principal: str | None = None) -> bool:
+    """True when the broker knows ``group_id`` (it has members or committed offsets).
+
+    Raises:
+        NotAuthorizedError: the principal may not describe the group (it may well exist).
+    """
     future = admin.describe_consumer_groups([group_id], request_timeout=_ADMIN_TIMEOUT_S)[group_id]
     try:
         description = future.result()
-    except KafkaException:
+    except KafkaException as exc:
+        error = exc.args[0]
+        if isinstance(error, KafkaError) and is_denied(error):
+            raise NotAuthorizedError(
+                denial_message(error, principal, f"describing group {group_id!r}")
+            ) from exc
         return False
     state = str(getattr(description.state, "name", description.state)).upper()
     if state not in ("DEAD", "UNKNOWN"):

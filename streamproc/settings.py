@@ -29,8 +29,13 @@ Compression = Literal["none", "gzip", "snappy", "lz4", "zstd"]
 Assignor = Literal["cooperative-sticky", "range", "roundrobin"]
 GroupProtocol = Literal["classic", "consumer"]
 
+# hide_input_in_errors: a validation error otherwise quotes the whole input, SASL password included.
 _ENV = SettingsConfigDict(
-    env_prefix="STREAMPROC_", frozen=True, extra="forbid", populate_by_name=True
+    env_prefix="STREAMPROC_",
+    frozen=True,
+    extra="forbid",
+    populate_by_name=True,
+    hide_input_in_errors=True,
 )
 
 

@@ -22,6 +22,7 @@ import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,8 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 KAFKA_LOCAL = REPO / "scripts" / "kafka-local"
 TEST_BROKER_HOME = REPO / ".streamproc" / "kafka-test"
+# The secured broker (SASL_SSL, SCRAM-SHA-512, ACLs) of tests marked ``security``.
+TEST_SECURED_BROKER_HOME = REPO / ".streamproc" / "kafka-sasl-ssl-test"
 REGISTRY_LOCAL = REPO / "scripts" / "registry-local"
 TEST_REGISTRY_HOME = REPO / ".streamproc" / "registry-test"
 POSTGRES_LOCAL = REPO / "scripts" / "postgres-local"
@@ -129,6 +132,51 @@ def kafka_bootstrap() -> Iterator[str]:
             yield container.get_bootstrap_server()
         return
     yield from _session_service(KAFKA_LOCAL, TEST_BROKER_HOME)
+
+
+@dataclass(frozen=True)
+class SecuredBroker:
+    """The secured broker of ``scripts/kafka-local --security sasl_ssl``: its client env files.
+
+    Each ``*_env`` is the ``STREAMPROC_*`` variables of one user's ``client*.env``: ``client``
+    (produce, consume, lag, topics on the lane topics, their dead letters and its group),
+    ``limited`` (no READ on the bulk topic, no access to the client's group) and ``admin`` (the
+    super user).
+    """
+
+    home: Path
+    bootstrap: str
+    client_env: dict[str, str]
+    limited_env: dict[str, str]
+    admin_env: dict[str, str]
+
+
+def read_env_file(path: Path) -> dict[str, str]:
+    """``export NAME=value`` lines of a client env file, as a mapping."""
+    variables: dict[str, str] = {}
+    for line in path.read_text().splitlines():
+        if line.startswith("export "):
+            name, _, value = line.removeprefix("export ").partition("=")
+            variables[name] = value
+    return variables
+
+
+@pytest.fixture(scope="session")
+def secured_broker() -> Iterator[SecuredBroker]:
+    """A broker that demands TLS, SCRAM-SHA-512 and ACLs, started once per session (if not
+    already running, then stopped at the end), beside the plaintext one."""
+    home = TEST_SECURED_BROKER_HOME
+    already_running = _run_local(KAFKA_LOCAL, home, "status", "--security", "sasl_ssl")
+    bootstrap = kafka_local("start", home, "--security", "sasl_ssl")
+    yield SecuredBroker(
+        home=home,
+        bootstrap=bootstrap,
+        client_env=read_env_file(home / "client.env"),
+        limited_env=read_env_file(home / "client-limited.env"),
+        admin_env=read_env_file(home / "client-admin.env"),
+    )
+    if already_running.returncode != 0:
+        kafka_local("stop", home)
 
 
 @pytest.fixture

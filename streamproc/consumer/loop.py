@@ -48,6 +48,7 @@ from typing import cast
 
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
+from streamproc.access import denial_message, is_denied
 from streamproc.codec import ChunkCodec
 from streamproc.consumer.clients import ClientFactory, KafkaClients, LaneConsumer
 from streamproc.consumer.pausebook import PauseBook
@@ -327,7 +328,7 @@ class PriorityConsumer:
             while not self._stop.is_set():
                 self.tick()
         except StopConsumer as exc:
-            log.error("stopping on error policy: %s", exc)
+            log.error("stopping: %s", exc)
             exit_code = 1
         except SchemaRegistryUnavailableError as exc:
             # Nothing is wrong with the message: stop without storing it, to be restarted.
@@ -448,7 +449,7 @@ class PriorityConsumer:
         for message in messages:
             error = message.error()
             if error is not None:
-                self._on_consume_error(error)
+                self._on_consume_error(error, message.topic())
                 continue
             partition = cast(int, message.partition())
             offset = cast(int, message.offset())
@@ -829,6 +830,9 @@ class PriorityConsumer:
     def _on_error(self, error: KafkaError) -> None:
         if error.code() == KafkaError._ALL_BROKERS_DOWN:
             self._broker_down_since = self._broker_down_since or time.monotonic()
+        if is_denied(error):
+            self._stop_denied(error)
+            return
         log.warning("kafka: %s", error.str())
 
     def _statistics_of(self, lane: str) -> Callable[[str], None]:
@@ -853,12 +857,27 @@ class PriorityConsumer:
         elif error.code() != KafkaError._NO_OFFSET:
             self.metrics.commits.labels(outcome="failed").inc()
 
-    def _on_consume_error(self, error: KafkaError) -> None:
+    def _on_consume_error(self, error: KafkaError, topic: str | None = None) -> None:
         if error.code() == KafkaError._PARTITION_EOF:
             return
         if error.fatal():
             raise StopConsumer(f"fatal consumer error: {error.str()}")
+        if is_denied(error):
+            self._stop_denied(error, topic)
+            return
         log.warning("consume error: %s", error.str())
+
+    def _stop_denied(self, error: KafkaError, topic: str | None = None) -> None:
+        """A missing ACL or a refused password: librdkafka would retry it forever, so stop the
+        way the error policy stops (running work finishes, nothing past it is committed)."""
+        if self._stop_reason is None:
+            topics = topic or ", ".join(self.lanes.topics)
+            self._stop_reason = denial_message(
+                error,
+                self.settings.sasl_username,
+                f"consuming {topics} in group {self.settings.group_id!r}",
+            )
+            self._pool.halt()
 
     def _on_signal(self, signum: int, frame: FrameType | None) -> None:
         self._signals += 1

@@ -312,3 +312,10 @@ def test_isolation_level_is_read_committed_with_statistics_for_the_lso() -> None
     assert "stats_cb" not in quiet.to_librdkafka(stats_cb=stats)
     extra = ConsumerSettings(librdkafka_extra={"isolation.level": "read_uncommitted"})
     assert extra.to_librdkafka()["isolation.level"] == "read_committed"  # the setting wins
+
+
+def test_a_settings_validation_error_does_not_quote_the_password() -> None:
+    with pytest.raises(ValueError, match="sasl_mechanism is required") as invalid:
+        KafkaSettings(security_protocol="SASL_SSL", sasl_password="never-shown")  # noqa: S106
+    assert "never-shown" not in str(invalid.value)
+    assert "never-shown" not in repr(invalid.value)
