@@ -115,7 +115,10 @@ def test_member_join_and_leave_while_bulk_paused(
     cluster.create_topics(partitions=1, bulk_partitions=2)
     bulk_topic = cluster.lanes.bottom.topic
     cluster.produce(sample_chunks(3_000, low_priority_ratio=1.0, prefix="bulk"))
-    cluster.produce(sample_chunks(2_500, prefix="live", seed=5))
+    # Realtime at about 250/s: its backlog must outlast the join. The consumer protocol hands out
+    # assignments with heartbeats (every 5 s on the broker's defaults): a longer backlog.
+    live = 2_500 if protocol == "classic" else 6_000
+    cluster.produce(sample_chunks(live, prefix="live", seed=5))
     group = f"join-{assignor}-{protocol}"
 
     def member(name: str) -> tuple[PriorityConsumer, FlowProbe]:
@@ -160,10 +163,12 @@ def test_member_join_and_leave_while_bulk_paused(
     second_thread.stop()
     wait_until(lambda: len(first.assignment) == 3, what="the first member to take everything")
     bulk_keys = {key for key in first.assignment if key[0] == bulk_topic}
-    if first_probe.handled["realtime"] < 2_000:  # realtime still has a backlog: bulk stays paused
+    if (
+        first_probe.handled["realtime"] < live - 500
+    ):  # realtime still has a backlog: bulk stays paused
         wait_until(lambda: bulk_keys <= first.paused_partitions, timeout_s=10)
 
-    wait_until(lambda: first_probe.handled["realtime"] + second_probe.handled["realtime"] >= 2_500)
+    wait_until(lambda: first_probe.handled["realtime"] + second_probe.handled["realtime"] >= live)
     wait_until(
         lambda: first_probe.handled["bulk"] + second_probe.handled["bulk"] >= 3_000,
         what="bulk to drain after realtime",
