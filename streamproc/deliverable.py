@@ -36,10 +36,11 @@ none of those is unfinished.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final, Literal
+
+from streamproc.kafkastats import Statistics, statistics_document
 
 __all__ = [
     "STATISTICS_INTERVAL_MS",
@@ -84,14 +85,14 @@ class StableOffsets:
         return max(0, self.high_watermark - self.last_stable)
 
 
-def stable_offsets(statistics_json: str) -> dict[tuple[str, int], StableOffsets]:
+def stable_offsets(statistics_json: Statistics) -> dict[tuple[str, int], StableOffsets]:
     """Per-partition end offsets from a librdkafka statistics event (``stats_cb``).
 
     Partitions whose offsets are not known yet (never fetched) and librdkafka's internal partition
     ``-1`` are left out; undecodable JSON gives nothing.
     """
     try:
-        statistics = json.loads(statistics_json)
+        statistics = statistics_document(statistics_json)
         topics = statistics.get("topics", {})
     except (ValueError, AttributeError):
         return {}

@@ -10,8 +10,21 @@ handler from outside). Pure: no Kafka client here.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
+
+Statistics = str | Mapping[str, Any]
+"""A librdkafka statistics event: its JSON text, or the document once decoded."""
+
+
+def statistics_document(statistics: Statistics) -> Any:
+    """The decoded document of a statistics event (decoded once, read by every consumer of it).
+
+    Raises:
+        ValueError: the text is not JSON.
+    """
+    return json.loads(statistics) if isinstance(statistics, str) else statistics
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,7 +45,7 @@ class ClientStatistics:
     brokers: tuple[BrokerRtt, ...] = field(default=())
 
 
-def parse_statistics(text: str) -> ClientStatistics:
+def parse_statistics(text: Statistics) -> ClientStatistics:
     """Sum the fetch queues over the partitions the consumer fetches; RTT per real broker.
 
     Partition ``-1`` (librdkafka's internal unassigned partition) and the bootstrap and internal
@@ -41,7 +54,7 @@ def parse_statistics(text: str) -> ClientStatistics:
     Raises:
         ValueError: ``text`` is not a statistics document.
     """
-    document: Any = json.loads(text)
+    document: Any = statistics_document(text)
     if not isinstance(document, dict):
         raise ValueError("librdkafka statistics must be a JSON object")
     messages = 0

@@ -62,6 +62,7 @@ from streamproc.deliverable import (
 )
 from streamproc.errors import NotAuthorizedError
 from streamproc.flow import LaneLag, OffsetReset, Scope, effective_scope, lane_lag, partition_lag
+from streamproc.kafkastats import Statistics
 from streamproc.lanes import Lanes
 from streamproc.messages import PartitionKey
 
@@ -296,7 +297,7 @@ class LagMonitor:
                 self._transactional.add(key)  # it passed records no consumer gets
         return drained
 
-    def statistics(self, statistics_json: str) -> None:
+    def statistics(self, statistics_json: Statistics) -> None:
         """A librdkafka statistics event of a lane consumer: the LSO of each fetched partition.
 
         Logs a partition whose LSO an open transaction has held for ``lso_warn_after_s``.

@@ -39,7 +39,7 @@ from prometheus_client.exposition import ThreadingWSGIServer
 
 from streamproc import __version__
 from streamproc.errors import DEAD_LETTER_REASONS, MetricsPortInUseError
-from streamproc.kafkastats import parse_statistics
+from streamproc.kafkastats import Statistics, parse_statistics
 
 if TYPE_CHECKING:
     from wsgiref.types import StartResponse
@@ -277,14 +277,14 @@ class ConsumerMetrics:
         """Publish ``streamproc_consumer_info``, the series dashboards and alerts join on."""
         self.consumer_info.info({"consumer_group": consumer_group, "topic_prefix": topic_prefix})
 
-    def librdkafka_statistics(self, lane: str) -> Callable[[str], None]:
+    def librdkafka_statistics(self, lane: str) -> Callable[[Statistics], None]:
         """A ``stats_cb`` for the lane's consumer: records its statistics as metrics.
 
         It runs inside the consumer's poll, so it never raises (a document it cannot read is
         logged and skipped).
         """
 
-        def record(text: str) -> None:
+        def record(text: Statistics) -> None:
             try:
                 statistics = parse_statistics(text)
             except (ValueError, TypeError, AttributeError) as exc:

@@ -59,6 +59,7 @@ from streamproc.dispatch import Dispatcher, WorkItem
 from streamproc.errors import SchemaRegistryUnavailableError, StreamprocError
 from streamproc.flow import FlowController
 from streamproc.handlers import AnyHandler
+from streamproc.kafkastats import Statistics, statistics_document
 from streamproc.lag import PAUSED_METADATA, RUNNING_METADATA, LagMonitor, LagSnapshot
 from streamproc.messages import PartitionKey, timestamp_ms
 from streamproc.metrics import ConsumerMetrics, observe_many
@@ -840,12 +841,18 @@ class PriorityConsumer:
         record = self.metrics.librdkafka_statistics(lane)
 
         def on_statistics(statistics_json: str) -> None:
-            record(statistics_json)
-            self._on_statistics(statistics_json)
+            # Decoded once for both readers (about 10 KB every 250 ms under read_committed).
+            try:
+                document = statistics_document(statistics_json)
+            except ValueError as exc:
+                log.warning("unreadable librdkafka statistics of lane %s: %s", lane, exc)
+                return
+            record(document)
+            self._on_statistics(document)
 
         return on_statistics
 
-    def _on_statistics(self, statistics_json: str) -> None:
+    def _on_statistics(self, statistics_json: Statistics) -> None:
         """librdkafka's statistics of a lane consumer (read_committed): LSO and its holds."""
         self._lag.statistics(statistics_json)
         self.metrics.set_lso_held(self._lag.lso_held_s())
