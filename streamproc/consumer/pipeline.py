@@ -90,11 +90,20 @@ GIVEN_BACK = Outcome("given_back")
 class Retry:
     """Capped exponential backoff for retriable errors: one policy for sync and async calls."""
 
-    def __init__(self, settings: ConsumerSettings, stopping: threading.Event) -> None:
+    def __init__(
+        self,
+        settings: ConsumerSettings,
+        stopping: threading.Event,
+        *,
+        sleep: Callable[[float], object] = time.sleep,
+        sleep_async: Callable[[float], Awaitable[object]] = asyncio.sleep,
+    ) -> None:
         self._max_retries = settings.max_retries
         self._first_s = settings.retry_backoff_s
         self._max_s = settings.retry_backoff_max_s
         self._stopping = stopping
+        self._sleep = sleep
+        self._sleep_async = sleep_async
 
     @property
     def most_attempts(self) -> int:
@@ -117,7 +126,7 @@ class Retry:
                 delay = self.delay_after(attempt, exc)
                 if delay is None:
                     raise
-                time.sleep(delay)
+                self._sleep(delay)
                 attempt += 1
                 continue
             return attempt
@@ -132,7 +141,7 @@ class Retry:
                 delay = self.delay_after(attempt, exc)
                 if delay is None:
                     raise
-                await asyncio.sleep(delay)
+                await self._sleep_async(delay)
                 attempt += 1
                 continue
             return attempt

@@ -70,13 +70,16 @@ def test_sync_and_async_calls_sleep_the_same_jittered_waits(
         return backoff.full_jitter_delay(attempt, first_s, max_s, uniform=draw)
 
     monkeypatch.setattr(pipeline, "full_jitter_delay", jittered)
+    # The Retry's own sleeps, not time.sleep or asyncio.sleep themselves: patching those would
+    # make every other thread of the test process spin (a leftover thread filled memory in CI).
     slept: list[float] = []
-    monkeypatch.setattr("streamproc.consumer.pipeline.time.sleep", slept.append)
 
     async def no_wait(seconds: float) -> None:
         slept.append(seconds)
 
-    monkeypatch.setattr("streamproc.consumer.pipeline.asyncio.sleep", no_wait)
+    def retry_recorded() -> Retry:
+        settings = ConsumerSettings(max_retries=3, retry_backoff_s=0.2, retry_backoff_max_s=1.0)
+        return Retry(settings, threading.Event(), sleep=slept.append, sleep_async=no_wait)
 
     failures = [RetriableHandlerError("busy"), RetriableHandlerError("busy")]
 
@@ -84,7 +87,7 @@ def test_sync_and_async_calls_sleep_the_same_jittered_waits(
         if failures:
             raise failures.pop()
 
-    assert retry().call(flaky) == 3
+    assert retry_recorded().call(flaky) == 3
     sync_waits, sync_draws = slept[:], drawn[:]
     slept.clear()
     drawn.clear()
@@ -93,7 +96,7 @@ def test_sync_and_async_calls_sleep_the_same_jittered_waits(
     async def flaky_async() -> None:
         flaky()
 
-    assert asyncio.run(retry().call_async(flaky_async)) == 3
+    assert asyncio.run(retry_recorded().call_async(flaky_async)) == 3
     assert slept == sync_waits
     assert drawn == sync_draws
     # Attempt 1 then 2: ceilings 0.2 and 0.4 times the draws.
