@@ -225,14 +225,29 @@ def committed(
     Not the AdminClient's ``list_consumer_group_offsets``: librdkafka crashes the process when
     that request meets a coordinator still loading, as on a broker that has just started.
     """
-    from confluent_kafka import Consumer
+    from confluent_kafka import Consumer, KafkaError, KafkaException
 
     settings = settings_from(admin_env, KafkaSettings)
     consumer = Consumer({**settings.connection(), "group.id": group, "enable.auto.commit": False})
+    deadline = time.monotonic() + 30
     try:
-        offsets = consumer.committed(
-            [TopicPartition(topic, partition) for partition in range(partitions)], timeout=10
-        )
+        while True:
+            try:
+                offsets = consumer.committed(
+                    [TopicPartition(topic, partition) for partition in range(partitions)],
+                    timeout=10,
+                )
+                break
+            except KafkaException as exc:
+                # The group coordinator moves or still loads right after the broker started.
+                retriable = exc.args[0].code() in (
+                    KafkaError.NOT_COORDINATOR,
+                    KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+                    KafkaError.COORDINATOR_NOT_AVAILABLE,
+                )
+                if not retriable or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
     finally:
         consumer.close()
     return {tp.partition: tp.offset for tp in offsets}
