@@ -15,7 +15,8 @@ Pure policy: no threads, no Kafka. The consumer adds every message it takes as a
 3. While a more urgent lane has been active within ``reserve_window_s``, the less urgent lanes
    leave ``reserved`` workers free for it, so an urgent message never waits behind a full house of
    slow bulk work; a lane whose handlers are CPU-bound (:meth:`Dispatcher.solo_lanes`) starts a
-   batch then only when no other batch runs.
+   batch then only when no other batch runs, overdue or not (only a starvation slice lets it run
+   beside).
 4. Ordering (``key`` by default): items with the same order key never run at the same time and
    start in the order taken. ``key`` orders by message key within a partition (where Kafka itself
    orders them; a message without a key has no order constraint), ``partition`` runs one item per
@@ -236,10 +237,14 @@ class Dispatcher(Generic[T]):
             ready = self._ready[rank]
             if not ready or rank in self._held_lanes:
                 continue
-            if rank > 0 and rank not in first:
-                if busy >= self.concurrency - self._reserve_for(rank, now):
+            if rank > 0 and rank not in favoured:
+                if rank not in first and busy >= self.concurrency - self._reserve_for(rank, now):
                     return []
+                # Overdue moves a solo lane ahead, never beside: a CPU-bound batch beside an
+                # urgent one only slows it down (a starvation slice is the flow policy's call).
                 if busy and rank in self._solo_lanes and self._higher_active(rank, now):
+                    if rank in first:
+                        continue  # the lanes in their usual order may still start
                     return []
             batch_id = next(self._batch_ids)
             batch: list[WorkItem[T]] = []

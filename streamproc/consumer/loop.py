@@ -241,6 +241,7 @@ class PriorityConsumer:
             self._stop,
             # What the dispatcher holds now (set before the lane is said to be paused).
             held=lambda rank: rank in dispatcher.held_lanes,
+            busy=lambda: dispatcher.busy_slots,
         )
         self._pool: WorkerPool[Message, Outcome] = WorkerPool(
             dispatcher,

@@ -170,6 +170,8 @@ class Pipeline:
         stopping: Set on shutdown: retries give up at once.
         held: True when the lane of this rank is held by the flow policy now: a batch decoded
             meanwhile is given back instead of handed to the handler.
+        busy: Batches running now (this one included): a batch's CPU share is measured against
+            the GIL it shares with them.
     """
 
     def __init__(
@@ -183,9 +185,11 @@ class Pipeline:
         planner: TurnPlanner,
         stopping: threading.Event,
         held: Callable[[int], bool] = lambda rank: False,
+        busy: Callable[[], int] = lambda: 1,
     ) -> None:
         self._settings = settings
         self._held = held
+        self._busy = busy
         self._lanes = lanes
         self._codec = codec
         self._dead_letters = dead_letters
@@ -203,6 +207,7 @@ class Pipeline:
         """Handle a batch on a worker thread; one outcome per item, in order."""
         started = time.perf_counter()
         cpu_started = time.thread_time()
+        busy_at_start = self._busy()
         lane = self._lanes[items[0].lane_rank]
         outcomes, records = self._decode_all(lane, items)
         if records and self._give_back_if_held(lane, outcomes, records):
@@ -226,6 +231,7 @@ class Pipeline:
             len(items),
             time.perf_counter() - started,
             time.thread_time() - cpu_started,
+            beside=(busy_at_start + self._busy()) / 2,
         )
         return [outcome or SKIPPED for outcome in outcomes]
 

@@ -15,7 +15,11 @@ With one worker slot a turn is one batch (a batch handler gets it at once). With
 every chunk is a batch of its own, as the concurrency asks, and a turn holds a budget's worth for
 every slot. The planner also measures how much of a lane's handling time is spent on the CPU:
 threads share the GIL, so a CPU-bound lower lane gains nothing from running beside a more urgent
-one and only slows it down (the loop then runs it alone, :meth:`TurnPlanner.cpu_bound`).
+one and only slows it down (the loop then runs it alone, :meth:`TurnPlanner.cpu_bound`). Beside
+``k - 1`` other batches a CPU-bound batch gets about ``1/k`` of the GIL, so its own share of the
+CPU is scaled by the batches it ran beside: eight CPU-bound batches at once are each on the CPU an
+eighth of the time, and still CPU-bound. A CPU-bound lane runs one batch at a time while a more
+urgent lane is active, so its turn is one slot's budget, not a budget for every slot.
 """
 
 from __future__ import annotations
@@ -98,14 +102,21 @@ class TurnPlanner:
         self._stretch = [1.0] * lanes
 
     def record(
-        self, rank: int, chunks: int, seconds: float, cpu_seconds: float | None = None
+        self,
+        rank: int,
+        chunks: int,
+        seconds: float,
+        cpu_seconds: float | None = None,
+        *,
+        beside: float = 1.0,
     ) -> None:
         """A batch of ``chunks`` of lane ``rank`` took ``seconds`` to handle, ``cpu_seconds`` of
-        them on the CPU of the handling thread (None when not measured)."""
+        them on the CPU of the handling thread (None when not measured), running among
+        ``beside`` batches on average (itself included)."""
         if chunks >= 1 and seconds >= 0:
             self._costs[rank].record(chunks, seconds)
             if cpu_seconds is not None and seconds > 0:
-                share = min(1.0, max(0.0, cpu_seconds / seconds))
+                share = min(1.0, max(0.0, cpu_seconds * max(1.0, beside) / seconds))
                 self._cpu_share[rank] += self._weight * (share - self._cpu_share[rank])
 
     def stretch(self, rank: int, factor: float) -> None:
@@ -128,7 +139,8 @@ class TurnPlanner:
         if rank == 0:
             return self.most
         fixed, per_chunk = self.cost(rank)
-        if self.slots > 1:
+        slots = 1 if self.cpu_bound(rank) else self.slots
+        if slots > 1:
             fixed = 0.0  # one chunk a batch: the fixed part is part of every chunk's cost
             per_chunk = sum(self.cost(rank))
         budget = self.budget_s * self._stretch[rank]
@@ -139,7 +151,7 @@ class TurnPlanner:
         # part, when that is longer).
         chunks = min(chunks, 2 * max(budget, fixed) / self._costs[rank].mean_per_chunk())
         # The tolerance keeps a measurement a hair above an exact fit from losing a whole chunk.
-        return max(1, min(self.most, math.floor(chunks * self.slots + 1e-6)))
+        return max(1, min(self.most, math.floor(chunks * slots + 1e-6)))
 
     def batch_limit(self, rank: int) -> int:
         """Most chunks of lane ``rank`` one slot runs at once: a whole turn with one slot, one

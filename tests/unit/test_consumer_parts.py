@@ -101,6 +101,46 @@ def test_several_slots_run_one_chunk_each_and_a_turn_holds_a_budget_per_slot() -
     assert single.batch_limit(0) == 500
 
 
+def test_a_lane_on_the_cpu_most_of_its_time_is_cpu_bound() -> None:
+    planner = TurnPlanner(2, budget_s=0.01, most=500, first_guess_s=0.001)
+    assert not planner.cpu_bound(1)  # nothing measured: treated as waiting, not computing
+    for _ in range(20):
+        planner.record(1, 10, 0.010, 0.009)
+    assert planner.cpu_bound(1)
+    waiting = TurnPlanner(2, budget_s=0.01, most=500, first_guess_s=0.001)
+    for _ in range(20):
+        waiting.record(1, 1, 0.020, 0.0002)
+    assert not waiting.cpu_bound(1)
+
+
+def test_the_cpu_share_counts_the_gil_shared_with_the_batches_running_beside() -> None:
+    # Eight CPU-bound batches at once: each is on the CPU an eighth of its time, all GIL-bound.
+    crowded = TurnPlanner(2, budget_s=0.01, most=500, slots=8, first_guess_s=0.001)
+    for _ in range(20):
+        crowded.record(1, 1, 0.004, 0.0005, beside=8)
+    assert crowded.cpu_bound(1)
+    # The same share with no company is a handler that mostly waits.
+    alone = TurnPlanner(2, budget_s=0.01, most=500, slots=8, first_guess_s=0.001)
+    for _ in range(20):
+        alone.record(1, 1, 0.004, 0.0005, beside=1)
+    assert not alone.cpu_bound(1)
+    # Thirty-two waiting batches (20 ms calls, 0.1 ms on the CPU each) stay I/O-bound.
+    io = TurnPlanner(2, budget_s=0.01, most=500, slots=32, first_guess_s=0.001)
+    for _ in range(20):
+        io.record(1, 1, 0.020, 0.0001, beside=32)
+    assert not io.cpu_bound(1)
+
+
+def test_a_cpu_bound_lane_plans_one_slot_budget_not_one_per_slot() -> None:
+    planner = TurnPlanner(2, budget_s=0.01, most=500, slots=4, first_guess_s=0.001)
+    assert planner.turn_size(1) == 40
+    for _ in range(20):
+        planner.record(1, 1, 0.001, 0.001)
+    assert planner.cpu_bound(1)
+    assert planner.turn_size(1) == 10  # it runs alone beside realtime: one budget in all
+    assert planner.batch_limit(1) == 1
+
+
 def test_empty_measurements_are_ignored() -> None:
     planner = TurnPlanner(2, budget_s=0.005, most=500, first_guess_s=0.001)
     planner.record(1, 0, 1.0)

@@ -256,3 +256,28 @@ def test_an_overdue_lane_gets_every_other_batch_at_most() -> None:
         order.append(batch[0].payload)
         dispatcher.done(batch[0])
     assert order == ["b0", "r0", "b1", "r1", "b2"]
+
+
+def test_an_overdue_solo_lane_goes_first_but_never_beside_a_running_batch() -> None:
+    dispatcher: Dispatcher[str] = Dispatcher(2, concurrency=4, ordering="unordered", overdue_s=0.1)
+    dispatcher.solo_lanes([BULK])
+    dispatcher.add(WorkItem(BULK, "chunks.bulk", 0, 0, None, "b0", taken_at=10.15))
+    for offset in range(2):
+        dispatcher.add(WorkItem(REALTIME, "chunks.realtime", 0, offset, None, f"r{offset}", 10.1))
+    running = dispatcher.take_batch(10.2, lambda rank: 1)
+    assert [i.payload for i in running] == ["r0"]  # realtime first: nothing was overdue yet
+    # b0 is overdue now, but a realtime chunk runs: a CPU-bound bulk batch would only slow it.
+    assert [i.payload for i in dispatcher.take_batch(10.3, lambda rank: 1)] == ["r1"]
+    assert dispatcher.take_batch(10.3, lambda rank: 1) == []
+    # In a starvation slice it runs beside: the flow policy asked for it.
+    dispatcher.favour_lanes([BULK])
+    assert [i.payload for i in dispatcher.take_batch(10.3, lambda rank: 1)] == ["b0"]
+
+
+def test_an_overdue_solo_lane_starts_ahead_of_realtime_once_nothing_runs() -> None:
+    dispatcher: Dispatcher[str] = Dispatcher(2, concurrency=4, ordering="unordered", overdue_s=0.1)
+    dispatcher.solo_lanes([BULK])
+    dispatcher.add(WorkItem(BULK, "chunks.bulk", 0, 0, None, "b0", taken_at=10.0))
+    dispatcher.add(WorkItem(REALTIME, "chunks.realtime", 0, 0, None, "r0", taken_at=10.1))
+    assert [i.payload for i in dispatcher.take_batch(10.3, lambda rank: 1)] == ["b0"]
+    assert [i.payload for i in dispatcher.take_batch(10.3, lambda rank: 1)] == ["r0"]
