@@ -60,13 +60,16 @@ def check_reachable(config: dict[str, Any], timeout_s: float = DEFAULT_TIMEOUT_S
         except KafkaException as exc:
             last: KafkaError = exc.args[0]
             admin.poll(0)  # serves error_cb: the connection errors seen so far
-            final = any(error.code() in _FINAL_CODES for error in errors)
+            final = [error.code() for error in errors if error.code() in _FINAL_CODES]
             if final or remaining <= 0.5:
-                waited = "" if final else f" within {timeout_s:g}s"
-                raise BrokerUnreachableError(
-                    f"cannot reach Kafka at {config.get('bootstrap.servers')}{waited}:"
-                    f" {_cause(errors, last)}"
-                ) from exc
+                servers = config.get("bootstrap.servers")
+                if not final:
+                    what = f"cannot reach Kafka at {servers} within {timeout_s:g}s"
+                elif final[-1] == KafkaError._SSL:
+                    what = f"the TLS handshake with Kafka at {servers} failed"
+                else:
+                    what = f"Kafka at {servers} refused the credentials"
+                raise BrokerUnreachableError(f"{what}: {_cause(errors, last)}") from exc
             continue
         return
 
