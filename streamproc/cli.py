@@ -755,13 +755,23 @@ def lag(
     check_broker(settings)
     admin = AdminClient(settings.admin_config())
     try:
-        exists = group_exists(admin, group, settings.sasl_username)
+        exists = group_exists(
+            admin,
+            group,
+            settings.sasl_username,
+            client_config=settings.admin_config(),
+            topics=settings.topology.topics,
+        )
     except StreamprocError as exc:  # not authorized to describe it
         raise fail(str(exc)) from exc
     if not exists:
         raise fail(f"consumer group {group!r} does not exist")
     rows = describe_group_lag(
-        admin, settings.topology, group, cast(IsolationLevel, isolation_level)
+        admin,
+        settings.topology,
+        group,
+        cast(IsolationLevel, isolation_level),
+        client_config=settings.admin_config(),
     )
     totals: dict[str, int] = {lane.name: 0 for lane in settings.topology}
     unknown: dict[str, int] = {lane.name: 0 for lane in settings.topology}

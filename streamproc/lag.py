@@ -40,7 +40,6 @@ from typing import Any
 from confluent_kafka import (
     OFFSET_INVALID,
     Consumer,
-    ConsumerGroupTopicPartitions,
     KafkaError,
     KafkaException,
     TopicPartition,
@@ -620,8 +619,18 @@ class GroupPartitionLag:
     owner: str | None
 
 
-def group_exists(admin: AdminClient, group_id: str, principal: str | None = None) -> bool:
+def group_exists(
+    admin: AdminClient,
+    group_id: str,
+    principal: str | None = None,
+    *,
+    client_config: Mapping[str, Any],
+    topics: Iterable[str] = (),
+) -> bool:
     """True when the broker knows ``group_id`` (it has members or committed offsets).
+
+    A group with no member is looked for by its committed offsets on ``topics`` (asked through a
+    consumer built from ``client_config``, see :func:`committed_offsets`).
 
     Raises:
         NotAuthorizedError: the principal may not describe the group (it may well exist).
@@ -640,10 +649,43 @@ def group_exists(admin: AdminClient, group_id: str, principal: str | None = None
     if state not in ("DEAD", "UNKNOWN"):
         return True
     # An empty group with committed offsets still exists (state EMPTY); DEAD means none at all.
-    offsets = admin.list_consumer_group_offsets(
-        [ConsumerGroupTopicPartitions(group_id)], request_timeout=_ADMIN_TIMEOUT_S
-    )[group_id].result()
-    return any(tp.offset >= 0 for tp in offsets.topic_partitions or ())
+    metadata = admin.list_topics(timeout=_ADMIN_TIMEOUT_S)
+    partitions = [
+        TopicPartition(topic, p)
+        for topic in topics
+        if topic in metadata.topics
+        for p in metadata.topics[topic].partitions
+    ]
+    committed = committed_offsets(client_config, group_id, partitions)
+    return any(offset >= 0 for offset, _ in committed.values())
+
+
+def committed_offsets(
+    client_config: Mapping[str, Any], group_id: str, partitions: list[TopicPartition]
+) -> dict[PartitionKey, tuple[int, str]]:
+    """The committed offset and commit metadata of ``group_id`` on each of ``partitions``.
+
+    Asked with a consumer's ``committed()`` (``OffsetFetch`` through the consumer's group
+    coordinator handling), never joining the group. Not the AdminClient's
+    ``list_consumer_group_offsets``: librdkafka (up to at least 2.16) dereferences a null group
+    handle when that request meets ``NOT_COORDINATOR``, which kills the process whenever the
+    group's coordinator moves (librdkafka issue 5040), as it does in every broker restart.
+    """
+    if not partitions:
+        return {}
+    consumer = Consumer(
+        {
+            **client_config,
+            "group.id": group_id,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+        }
+    )
+    try:
+        offsets = consumer.committed(partitions, timeout=_ADMIN_TIMEOUT_S)
+    finally:
+        consumer.close()
+    return {(tp.topic, tp.partition): (tp.offset, tp.metadata or "") for tp in offsets}
 
 
 def describe_group_lag(
@@ -651,8 +693,13 @@ def describe_group_lag(
     lanes: Lanes,
     group_id: str,
     isolation_level: IsolationLevel = "read_committed",
+    *,
+    client_config: Mapping[str, Any],
 ) -> list[GroupPartitionLag]:
     """Per-lane, per-partition lag of ``group_id`` from the broker's point of view.
+
+    Committed offsets come from :func:`committed_offsets` (a consumer built from
+    ``client_config``, the connection keys); the rest from ``admin``.
 
     The end is asked at ``isolation_level``: under ``read_committed`` it is the last stable
     offset, so records of a transaction still open are not counted as lag yet (the group's
@@ -676,13 +723,7 @@ def describe_group_lag(
             isolation_level=_kafka_isolation(isolation_level),
         ).items()
     }
-    committed_result = admin.list_consumer_group_offsets(
-        [ConsumerGroupTopicPartitions(group_id, partitions)], request_timeout=_ADMIN_TIMEOUT_S
-    )[group_id].result()
-    committed = {
-        (tp.topic, tp.partition): (tp.offset, tp.metadata or "")
-        for tp in committed_result.topic_partitions
-    }
+    committed = committed_offsets(client_config, group_id, partitions)
     owners: dict[PartitionKey, str] = {}
     description = admin.describe_consumer_groups([group_id], request_timeout=_ADMIN_TIMEOUT_S)[
         group_id

@@ -366,15 +366,17 @@ def test_group_lag_command_shows_pause_state_and_owner(
     )
     threaded = run_consumer(consumer)
     wait_until(lambda: "bulk" in consumer.paused_lanes, what="bulk paused")
-    assert not group_exists(cluster.admin, "no-such-group")
-    assert group_exists(cluster.admin, "lagcmd")
+    client = {"bootstrap.servers": cluster.bootstrap}
+    topics = cluster.lanes.topics
+    assert not group_exists(cluster.admin, "no-such-group", client_config=client, topics=topics)
+    assert group_exists(cluster.admin, "lagcmd", client_config=client, topics=topics)
 
     def bulk_row_paused() -> bool:
-        rows = describe_group_lag(cluster.admin, cluster.lanes, "lagcmd")
+        rows = describe_group_lag(cluster.admin, cluster.lanes, "lagcmd", client_config=client)
         return any(row.lane == "bulk" and row.paused for row in rows)
 
     wait_until(bulk_row_paused, timeout_s=10, what="the paused bulk row")
-    rows = describe_group_lag(cluster.admin, cluster.lanes, "lagcmd")
+    rows = describe_group_lag(cluster.admin, cluster.lanes, "lagcmd", client_config=client)
     assert {row.lane for row in rows} == {"realtime", "bulk"}
     # Every lane consumer is a member of its own: client.id suffixed by its lane.
     assert all(row.owner and row.owner.startswith(f"streamproc-{row.lane}@") for row in rows)
@@ -382,3 +384,10 @@ def test_group_lag_command_shows_pause_state_and_owner(
     assert realtime_row.high_watermark == 400
     release.set()
     threaded.stop()
+    # No member left: the group still exists, and its committed offsets (read through a
+    # consumer's OffsetFetch) are what it handled.
+    assert group_exists(cluster.admin, "lagcmd", client_config=client, topics=topics)
+    rows = describe_group_lag(cluster.admin, cluster.lanes, "lagcmd", client_config=client)
+    assert all(row.owner is None for row in rows)
+    realtime_row = next(row for row in rows if row.lane == "realtime")
+    assert realtime_row.committed is not None and 0 < realtime_row.committed <= 400

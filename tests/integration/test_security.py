@@ -514,6 +514,11 @@ def test_exception_messages_of_the_api_carry_no_password(
     with pytest.raises(StreamprocError) as refused:
         from streamproc.lag import group_exists
 
-        group_exists(AdminClient(limited.admin_config()), env["STREAMPROC_GROUP_ID"], "x")
+        group_exists(
+            AdminClient(limited.admin_config()),
+            env["STREAMPROC_GROUP_ID"],
+            "x",
+            client_config=limited.admin_config(),
+        )
     outputs.add(str(refused.value), repr(refused.value))
     assert "Group authorization failed" in str(refused.value)
