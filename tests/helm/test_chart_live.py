@@ -22,14 +22,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
-from confluent_kafka.admin import AdminClient
-from confluent_kafka.admin._listoffsets import OffsetSpec
+from confluent_kafka import TopicPartition
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # OffsetSpec: public, untyped
+    AdminClient,
+    OffsetSpec,
+)
 from helmchart import Rendered, render
 from keda_scaler import ScaledObjectModel
 
 from streamproc.consumer import PriorityConsumer
 from streamproc.handlers import ChunkRecord
+from streamproc.lag import committed_offsets
 from streamproc.lanes import Lanes
 from streamproc.producer import ChunkProducer
 from streamproc.samples import sample_chunks
@@ -88,20 +91,14 @@ class Broker:
     def offsets(self, group: str) -> Offsets:
         """Committed and log-end offsets of both lanes, as KEDA reads them at one poll.
 
-        Call it once the group has a member: librdkafka 2.16's AdminClient can crash on the
-        COORDINATOR_LOAD_IN_PROGRESS answer a fresh broker gives before its group coordinator
-        has loaded (rd_kafka_handle_OffsetFetch reaches for a consumer group it does not have).
+        Committed offsets through a consumer's OffsetFetch (as KEDA's own client does), not
+        the AdminClient's: librdkafka 2.16's can crash on a coordinator that moves or loads.
         """
         readings: Offsets = {}
         for topic in self.lanes.topics:
             partitions = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-            committed_future = self.admin.list_consumer_group_offsets(
-                [ConsumerGroupTopicPartitions(group, partitions)]
-            )[group]
-            committed = {
-                tp.partition: tp.offset
-                for tp in committed_future.result(timeout=30).topic_partitions
-            }
+            fetched = committed_offsets({"bootstrap.servers": self.bootstrap}, group, partitions)
+            committed = {partition: offset for (_, partition), (offset, _) in fetched.items()}
             latest_spec = OffsetSpec.latest()  # type: ignore[no-untyped-call]  # unannotated upstream
             latest_futures = self.admin.list_offsets(dict.fromkeys(partitions, latest_spec))
             latest = {tp.partition: f.result(timeout=30).offset for tp, f in latest_futures.items()}

@@ -15,7 +15,6 @@ from typing import Any
 from confluent_kafka import (
     OFFSET_BEGINNING,
     Consumer,
-    ConsumerGroupTopicPartitions,
     TopicPartition,
 )
 from confluent_kafka.admin import (  # type: ignore[attr-defined]  # NewPartitions: public, untyped
@@ -25,6 +24,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # NewPartitio
 
 from streamproc.chunk import Chunk
 from streamproc.consumer import PriorityConsumer
+from streamproc.lag import committed_offsets
 from streamproc.lanes import Lanes
 from streamproc.messages import coordinates
 from streamproc.producer import ChunkProducer
@@ -99,10 +99,8 @@ class Cluster:
 
     def committed(self, group: str, topic: str) -> dict[int, int]:
         partitions = [TopicPartition(topic, p) for p in self.high_watermarks(topic)]
-        future = self.admin.list_consumer_group_offsets(
-            [ConsumerGroupTopicPartitions(group, partitions)]
-        )[group]
-        return {tp.partition: tp.offset for tp in future.result(timeout=30).topic_partitions}
+        offsets = committed_offsets({"bootstrap.servers": self.bootstrap}, group, partitions)
+        return {partition: offset for (_, partition), (offset, _) in offsets.items()}
 
     def read_all(self, topic: str) -> list[object]:
         """Every message of ``topic`` from the beginning up to the current high watermarks."""
