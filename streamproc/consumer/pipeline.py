@@ -196,6 +196,7 @@ class Pipeline:
         self._metrics = metrics
         self._planner = planner
         self._retry = Retry(settings, stopping)
+        self._stopping = stopping
         self._park_lock = threading.Lock()
         self.is_async = is_async(handler)
         self._batch_handler = isinstance(handler, BatchHandler)
@@ -213,7 +214,10 @@ class Pipeline:
         if records and self._give_back_if_held(lane, outcomes, records):
             return [outcome or SKIPPED for outcome in outcomes]
         if records:
-            if self._batch_handler and self._settled_as_batch(lane, [r for _, r in records]):
+            settled = self._batch_handler and self._settled_as_batch(lane, [r for _, r in records])
+            if settled is None:
+                pass  # interrupted by shutdown: every chunk left for redelivery
+            elif settled:
                 for index, _ in records:
                     outcomes[index] = OK
             else:
@@ -223,7 +227,7 @@ class Pipeline:
                         continue  # skipped after a stop
                     outcome = self._one(lane, items[index], functools.partial(handle_one, record))
                     outcomes[index] = outcome
-                    if outcome.kind == "stop":
+                    if outcome.kind == "stop" or outcome is SKIPPED:
                         _skip_rest(outcomes, index)
                         break
         self._planner.record(
@@ -241,14 +245,18 @@ class Pipeline:
             return lambda record: batch((record,))
         return cast(Handler, self._handler)
 
-    def _settled_as_batch(self, lane: Lane, records: list[ChunkRecord]) -> bool:
+    def _settled_as_batch(self, lane: Lane, records: list[ChunkRecord]) -> bool | None:
         """Hand ``records`` to the batch handler at once, with retries; False (after logging)
-        when it still failed: then they go one by one."""
+        when it still failed: then they go one by one. None when shutdown cut its retries
+        short: none of them is handled (see :meth:`_interrupted`)."""
         handle_batch = cast(BatchHandler, self._handler).handle_batch
         started = time.perf_counter()
         try:
             self._retry.call(lambda: handle_batch(records))
-        except Exception:  # noqa: BLE001  # any handler failure: isolate the culprit(s) one by one
+        except Exception as exc:  # noqa: BLE001  # any handler failure: isolate the culprit(s)
+            if self._interrupted(exc):
+                log.info("a %s batch left for redelivery: shutdown during retries", lane.name)
+                return None
             log.warning("a %s batch failed; handling its chunks one by one", lane.name)
             return False
         finally:
@@ -284,7 +292,12 @@ class Pipeline:
                 try:
                     await self._retry.call_async(lambda: handle_batch(batch))
                     done_as_batch = True
-                except Exception:  # noqa: BLE001  # isolate the culprit(s) one by one
+                except Exception as exc:  # noqa: BLE001  # isolate the culprit(s) one by one
+                    if self._interrupted(exc):
+                        log.info(
+                            "a %s batch left for redelivery: shutdown during retries", lane.name
+                        )
+                        return [outcome or SKIPPED for outcome in outcomes]
                     log.warning("a %s batch failed; handling its chunks one by one", lane.name)
                 finally:
                     self._metrics.lanes[lane.name].handler_duration.observe(
@@ -299,7 +312,7 @@ class Pipeline:
                         continue
                     outcome = await self._one_async(lane, items[index], record)
                     outcomes[index] = outcome
-                    if outcome.kind == "stop":
+                    if outcome.kind == "stop" or outcome is SKIPPED:
                         _skip_rest(outcomes, index)
                         break
         self._planner.record(items[0].lane_rank, len(items), time.perf_counter() - started)
@@ -381,8 +394,20 @@ class Pipeline:
         )
         return ChunkRecord(chunk, context)
 
+    def _interrupted(self, exc: BaseException) -> bool:
+        """A retriable failure cut short by shutdown: neither handled nor parked. Its offset is
+        not stored, so it comes back after the restart instead of going to the dead-letter
+        topic healthy (a sink that is down while the consumer stops)."""
+        return self._stopping.is_set() and wrap_handler_error(exc).retriable
+
     def _failed(self, lane: Lane, item: WorkItem[Message], exc: BaseException) -> Outcome:
         error = wrap_handler_error(exc)
+        if self._interrupted(error):
+            log.info(
+                "%s[%d]@%d left for redelivery: shutdown during retries (%s)",
+                item.topic, item.partition, item.offset, exc,
+            )  # fmt: skip
+            return SKIPPED
         attempts = self._retry.most_attempts if error.retriable else 1
         return self._settle(lane, item.payload, exc, error, attempts=attempts)
 

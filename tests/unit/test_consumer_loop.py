@@ -21,6 +21,7 @@ from streamproc.chunk import Chunk
 from streamproc.codec import ChunkCodec
 from streamproc.consumer import PriorityConsumer
 from streamproc.consumer.loop import AHEAD_AFTER_IDLE_S
+from streamproc.errors import SinkUnavailableError
 from streamproc.handlers import ChunkRecord
 from streamproc.settings import ConsumerSettings
 
@@ -268,6 +269,49 @@ def test_undecodable_message_is_parked_and_the_rest_goes_on() -> None:
     consumer.close()
     assert [(m.offset(), lane) for m, lane in clients.dlq.parked] == [(0, "bulk")]
     assert fake.committed[(BULK, 0)] == 2
+
+
+@pytest.mark.parametrize("shape", ["per-chunk", "batch", "async"])
+def test_shutdown_during_retries_leaves_chunks_for_redelivery_not_the_dead_letter_topic(
+    shape: str,
+) -> None:
+    fake = broker(partitions=1)
+    fake.produce(REALTIME, 0, CODEC.encode(Chunk(tracking_id="fine")))
+    for index in range(3):
+        fake.produce(REALTIME, 0, CODEC.encode(Chunk(tracking_id=f"sink-down-{index}")))
+    calls: list[str] = []
+    failing = threading.Event()
+
+    def handle(record: ChunkRecord) -> None:
+        calls.append(record.chunk.tracking_id or "")
+        if record.chunk.tracking_id != "fine":
+            failing.set()
+            raise SinkUnavailableError("the index is down")
+
+    class Batch:
+        def handle_batch(self, records: Sequence[ChunkRecord]) -> None:
+            for record in records:
+                handle(record)
+
+    async def handle_async(record: ChunkRecord) -> None:
+        handle(record)
+
+    handler: Any = {"per-chunk": handle, "batch": Batch(), "async": handle_async}[shape]
+    # Retries would outlast the test by far: only shutdown ends them.
+    consumer, clients = consumer_on(
+        fake, handler, max_retries=1000, retry_backoff_s=0.01, retry_backoff_max_s=0.01
+    )
+    runner = threading.Thread(target=consumer.run, kwargs={"install_signal_handlers": False})
+    runner.start()
+    assert failing.wait(10)
+    time.sleep(0.1)  # a few retries
+    consumer.stop()
+    runner.join(10)
+    assert not runner.is_alive()
+    assert clients.dlq.parked == []  # nothing healthy parked because the consumer stopped
+    # Stored up to the failing chunk, never past it: it comes back after the restart.
+    assert fake.committed.get((REALTIME, 0), 0) <= 1
+    assert len(calls) > 2  # it was retried until then
 
 
 def test_close_finishes_taken_work_commits_each_lane_consumer_and_closes_it() -> None:
