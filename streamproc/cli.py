@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, BinaryIO, cast
+from typing import Annotated, Any, BinaryIO, cast, get_args
 
 import typer
 from rich.console import Console
@@ -24,7 +24,7 @@ from streamproc import __version__
 from streamproc.cliopts import settings_options
 from streamproc.deliverable import IsolationLevel
 from streamproc.errors import ChunkValidationError, StreamprocError
-from streamproc.settings import ConsumerSettings
+from streamproc.settings import ConsumerSettings, ErrorAction
 
 app = typer.Typer(
     name="streamproc",
@@ -575,9 +575,10 @@ def parse_error_actions(values: list[str]) -> dict[str, str]:
             if not item.strip():
                 continue
             reason, sep, action = item.partition("=")
-            if not sep or action.strip() not in ("dead_letter", "stop"):
+            if not sep or action.strip() not in get_args(ErrorAction):
                 raise typer.BadParameter(
-                    f"{item!r}: expected REASON=dead_letter or REASON=stop", param_hint="--on-error"
+                    f"{item!r}: expected REASON=dead_letter, REASON=stop or REASON=retry",
+                    param_hint="--on-error",
                 )
             actions[reason.strip()] = action.strip()
     return actions
@@ -630,8 +631,9 @@ def consume(
     on_error: Annotated[
         list[str] | None,
         _option(
-            "REASON=dead_letter|stop, repeatable (reasons: undecodable, unknown_schema, "
-            "invalid, handler_error, sink_unavailable, ...).",
+            "REASON=dead_letter|stop|retry, repeatable (reasons: undecodable, unknown_schema, "
+            "invalid, handler_error, sink_unavailable, ...); retry: a retriable reason is retried"
+            " past --max-retries until it succeeds or the consumer stops.",
             "ON_ERROR",
         ),
     ] = None,

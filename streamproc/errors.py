@@ -171,3 +171,15 @@ DEAD_LETTER_REASONS: tuple[str, ...] = tuple(
         SinkUnavailableError,
     )
 )
+
+
+def permanent_reasons() -> frozenset[str]:
+    """Reasons of streamproc's own errors that no retry can cure (``retriable`` false)."""
+    found: list[type[StreamprocError]] = []
+    pending: list[type[StreamprocError]] = [StreamprocError]
+    while pending:
+        cls = pending.pop()
+        found.append(cls)
+        pending.extend(cls.__subclasses__())
+    retriable = {cls.reason for cls in found if cls.retriable}
+    return frozenset(cls.reason for cls in found if not cls.retriable) - retriable

@@ -17,7 +17,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from streamproc.deliverable import STATISTICS_INTERVAL_MS, IsolationLevel
 from streamproc.dispatch import Ordering
-from streamproc.errors import ConfigError
+from streamproc.errors import ConfigError, permanent_reasons
 from streamproc.flow import FlowSettings
 from streamproc.lanes import BULK, DEFAULT_PREFIX, REALTIME, Lanes
 from streamproc.logs import LIBRDKAFKA_LOGGER
@@ -207,7 +207,7 @@ def parse_bootstrap(value: str) -> str:
     return ",".join(servers)
 
 
-ErrorAction = Literal["dead_letter", "stop"]
+ErrorAction = Literal["dead_letter", "stop", "retry"]
 
 # librdkafka settings of the classic group protocol only: with group.protocol=consumer it refuses
 # them (the broker assigns partitions and owns the session timeout).
@@ -315,7 +315,9 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
         default_factory=dict,
         description=(
             "Action per error reason (undecodable, unknown_schema, invalid, handler_error, ...): "
-            "dead_letter (default) or stop."
+            "dead_letter (default), stop, or, for a retriable reason (handler_retriable,"
+            " sink_unavailable), retry: keep retrying with capped backoff past max_retries until"
+            " it succeeds or the consumer stops (a sink outage parks nothing)."
         ),
     )
     health_max_tick_age_s: float = Field(
@@ -398,6 +400,22 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
             " rebalance. Each lane's consumer appends -<lane>. Unset: dynamic membership."
         ),
     )
+
+    @model_validator(mode="after")
+    def _check_error_actions(self) -> ConsumerSettings:
+        permanent = permanent_reasons()
+        refused = sorted(
+            reason
+            for reason, action in self.error_actions.items()
+            if action == "retry" and reason in permanent
+        )
+        if refused:
+            raise ValueError(
+                f"error_actions: retry applies to retriable reasons only (handler_retriable,"
+                f" sink_unavailable, or a retriable error of your own), not {', '.join(refused)}:"
+                f" retrying would fail the same way forever"
+            )
+        return self
 
     @property
     def incremental_rebalances(self) -> bool:

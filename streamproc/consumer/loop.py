@@ -292,17 +292,19 @@ class PriorityConsumer:
         self._stop.set()
 
     def healthy(self) -> tuple[bool, str]:
-        """The loop turned recently and, with chunks in hand, one finished recently."""
+        """The loop turned recently and, with chunks in hand, one finished or was retried
+        recently (a handler waiting out a sink outage is alive; one that never returns is not)."""
         now = time.monotonic()
         age = now - self._last_tick
         limit = self.settings.health_max_tick_age_s
         if age > limit:
             return False, f"poll loop stalled for {age:.1f}s (limit {limit:.0f}s)"
         if running := self._pool.running():
-            idle = now - self._last_finish
+            idle = now - max(self._last_finish, self._pipeline.last_retry)
             if idle > limit:
                 return False, (
-                    f"{running} chunks running, none finished for {idle:.1f}s (limit {limit:.0f}s)"
+                    f"{running} chunks running, none finished or retried for {idle:.1f}s"
+                    f" (limit {limit:.0f}s)"
                 )
         return True, f"last tick {age:.2f}s ago"
 

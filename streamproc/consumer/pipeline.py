@@ -98,12 +98,16 @@ class Retry:
         sleep: Callable[[float], object] = time.sleep,
         sleep_async: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
+        self._settings = settings
         self._max_retries = settings.max_retries
         self._first_s = settings.retry_backoff_s
         self._max_s = settings.retry_backoff_max_s
         self._stopping = stopping
         self._sleep = sleep
         self._sleep_async = sleep_async
+        # When a retriable failure last scheduled another attempt (monotonic): a handler retrying
+        # a sink that is down is alive, unlike one that never returns.
+        self.last_attempt = 0.0
 
     @property
     def most_attempts(self) -> int:
@@ -112,8 +116,11 @@ class Retry:
     def delay_after(self, attempt: int, error: BaseException) -> float | None:
         """Seconds to wait before attempt ``attempt + 1``, or None to give up now."""
         retriable = isinstance(error, StreamprocError) and error.retriable
-        if not retriable or attempt > self._max_retries or self._stopping.is_set():
+        if not retriable or self._stopping.is_set():
             return None
+        if attempt > self._max_retries and self._settings.action_for(error) != "retry":
+            return None
+        self.last_attempt = time.monotonic()
         return full_jitter_delay(attempt, self._first_s, self._max_s)
 
     def call(self, function: Callable[[], object]) -> int:
@@ -201,6 +208,11 @@ class Pipeline:
         self.is_async = is_async(handler)
         self._batch_handler = isinstance(handler, BatchHandler)
         self._handler = handler
+
+    @property
+    def last_retry(self) -> float:
+        """When a retriable failure last scheduled another attempt (monotonic; 0 if never)."""
+        return self._retry.last_attempt
 
     # -- sync -----------------------------------------------------------------------------------
 

@@ -12,7 +12,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from streamproc.cli import CONSUME_SETTINGS, app
+from streamproc.cli import CONSUME_SETTINGS, app, parse_error_actions
 from streamproc.cliopts import help_text, settings_options
 from streamproc.settings import ConsumerSettings
 
@@ -86,3 +86,23 @@ def test_an_out_of_range_setting_is_a_usage_error_before_any_connection() -> Non
 def test_unknown_fields_are_refused() -> None:
     with pytest.raises(ValueError, match="no fields"):
         settings_options(ConsumerSettings, ("no_such_setting",))
+
+
+def test_on_error_accepts_retry_for_a_retriable_reason_only() -> None:
+    assert parse_error_actions(["sink_unavailable=retry,invalid=stop"]) == {
+        "sink_unavailable": "retry",
+        "invalid": "stop",
+    }
+    with pytest.raises(typer.BadParameter, match="REASON=retry"):
+        parse_error_actions(["invalid=maybe"])
+    result = subprocess.run(
+        [sys.executable, "-m", "streamproc", "consume", "--on-error", "invalid=retry"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=REPO,
+        env={**os.environ, "COLUMNS": "250", "STREAMPROC_BOOTSTRAP_SERVERS": "127.0.0.1:1"},
+    )
+    assert result.returncode == 2, result.stderr
+    assert "retriable reasons only" in result.stderr and "not invalid" in result.stderr

@@ -314,6 +314,64 @@ def test_shutdown_during_retries_leaves_chunks_for_redelivery_not_the_dead_lette
     assert len(calls) > 2  # it was retried until then
 
 
+def test_retry_action_outlasts_max_retries_and_keeps_the_consumer_healthy() -> None:
+    fake = broker(partitions=1)
+    for index in range(3):
+        fake.produce(BULK, 0, CODEC.encode(Chunk(tracking_id=f"b{index}", low_priority=True)))
+    down_until = time.monotonic() + 0.6  # the sink is down for far more than max_retries
+    attempts: list[float] = []
+    health: list[tuple[bool, str]] = []
+    handled: list[str] = []
+
+    def handle(record: ChunkRecord) -> None:
+        attempts.append(time.monotonic())
+        if time.monotonic() < down_until:
+            raise SinkUnavailableError("the index is down")
+        handled.append(record.chunk.tracking_id or "")
+
+    consumer, clients = consumer_on(
+        fake,
+        handle,
+        max_retries=2,
+        retry_backoff_s=0.02,
+        retry_backoff_max_s=0.02,
+        health_max_tick_age_s=0.3,  # the outage lasts twice as long
+        error_actions={"sink_unavailable": "retry"},
+    )
+    consumer.subscribe()
+
+    def done() -> bool:
+        health.append(consumer.healthy())
+        return len(handled) == 3
+
+    run_until(consumer, done)
+    consumer.close()
+    assert handled == ["b0", "b1", "b2"]
+    assert clients.dlq.parked == []
+    assert fake.committed[(BULK, 0)] == 3
+    assert len(attempts) > 3 + 2  # far more attempts than max_retries allows
+    assert all(ok for ok, _ in health), [why for ok, why in health if not ok][:1]
+
+
+def test_without_retry_action_exhausted_retries_dead_letter() -> None:
+    fake = broker(partitions=1)
+    fake.produce(BULK, 0, CODEC.encode(Chunk(tracking_id="b0", low_priority=True)))
+    attempts: list[int] = []
+
+    def handle(record: ChunkRecord) -> None:
+        attempts.append(1)
+        raise SinkUnavailableError("the index is down")
+
+    consumer, clients = consumer_on(
+        fake, handle, max_retries=2, retry_backoff_s=0.001, retry_backoff_max_s=0.001
+    )
+    consumer.subscribe()
+    run_until(consumer, lambda: len(clients.dlq.parked) == 1)
+    consumer.close()
+    assert len(attempts) == 3
+    assert fake.committed[(BULK, 0)] == 1
+
+
 def test_close_finishes_taken_work_commits_each_lane_consumer_and_closes_it() -> None:
     fake = broker(realtime=10, bulk=10, partitions=1)
     handler = Recorder()

@@ -9,7 +9,12 @@ import pytest
 from pydantic import SecretStr, ValidationError
 
 from streamproc.deliverable import STATISTICS_INTERVAL_MS
-from streamproc.errors import ConfigError
+from streamproc.errors import (
+    ConfigError,
+    RetriableHandlerError,
+    SinkUnavailableError,
+    permanent_reasons,
+)
 from streamproc.flow import FlowSettings
 from streamproc.lanes import BULK, REALTIME
 from streamproc.settings import (
@@ -119,6 +124,19 @@ def test_environment_feeds_consumer_and_flow_fields(monkeypatch: pytest.MonkeyPa
     assert settings.group_id == "indexers"
     assert (settings.pause_lag, settings.resume_lag) == (250, 10)
     assert settings.error_actions == {"undecodable": "stop"}
+
+
+def test_retry_is_an_action_for_retriable_reasons_only() -> None:
+    settings = ConsumerSettings(
+        error_actions={"sink_unavailable": "retry", "handler_retriable": "retry", "mine": "retry"}
+    )
+    assert settings.action_for(SinkUnavailableError("down")) == "retry"
+    assert settings.action_for(RetriableHandlerError("slow")) == "retry"
+    for permanent in ("invalid", "handler_error", "undecodable"):
+        with pytest.raises(ValidationError, match=f"retriable reasons only.*not {permanent}"):
+            ConsumerSettings(error_actions={permanent: "retry"})
+    assert {"invalid", "handler_error", "undecodable", "unknown_schema"} <= permanent_reasons()
+    assert not {"handler_retriable", "sink_unavailable"} & permanent_reasons()
 
 
 def test_invalid_environment_value_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
