@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+import threading
 from collections.abc import Sequence
 from io import BytesIO
 from pathlib import Path
@@ -17,7 +18,7 @@ from streamproc.chunk import Chunk
 from streamproc.codec import ChunkCodec, chunk_to_record, schema_fingerprint
 from streamproc.consumer import PriorityConsumer
 from streamproc.deadletter import HEADER_ERROR_CLASS, HEADER_ERROR_REASON
-from streamproc.errors import OversizeError, RetriableHandlerError
+from streamproc.errors import OversizeError, RetriableHandlerError, SinkUnavailableError
 from streamproc.handlers import ChunkRecord
 from streamproc.lanes import Lane, dead_letter_topic
 from streamproc.messages import headers
@@ -342,3 +343,87 @@ def test_07_handler_errors_retried_then_parked_or_stopped(
     for key, count in handler.attempts.items():
         attempts[key] = attempts.get(key, 0) + count
     assert all(attempts[key] >= 3 for key in retried), "a retriable failure is tried again"
+
+
+class OutageHandler(LedgerHandler):
+    """A sink that goes down after ``handled_before`` chunks until :meth:`recover` is called:
+    every batch meanwhile fails with :class:`SinkUnavailableError` (retriable)."""
+
+    def __init__(self, directory: Path, handled_before: int) -> None:
+        super().__init__(directory, before=self._maybe_down)
+        self.handled_before = handled_before
+        self.seen = 0
+        self.attempts_while_down = 0
+        self.down = threading.Event()
+        self.recovered = threading.Event()
+
+    def recover(self) -> None:
+        self.recovered.set()
+
+    def _maybe_down(self, records: Sequence[ChunkRecord]) -> None:
+        if not self.recovered.is_set() and self.seen + len(records) > self.handled_before:
+            self.down.set()
+            self.attempts_while_down += 1
+            raise SinkUnavailableError("the index is down")
+        self.seen += len(records)
+
+
+def test_07_sink_outage_outlasting_retries_with_the_retry_action(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    """An outage far longer than max_retries: with --on-error sink_unavailable=retry nothing is
+    parked, a SIGTERM-like stop mid-outage leaves the chunk in hand for redelivery (exit 0), and
+    the restarted consumer waits the outage out and drains."""
+    cluster.create_topics(partitions=3)
+    group = "handler-outage"
+    acks = AckLedger(tmp_path)
+    producer = producer_for(cluster.bootstrap, cluster.prefix, acks)
+    chunks = list(sample_chunks(600, low_priority_ratio=0.5, prefix="h7o"))
+    produce(producer, acks, chunks)
+    producer.flush()
+    settings = cluster.consumer_settings(
+        group,
+        max_retries=2,
+        retry_backoff_s=0.05,
+        retry_backoff_max_s=0.2,
+        error_actions={"sink_unavailable": "retry"},
+    )
+    # 1. The sink goes down mid-stream; the consumer is stopped while it still retries.
+    first = OutageHandler(tmp_path, handled_before=150)
+    stopping = ThreadedConsumer(PriorityConsumer(settings, first)).start()
+    assert first.down.wait(60), "the outage began"
+    wait_until(lambda: first.attempts_while_down > 10, timeout_s=30, what="retries past 2")
+    assert stopping.stop() == 0
+    assert read_dead_lettered(tmp_path) == []  # nothing healthy parked on the way out
+    faults = [Fault("stop during the outage", committed(cluster, group))]
+    # 2. Restarted while the sink is still down: it keeps retrying, then drains once it is back.
+    second = OutageHandler(tmp_path, handled_before=0)
+    consumer = PriorityConsumer(settings, second)
+    threaded = ThreadedConsumer(consumer).start()
+    try:
+        assert second.down.wait(60)
+        wait_until(lambda: second.attempts_while_down > 10, timeout_s=30, what="retries past 2")
+        assert threaded.alive and consumer.healthy()[0], consumer.healthy()
+        second.recover()
+        wait_until(lambda: drained(cluster, group), timeout_s=90, what="the commit to the end")
+    finally:
+        assert threaded.stop() == 0
+    parked = record_dead_letters(tmp_path, cluster)
+    figures = check(
+        "07-sink-outage-retry",
+        "Sink down far beyond max_retries with the retry action: stopped mid-outage, restarted,"
+        " recovered",
+        tmp_path,
+        produced=acks.produced,
+        committed=committed(cluster, group),
+        high_watermarks=high_watermarks(cluster),
+        duplicates="none",
+        faults=faults,
+        notes={
+            "attempts while down": first.attempts_while_down + second.attempts_while_down,
+            "max_retries": 2,
+        },
+    )
+    figures.assert_ok()
+    assert parked == []
+    assert figures.handled == len(chunks)
