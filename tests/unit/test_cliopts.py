@@ -69,9 +69,10 @@ def test_help_text_is_the_first_sentence_and_the_default() -> None:
     assert text.endswith("Default: 1000.")
 
 
-def test_an_out_of_range_setting_is_a_usage_error_before_any_connection() -> None:
-    result = subprocess.run(
-        [sys.executable, "-m", "streamproc", "consume", "--pause-lag", "0", "--sink", "null"],
+def consume(*args: str) -> subprocess.CompletedProcess[str]:
+    """``streamproc consume ARGS`` against a port nothing listens on."""
+    return subprocess.run(
+        [sys.executable, "-m", "streamproc", "consume", *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -79,6 +80,10 @@ def test_an_out_of_range_setting_is_a_usage_error_before_any_connection() -> Non
         cwd=REPO,
         env={**os.environ, "COLUMNS": "250", "STREAMPROC_BOOTSTRAP_SERVERS": "127.0.0.1:1"},
     )
+
+
+def test_an_out_of_range_setting_is_a_usage_error_before_any_connection() -> None:
+    result = consume("--pause-lag", "0", "--sink", "null")
     assert result.returncode == 2, result.stderr
     assert "pause_lag" in result.stderr
 
@@ -95,14 +100,6 @@ def test_on_error_accepts_retry_for_a_retriable_reason_only() -> None:
     }
     with pytest.raises(typer.BadParameter, match="REASON=retry"):
         parse_error_actions(["invalid=maybe"])
-    result = subprocess.run(
-        [sys.executable, "-m", "streamproc", "consume", "--on-error", "invalid=retry"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-        cwd=REPO,
-        env={**os.environ, "COLUMNS": "250", "STREAMPROC_BOOTSTRAP_SERVERS": "127.0.0.1:1"},
-    )
+    result = consume("--on-error", "invalid=retry")
     assert result.returncode == 2, result.stderr
     assert "retriable reasons only" in result.stderr and "not invalid" in result.stderr
