@@ -53,6 +53,17 @@ broker-secure:  ## start a second local broker requiring TLS, SCRAM-SHA-512 and 
 broker-secure-stop:  ## stop the secured local broker
 	@scripts/kafka-local --security sasl_ssl stop
 
+.PHONY: cluster cluster-stop cluster-faults
+
+cluster:  ## start a three-broker local Kafka cluster (KRaft, beside the single broker); prints its bootstrap list
+	@scripts/kafka-local --brokers 3 start
+
+cluster-stop:  ## stop the three-broker local cluster
+	@scripts/kafka-local --brokers 3 stop
+
+cluster-faults: $(STAMP)  ## the fault scenarios on a three-broker cluster only (marker cluster; starts and stops its own)
+	$(BIN)/pytest -m cluster $(PYTEST_ARGS)
+
 postgres:  ## start a local PostgreSQL server (the machine's packages); prints its connection URL
 	@scripts/postgres-local start
 
@@ -100,6 +111,7 @@ helm-lint:  ## helm lint --strict the chart with every helm/streamproc/ci/*-valu
 clean:  ## remove the virtualenv, caches and local broker state
 	-scripts/kafka-local stop
 	-scripts/kafka-local --security sasl_ssl stop
+	-scripts/kafka-local --brokers 3 stop
 	-scripts/registry-local stop
 	-scripts/postgres-local stop
 	rm -rf $(VENV) site .streamproc .mypy_cache .ruff_cache .pytest_cache .hypothesis

@@ -94,8 +94,23 @@ class TopicAdmin:
             new_topics.append(NewTopic(name, partitions, replication_factor, config=config))
         created = self._wait([topic.topic for topic in new_topics], new_topics)
         self._await_visible(created)
-        self.check(expected_partitions=partitions)
+        self._check_answer(self._describe_with_lanes(), expected_partitions=partitions)
         return created
+
+    def _describe_with_lanes(self) -> list[TopicInfo]:
+        """describe(), asked again while an answer lacks a lane topic (up to the admin timeout).
+
+        In a cluster of several brokers each learns of a new topic from the metadata log on its
+        own, and each metadata request may go to another broker than the last: one that has
+        shown the created topics does not make the next answer show them.
+        """
+        deadline = time.monotonic() + ADMIN_TIMEOUT_S
+        while True:
+            infos = self.describe()
+            lanes_known = all(info.exists for info in infos if info.name in self._lanes.topics)
+            if lanes_known or time.monotonic() > deadline:
+                return infos
+            time.sleep(0.05)
 
     def _await_visible(self, names: list[str]) -> None:
         """Wait until the broker's metadata shows every created topic.
@@ -137,7 +152,11 @@ class TopicAdmin:
         Raises:
             TopicError: a lane topic is missing or the partition counts differ.
         """
-        infos = self.describe()
+        return self._check_answer(self.describe(), expected_partitions)
+
+    def _check_answer(
+        self, infos: list[TopicInfo], expected_partitions: int | None
+    ) -> list[TopicInfo]:
         lanes = [info for info in infos if info.name in self._lanes.topics]
         missing = [info.name for info in lanes if not info.exists]
         if missing:

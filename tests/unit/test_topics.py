@@ -1,0 +1,81 @@
+"""TopicAdmin.create against brokers that learn of new topics one after another."""
+
+from __future__ import annotations
+
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from streamproc.errors import TopicError
+from streamproc.lanes import Lanes
+from streamproc.topics import TopicAdmin
+
+
+@dataclass
+class PartitionMetadata:
+    replicas: list[int] = field(default_factory=lambda: [1, 2, 3])
+
+
+@dataclass
+class TopicMetadata:
+    partitions: dict[int, PartitionMetadata]
+    error: object = None
+
+
+@dataclass
+class ClusterMetadata:
+    topics: dict[str, TopicMetadata]
+
+
+class LaggingBrokers:
+    """An admin client whose metadata answers come from brokers in turn; the first
+    ``lagging_answers`` answers after a creation come from one that does not know it yet
+    (every other answer, as when requests alternate between an up-to-date and a lagging broker).
+    """
+
+    def __init__(self, lagging_answers: int) -> None:
+        self.created: dict[str, int] = {}
+        self.lagging_answers = lagging_answers
+        self.answers = 0
+
+    def create_topics(
+        self, new_topics: list[Any], request_timeout: float
+    ) -> dict[str, Future[None]]:
+        futures: dict[str, Future[None]] = {}
+        for topic in new_topics:
+            self.created[topic.topic] = topic.num_partitions
+            futures[topic.topic] = Future()
+            futures[topic.topic].set_result(None)
+        return futures
+
+    def list_topics(self, timeout: float) -> ClusterMetadata:
+        self.answers += 1
+        lagging = self.answers % 2 == 0 and self.lagging_answers > 0
+        if lagging:
+            self.lagging_answers -= 1
+            return ClusterMetadata({})
+        return ClusterMetadata(
+            {
+                name: TopicMetadata({p: PartitionMetadata() for p in range(count)})
+                for name, count in self.created.items()
+            }
+        )
+
+
+def test_create_asks_again_when_the_answer_comes_from_a_broker_that_lags() -> None:
+    brokers = LaggingBrokers(lagging_answers=2)
+    admin = TopicAdmin(brokers, Lanes("chunks"))  # type: ignore[arg-type]  # a fake admin client
+
+    created = admin.create(partitions=3, replication_factor=3)
+
+    assert sorted(created) == sorted(admin.topics)
+    assert brokers.lagging_answers == 0, "every lagging answer was asked past"
+
+
+def test_check_still_reports_missing_lane_topics() -> None:
+    admin = TopicAdmin(LaggingBrokers(lagging_answers=0), Lanes("chunks"))  # type: ignore[arg-type]
+
+    with pytest.raises(TopicError, match="lane topics missing"):
+        admin.check()
