@@ -4,17 +4,18 @@
     SOAK_DURATION=300 make soak  # any duration (seconds)
     .venv/bin/python -m benchmarks.soak --bootstrap-servers 127.0.0.1:PORT --duration 1800
 
-Not a test: it runs far longer than CI allows (``tests/integration/test_soak.py`` runs it for
+Not a test: it runs far longer than CI allows (``tests/integration/test_soak_run.py`` runs it for
 seconds so that it keeps working). What it does:
 
 1. Create fresh lane topics with ``streamproc topics create`` (prefix ``soak-<random>``).
 2. Start ``streamproc consume`` as a child process (the demo's SQLite sink and ``pause_lag``),
    wait for ``/readyz``.
 3. Start ``streamproc produce -`` as a second, long-lived child process and feed JSON lines to its
-   stdin for the whole duration: a bulk backlog (the demo's 100,000 chunks), written again each
-   time the consumer has handled all bulk chunks written so far, and the demo's realtime stream
-   (200 chunks/s, a burst of 3,000 every 6 s, each burst over ``pause_lag`` so bulk is paused and
-   resumed). Chunk ids cycle through fixed pools, so the sink's table stays bounded (upserts).
+   stdin for the whole duration: a bulk backlog (the demo's 100,000 chunks), written again once
+   the consumer has handled all bulk chunks written so far and ``--bulk-every-s`` (60 s) have
+   passed since the last one, and the demo's realtime stream (200 chunks/s, a burst of 3,000
+   every 6 s, each burst over ``pause_lag`` so bulk is paused and resumed). Chunk ids cycle
+   through fixed pools, so the sink's table stays bounded (upserts).
 4. Every ``--sample-interval`` seconds write one CSV row: RSS, open file descriptors and threads
    of both children (``/proc``), the consumer's ``/metrics`` (handled and lag per lane, bulk
    pauses) and the producer's (delivered per lane).
@@ -56,6 +57,8 @@ from typing import IO, Any
 
 from prometheus_client.parser import text_string_to_metric_families
 
+from streamproc.demo import DemoConfig
+
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_OUTPUT_DIR = REPO / ".streamproc" / "soak"
 LANES = ("realtime", "bulk")
@@ -69,6 +72,8 @@ BULK_POOL = 20_000
 REALTIME_POOL = 10_000
 # Bulk lines written per feeder turn, so realtime lines are never queued behind a whole backlog.
 BULK_SLICE = 2_000
+# The workload's sizes and rates default to the demo's (streamproc demo, make demo).
+DEMO = DemoConfig(bootstrap_servers="")
 
 CSV_COLUMNS = [
     "elapsed_s",
@@ -462,18 +467,13 @@ def read_process(pid: int) -> ProcessSample:
     return ProcessSample(rss_kib * 1024, fds, int(fields["Threads"]))
 
 
-def scrape(
-    port: int, timeout_s: float = 5.0
-) -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
-    """Samples of a /metrics endpoint by name, then by sorted labels; {} if it does not answer."""
-    try:
-        with urllib.request.urlopen(  # a fixed http URL on localhost
-            f"http://127.0.0.1:{port}/metrics", timeout=timeout_s
-        ) as response:
-            text = response.read().decode("utf-8")
-    except (OSError, urllib.error.URLError):
-        return {}
-    found: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+Metrics = dict[str, dict[tuple[tuple[str, str], ...], float]]
+"""Samples of a /metrics page by sample name, then by their sorted labels."""
+
+
+def parse_metrics(text: str) -> Metrics:
+    """The samples of a Prometheus text exposition (counters keep their ``_total`` name)."""
+    found: Metrics = {}
     for family in text_string_to_metric_families(text):
         for sample in family.samples:
             labels = tuple(sorted(sample.labels.items()))
@@ -481,8 +481,19 @@ def scrape(
     return found
 
 
+def scrape(port: int, timeout_s: float = 5.0) -> Metrics:
+    """The samples of the /metrics endpoint on ``port``; {} if it does not answer."""
+    try:
+        with urllib.request.urlopen(  # a fixed http URL on localhost
+            f"http://127.0.0.1:{port}/metrics", timeout=timeout_s
+        ) as response:
+            return parse_metrics(response.read().decode("utf-8"))
+    except (OSError, urllib.error.URLError):
+        return {}
+
+
 def by_lane(
-    metrics: dict[str, dict[tuple[tuple[str, str], ...], float]],
+    metrics: Metrics,
     name: str,
     **match: str,
 ) -> dict[str, int]:
@@ -694,9 +705,7 @@ def sample_row(
     return row
 
 
-def update_consumer_counts(
-    run: Run, metrics: dict[str, dict[tuple[tuple[str, str], ...], float]]
-) -> None:
+def update_consumer_counts(run: Run, metrics: Metrics) -> None:
     handled = by_lane(metrics, "streamproc_messages_handled_total")
     dead = by_lane(metrics, "streamproc_messages_handled_total", outcome="dead_lettered")
     for lane in LANES:
@@ -1022,7 +1031,10 @@ def build_parser() -> argparse.ArgumentParser:
         help="Most open FDs gained between the end of the warm-up and the end that pass (4).",
     )
     parser.add_argument(
-        "--bulk-count", type=int, default=100_000, help="Bulk backlog, chunks (100000)."
+        "--bulk-count",
+        type=int,
+        default=DEMO.bulk_count,
+        help=f"Bulk backlog, chunks ({DEMO.bulk_count}, the demo's).",
     )
     parser.add_argument(
         "--bulk-every-s",
@@ -1031,16 +1043,35 @@ def build_parser() -> argparse.ArgumentParser:
         help="A new bulk backlog once the last is drained, at most this often, seconds (60).",
     )
     parser.add_argument(
-        "--realtime-rate", type=float, default=200.0, help="Steady realtime chunks/s (200)."
+        "--realtime-rate",
+        type=float,
+        default=DEMO.realtime_rate,
+        help=f"Steady realtime chunks/s ({DEMO.realtime_rate:g}, the demo's).",
     )
     parser.add_argument(
-        "--burst-size", type=int, default=3_000, help="Realtime chunks per burst (3000)."
+        "--burst-size",
+        type=int,
+        default=DEMO.burst_size,
+        help=f"Realtime chunks per burst ({DEMO.burst_size}, the demo's).",
     )
     parser.add_argument(
-        "--burst-every-s", type=float, default=6.0, help="Seconds between bursts (6)."
+        "--burst-every-s",
+        type=float,
+        default=DEMO.burst_every_s,
+        help=f"Seconds between bursts ({DEMO.burst_every_s:g}, the demo's).",
     )
-    parser.add_argument("--pause-lag", type=int, default=1_000, help="Consumer pause_lag (1000).")
-    parser.add_argument("--partitions", type=int, default=3, help="Partitions per lane (3).")
+    parser.add_argument(
+        "--pause-lag",
+        type=int,
+        default=DEMO.pause_lag,
+        help=f"The consumer's pause_lag ({DEMO.pause_lag}, the demo's).",
+    )
+    parser.add_argument(
+        "--partitions",
+        type=int,
+        default=DEMO.partitions,
+        help=f"Partitions per lane ({DEMO.partitions}, the demo's).",
+    )
     parser.add_argument(
         "--retention-ms",
         type=int,
