@@ -83,6 +83,13 @@ bench: $(STAMP)  ## benchmarks against the local broker (not tests)
 	$(BIN)/python -m benchmarks.run_all --bootstrap-servers "$$($(BENCH_BROKER) scripts/kafka-local start)"
 	$(BIN)/python -m benchmarks.report
 
+# Seconds of load of `make soak` (30 minutes by default).
+SOAK_DURATION ?= 1800
+.PHONY: soak
+soak: $(STAMP)  ## soak run (not a test): demo workload for SOAK_DURATION s, RSS and FDs sampled; docs/reliability.md
+	$(BIN)/python -m benchmarks.soak --bootstrap-servers "$$(scripts/kafka-local start)" \
+		--duration $(SOAK_DURATION) --docs docs/reliability.md
+
 docs: $(STAMP)  ## build the documentation site strictly into site/ (mkdocs, material theme)
 	$(BIN)/mkdocs build --strict --site-dir site
 
