@@ -16,13 +16,17 @@ directory under the system temp dir, keyed by the repository's path).
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import platform
+import re
 import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -55,6 +59,48 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/integration/" in item.path.as_posix():
             item.add_marker(pytest.mark.integration)
+
+
+# Where the security tests' outcomes go, beside the fault scenarios' figures (scripts/reliability-
+# report renders both into docs/reliability.md).
+SECURITY_RESULTS = (
+    Path(os.environ.get("STREAMPROC_RELIABILITY_RESULTS", REPO / ".streamproc" / "reliability"))
+    / "security"
+)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    """Record the outcome of every test marked ``security`` (its call, or a failed setup)."""
+    report = yield
+    if item.get_closest_marker("security") is not None and (
+        report.when == "call" or (report.when == "setup" and not report.passed)
+    ):
+        _record_security_outcome(item, report)
+    return report
+
+
+def _record_security_outcome(item: pytest.Item, report: pytest.TestReport) -> None:
+    doc = getattr(getattr(item, "function", None), "__doc__", None)
+    SECURITY_RESULTS.mkdir(parents=True, exist_ok=True)
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "-", item.name).strip("-")
+    (SECURITY_RESULTS / f"{name}.json").write_text(
+        json.dumps(
+            {
+                "test": item.name,
+                "doc": (doc or "").strip().split("\n")[0],
+                "outcome": report.outcome,
+                "seconds": round(report.duration, 2),
+                "recorded_at": datetime.now(UTC).isoformat(timespec="seconds"),
+                "host": {"cpus": os.cpu_count(), "python": platform.python_version()},
+            },
+            indent=2,
+            sort_keys=True,
+        )
+        + "\n"
+    )
 
 
 def _docker_engine_answers() -> bool:
