@@ -278,9 +278,8 @@ def render(results: dict[str, dict[str, Any]], img: Path) -> str:
         "How fast realtime chunks are handled while a migration floods the bulk lane, and what "
         "streamproc costs next to what users run today, with the baselines measured in the same "
         "run on the same broker. Reproduce with `make bench` (starts the local broker with "
-        "`scripts/kafka-local start` and the JVM options of Kafka's own start scripts: 1 GB "
-        "heap, G1 with a 20 ms pause goal; runs `python -m benchmarks.run_all`, then this "
-        "report); "
+        "`scripts/kafka-local start`, a 1 GB heap and G1's 20 ms pause goal; runs "
+        "`python -m benchmarks.run_all`, then this report); "
         "each script also runs alone, see `benchmarks/README.md`.",
         "",
         "## Machine",
