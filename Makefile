@@ -29,8 +29,8 @@ format: $(STAMP)  ## apply ruff fixes and formatting
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
-test: $(STAMP)  ## the whole test suite (starts the local Kafka broker itself)
-	$(BIN)/pytest $(PYTEST_ARGS)
+test: $(STAMP)  ## the whole test suite but the three-broker tier (starts the local Kafka broker itself)
+	$(BIN)/pytest -m "not cluster" $(PYTEST_ARGS)
 
 unit: $(STAMP)  ## unit tests only: no broker, seconds
 	$(BIN)/pytest -m "not integration" $(PYTEST_ARGS)

@@ -68,7 +68,7 @@ def check_reachable(config: dict[str, Any], timeout_s: float = DEFAULT_TIMEOUT_S
                 elif final[-1] == KafkaError._SSL:
                     what = f"the TLS handshake with Kafka at {servers} failed"
                 else:
-                    what = f"Kafka at {servers} refused the credentials"
+                    what = f"Kafka at {servers} refused the authentication"
                 raise BrokerUnreachableError(f"{what}: {_cause(errors, last)}") from exc
             continue
         return

@@ -13,6 +13,7 @@ import time
 from functools import cached_property
 from pathlib import Path
 
+from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
 from streamproc.settings import KafkaSettings
@@ -103,8 +104,12 @@ class BrokerCluster:
         return int(self.run("controller"))
 
     def leader(self, topic: str, partition: int) -> int:
-        """The node id leading ``topic``'s ``partition``, as the cluster's metadata says."""
-        metadata = self.admin.list_topics(topic, timeout=10)
+        """The node id leading ``topic``'s ``partition``, as the cluster's metadata says; -1 while
+        no node answers the metadata request (a node was just killed)."""
+        try:
+            metadata = self.admin.list_topics(topic, timeout=10)
+        except KafkaException:
+            return -1
         return int(metadata.topics[topic].partitions[partition].leader)
 
     def leaders(self, topics: list[str]) -> dict[tuple[str, int], int]:

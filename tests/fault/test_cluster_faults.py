@@ -12,6 +12,7 @@ import statistics
 import threading
 import time
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -326,94 +327,138 @@ def test_16_one_broker_cut_off_from_the_clients(
         assert elsewhere_during_cut > 0, "partitions led by the other nodes must keep flowing"
 
 
-def test_17_rolling_restart_of_all_three_under_load(
-    broker_cluster: BrokerCluster, topic_prefix: str, tmp_path: Path
-) -> None:
+@dataclass
+class SteadyLoad:
+    """Both lanes produced at a steady rate through the cluster and consumed by one member, with
+    its committed offsets sampled: what scenarios 17 and 18 run their fault under."""
+
+    cluster: Cluster
+    group: str
+    acks: AckLedger
+    handler: LedgerHandler
+    consumer: PriorityConsumer
+    load_done: threading.Event
+    paced: PacedProducer
+    threaded: ThreadedConsumer
+    sampler: CommitSampler
+    exit_code: int | None = None
+    commit_violations: list[list[str]] = field(default_factory=list)
+
+    def drain(self, directory: Path) -> None:
+        """Stop producing and wait until the consumer handled everything acknowledged."""
+        self.load_done.set()
+        self.paced.join()
+        wait_drained(directory, self.acks)
+
+    def check(
+        self,
+        scenario: str,
+        title: str,
+        directory: Path,
+        faults: list[Fault],
+        notes: dict[str, object],
+    ) -> None:
+        """Record what was parked and check I1-I5 with the committed-offset samples."""
+        assert self.exit_code == 0
+        record_dead_letters(directory, self.cluster)
+        figures = check(
+            scenario,
+            title,
+            directory,
+            produced=self.acks.produced,
+            committed=committed_offsets(self.cluster, self.group),
+            high_watermarks=high_watermarks(self.cluster),
+            duplicates="uncommitted_window",
+            faults=faults,
+            commit_samples=self.commit_violations,
+            invariants=("I1", "I2", "I3", "I4", "I5"),
+            notes={
+                **notes,
+                "rebalances": self.consumer.stats.rebalances,
+                "producer_failures": len(self.acks.failures),
+                "commit_samples": self.sampler.samples,
+            },
+        )
+        figures.assert_ok()
+
+
+@contextmanager
+def steady_load(
+    broker_cluster: BrokerCluster, topic_prefix: str, directory: Path, group: str, prefix: str
+) -> Iterator[SteadyLoad]:
+    """Replicated lane topics, 150 chunks/s on both lanes, one consumer mid-stream (500 handled)
+    on entry; the producer stopped and the consumer shut down cleanly on exit."""
     cluster = Cluster(broker_cluster.bootstrap, topic_prefix)
     create_replicated_topics(cluster)
-    group = "rolling"
-    acks = AckLedger(tmp_path)
+    acks = AckLedger(directory)
     load_done = threading.Event()
     paced = PacedProducer(
         producer_for(cluster.bootstrap, topic_prefix, acks),
         acks,
-        until(load_done, sample_chunks(50_000, low_priority_ratio=0.5, prefix="c17")),
+        until(load_done, sample_chunks(50_000, low_priority_ratio=0.5, prefix=prefix)),
         150,
     )
-    handler = LedgerHandler(tmp_path)
+    handler = LedgerHandler(directory)
     consumer = PriorityConsumer(cluster.consumer_settings(group), handler)
-    threaded = ThreadedConsumer(consumer).start()
-    sampler = CommitSampler(cluster.bootstrap, group, lane_partitions(cluster), tmp_path).start()
-    faults: list[Fault] = []
-    restart_s: list[float] = []
+    load = SteadyLoad(
+        cluster,
+        group,
+        acks,
+        handler,
+        consumer,
+        load_done,
+        paced,
+        ThreadedConsumer(consumer).start(),
+        CommitSampler(cluster.bootstrap, group, lane_partitions(cluster), directory).start(),
+    )
     paced.start()
     try:
         wait_until(lambda: handler.handled >= 500, what="the consumer to be mid-stream")
+        yield load
+    finally:
+        load_done.set()
+        load.exit_code = load.threaded.stop()
+        load.commit_violations = load.sampler.stop()
+
+
+def test_17_rolling_restart_of_all_three_under_load(
+    broker_cluster: BrokerCluster, topic_prefix: str, tmp_path: Path
+) -> None:
+    faults: list[Fault] = []
+    restart_s: list[float] = []
+    with steady_load(broker_cluster, topic_prefix, tmp_path, "rolling", "c17") as load:
         for node in (1, 2, 3):
-            faults.append(Fault(f"node {node} restarted", committed_offsets(cluster, group)))
+            faults.append(
+                Fault(f"node {node} restarted", committed_offsets(load.cluster, "rolling"))
+            )
             began = time.monotonic()
             broker_cluster.stop(node)  # SIGTERM: controlled shutdown moves its leaders first
             broker_cluster.start_node(node)
-            broker_cluster.wait_fully_replicated([*cluster.lanes.topics, OFFSETS_TOPIC])
+            broker_cluster.wait_fully_replicated([*load.cluster.lanes.topics, OFFSETS_TOPIC])
             restart_s.append(time.monotonic() - began)
-        handled_during_roll = handler.handled
-        load_done.set()
-        paced.join()
-        wait_drained(tmp_path, acks)
-    finally:
-        load_done.set()
-        exit_code = threaded.stop()
-    commit_violations = sampler.stop()
-    assert exit_code == 0
-    record_dead_letters(tmp_path, cluster)
-    figures = check(
+        handled_during_roll = load.handler.handled
+        load.drain(tmp_path)
+    load.check(
         "17-cluster-rolling-restart",
         "Rolling restart of all three nodes (SIGTERM, start, wait for every replica in sync)"
         " under steady load (150/s, both lanes)",
         tmp_path,
-        produced=acks.produced,
-        committed=committed_offsets(cluster, group),
-        high_watermarks=high_watermarks(cluster),
-        duplicates="uncommitted_window",
-        faults=faults,
-        commit_samples=commit_violations,
-        invariants=("I1", "I2", "I3", "I4", "I5"),
-        notes={
+        faults,
+        {
             "restart_s": " / ".join(f"{s:.1f}" for s in restart_s),
             "handled_by_end_of_roll": handled_during_roll,
-            "rebalances": consumer.stats.rebalances,
-            "producer_failures": len(acks.failures),
-            "commit_samples": sampler.samples,
         },
     )
-    figures.assert_ok()
-    assert acks.failures == [], "a controlled rolling restart must not fail a single produce"
-    assert acks.acknowledged == acks.produced
+    assert load.acks.failures == [], "a controlled rolling restart must not fail a single produce"
+    assert load.acks.acknowledged == load.acks.produced
 
 
 def test_18_active_controller_killed(
     broker_cluster: BrokerCluster, topic_prefix: str, tmp_path: Path
 ) -> None:
-    cluster = Cluster(broker_cluster.bootstrap, topic_prefix)
-    create_replicated_topics(cluster)
-    group = "controller-kill"
-    acks = AckLedger(tmp_path)
-    load_done = threading.Event()
-    paced = PacedProducer(
-        producer_for(cluster.bootstrap, topic_prefix, acks),
-        acks,
-        until(load_done, sample_chunks(50_000, low_priority_ratio=0.5, prefix="c18")),
-        150,
-    )
-    handler = LedgerHandler(tmp_path)
-    consumer = PriorityConsumer(cluster.consumer_settings(group), handler)
-    threaded = ThreadedConsumer(consumer).start()
-    sampler = CommitSampler(cluster.bootstrap, group, lane_partitions(cluster), tmp_path).start()
-    paced.start()
-    try:
-        wait_until(lambda: handler.handled >= 500, what="the consumer to be mid-stream")
+    with steady_load(broker_cluster, topic_prefix, tmp_path, "controller-kill", "c18") as load:
         controller = broker_cluster.active_controller()
-        committed_before_kill = committed_offsets(cluster, group)
+        committed_before_kill = committed_offsets(load.cluster, "controller-kill")
         broker_cluster.kill(controller)
         killed_at = time.monotonic()
         new_controller = broker_cluster.active_controller()  # waits for the election
@@ -422,42 +467,24 @@ def test_18_active_controller_killed(
         probe_cluster = Cluster(broker_cluster.bootstrap, f"{topic_prefix}probe")
         create_replicated_topics(probe_cluster, partitions=1)
         created_s = time.monotonic() - killed_at
-        handled_at_restart = handler.handled
+        handled_at_restart = load.handler.handled
         broker_cluster.start_node(controller)
-        broker_cluster.wait_fully_replicated([*cluster.lanes.topics, OFFSETS_TOPIC])
-        load_done.set()
-        paced.join()
-        wait_drained(tmp_path, acks)
-    finally:
-        load_done.set()
-        exit_code = threaded.stop()
-    commit_violations = sampler.stop()
-    assert exit_code == 0
-    record_dead_letters(tmp_path, cluster)
-    figures = check(
+        broker_cluster.wait_fully_replicated([*load.cluster.lanes.topics, OFFSETS_TOPIC])
+        load.drain(tmp_path)
+    load.check(
         "18-cluster-controller-killed",
         f"Active controller (node {controller} of 3, also a broker) SIGKILLed under load,"
         " a topic created meanwhile, then restarted",
         tmp_path,
-        produced=acks.produced,
-        committed=committed_offsets(cluster, group),
-        high_watermarks=high_watermarks(cluster),
-        duplicates="uncommitted_window",
-        faults=[Fault("controller SIGKILLed", committed_before_kill)],
-        commit_samples=commit_violations,
-        invariants=("I1", "I2", "I3", "I4", "I5"),
-        notes={
+        [Fault("controller SIGKILLed", committed_before_kill)],
+        {
             "killed_controller": controller,
             "new_controller": new_controller,
             "new_controller_after_s": round(elected_s, 1),
             "topic_created_after_s": round(created_s, 1),
             "handled_before_restart": handled_at_restart,
-            "rebalances": consumer.stats.rebalances,
-            "producer_failures": len(acks.failures),
-            "commit_samples": sampler.samples,
         },
     )
-    figures.assert_ok()
     assert new_controller != controller, "a surviving node must take over as controller"
-    assert acks.failures == []
-    assert acks.acknowledged == acks.produced
+    assert load.acks.failures == []
+    assert load.acks.acknowledged == load.acks.produced
