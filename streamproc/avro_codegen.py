@@ -116,6 +116,34 @@ def truncated(length: int, pos: int, size: int) -> AvroBodyError:
     return AvroBodyError(f"{length} bytes announced at {pos}, only {size - pos} left")
 
 
+_new_object = object.__new__
+_set_slot = object.__setattr__
+_SAFE_UNKNOWN = uuid.SafeUUID.unknown
+
+
+def uuid_from_text(text: str) -> uuid.UUID:
+    """``uuid.UUID(text)``, about three times faster for the canonical 36-character form.
+
+    That form is what every writer sends: its 32 hex digits are parsed exactly as ``UUID()``
+    parses them (``int(digits, 16)``), into an equal, immutable instance. Anything else (braces,
+    ``urn:uuid:``, no dashes, garbage) goes to ``UUID()`` itself, its errors included.
+    """
+    if len(text) == 36 and text[8] == text[13] == text[18] == text[23] == "-":
+        digits = text.replace("-", "")
+        if len(digits) == 32:
+            try:
+                value = int(digits, 16)
+            except ValueError:
+                pass  # UUID() raises its own error below
+            else:
+                if value >= 0:  # int() takes a sign; UUID() refuses a negative value
+                    instance: uuid.UUID = _new_object(uuid.UUID)
+                    _set_slot(instance, "int", value)
+                    _set_slot(instance, "is_safe", _SAFE_UNKNOWN)
+                    return instance
+    return uuid.UUID(text)
+
+
 # -- schema walking -----------------------------------------------------------------------------
 
 
@@ -485,7 +513,7 @@ def generate(
         "_PACK_FLOAT": struct.Struct("<f").pack,
         "_UNPACK_DOUBLE": struct.Struct("<d").unpack_from,
         "_UNPACK_FLOAT": struct.Struct("<f").unpack_from,
-        "_UUID": uuid.UUID,
+        "_UUID": uuid_from_text,
         **{f"_transform_{name}": function for name, function in transforms.items()},
     }
     exec(compile(write_src, "<avro writer>", "exec"), namespace)  # noqa: S102

@@ -58,6 +58,8 @@ class WorkItem(Generic[T]):
         taken_at: Monotonic time it was taken from Kafka (for the queue wait).
         epoch: Assignment epoch of its partition (a finished item of an older epoch is stale).
         order_key: Items sharing it never run at once (set by the dispatcher).
+        sequence: Its place in the order taken (set by the dispatcher).
+        batch: The batch it runs in while running (set by the dispatcher).
     """
 
     lane_rank: int
@@ -70,6 +72,7 @@ class WorkItem(Generic[T]):
     epoch: int = 0
     order_key: Hashable | None = field(default=None, init=False)
     sequence: int = field(default=0, init=False)
+    batch: int = field(default=-1, init=False)
 
     @property
     def partition_key(self) -> PartitionKey:
@@ -120,14 +123,12 @@ class Dispatcher(Generic[T]):
         # Per lane, the items allowed to start, as a heap by the order they were taken.
         self._ready: list[list[tuple[int, WorkItem[T]]]] = [[] for _ in range(lanes)]
         self._sequence = itertools.count()
-        self._seq_of: dict[WorkItem[T], int] = {}
         # An order key is held from the moment one of its items is ready or running until the
         # last of its items finished; the deque holds its later items, in the order taken.
         self._held: dict[Hashable, deque[WorkItem[T]]] = {}
         self._running: set[WorkItem[T]] = set()
-        # Batch id of each running item and how many items of each batch still run: a worker slot
+        # How many items of each running batch (by ``WorkItem.batch``) still run: a worker slot
         # is busy until the last item of its batch is done.
-        self._batch_of: dict[WorkItem[T], int] = {}
         self._batch_left: dict[int, int] = {}
         self._batch_ids = itertools.count()
         self._size_per_lane = [0] * lanes
@@ -193,22 +194,21 @@ class Dispatcher(Generic[T]):
 
     def add(self, item: WorkItem[T]) -> None:
         """Queue a taken item (items of one partition are added in offset order)."""
-        item.order_key = self.order_key(item)
+        item.order_key = order_key = self.order_key(item)
         rank = item.lane_rank
         self._size_per_lane[rank] += 1
         self._last_taken_at[rank] = item.taken_at
         item.sequence = next(self._sequence)
-        self._seq_of[item] = item.sequence
-        if item.order_key is None:
-            self._make_ready(item)
-        elif item.order_key in self._held:
-            self._held[item.order_key].append(item)
+        if order_key is None:
+            heapq.heappush(self._ready[rank], (item.sequence, item))
+        elif (waiting := self._held.get(order_key)) is not None:
+            waiting.append(item)
         else:
-            self._held[item.order_key] = deque()
-            self._make_ready(item)
+            self._held[order_key] = deque()
+            heapq.heappush(self._ready[rank], (item.sequence, item))
 
     def _make_ready(self, item: WorkItem[T]) -> None:
-        heapq.heappush(self._ready[item.lane_rank], (self._seq_of[item], item))
+        heapq.heappush(self._ready[item.lane_rank], (item.sequence, item))
 
     def take(self, now: float) -> WorkItem[T] | None:
         """The next item to start now as a batch of its own, marked running; None when nothing
@@ -248,14 +248,12 @@ class Dispatcher(Generic[T]):
                     return []
             batch_id = next(self._batch_ids)
             batch: list[WorkItem[T]] = []
-            for _ in range(max(1, limit(rank))):
-                if not ready:
-                    break
-                _, item = heapq.heappop(ready)
-                del self._seq_of[item]
-                self._running.add(item)
-                self._batch_of[item] = batch_id
+            heappop = heapq.heappop
+            for _ in range(min(max(1, limit(rank)), len(ready))):
+                item = heappop(ready)[1]
+                item.batch = batch_id
                 batch.append(item)
+            self._running.update(batch)
             self._batch_left[batch_id] = len(batch)
             self._last_batch_rank = rank
             return batch
@@ -303,7 +301,6 @@ class Dispatcher(Generic[T]):
         taken, before its handler ran): it starts again, first of its key, once allowed."""
         if not self._stop_running(item):
             return
-        self._seq_of[item] = item.sequence
         self._make_ready(item)
 
     def _stop_running(self, item: WorkItem[T]) -> bool:
@@ -312,7 +309,8 @@ class Dispatcher(Generic[T]):
         if item not in self._running:
             return False
         self._running.discard(item)
-        batch_id = self._batch_of.pop(item)
+        batch_id = item.batch
+        item.batch = -1
         left = self._batch_left[batch_id] - 1
         if left:
             self._batch_left[batch_id] = left
@@ -359,7 +357,6 @@ class Dispatcher(Generic[T]):
                 del self._held[order_key]
         for item in dropped:
             self._size_per_lane[item.lane_rank] -= 1
-            self._seq_of.pop(item, None)
         return dropped
 
     def drop_held(self, partitions: Iterable[PartitionKey] | None = None) -> list[WorkItem[T]]:

@@ -233,15 +233,16 @@ class WorkerPool(Generic[T, R]):
             if not future.cancelled():
                 error = future.exception()
                 outcomes = [error] * len(batch) if error is not None else list(future.result())
-            for index, item in enumerate(batch):
-                outcome = outcomes[index] if outcomes else None
-                if outcome is None:
-                    self._dispatcher.done(item)
-                elif not isinstance(outcome, BaseException) and self._given_back(outcome):
+            done, given_back, results = self._dispatcher.done, self._given_back, self._results
+            if not outcomes:
+                for item in batch:
+                    done(item)
+            for item, outcome in zip(batch, outcomes, strict=True):
+                if not isinstance(outcome, BaseException) and given_back(outcome):
                     self._dispatcher.give_back(item)
                 else:
-                    self._results.append((item, outcome))
-                    self._dispatcher.done(item)
+                    results.append((item, outcome))
+                    done(item)
             self._launch()
             self._lock.notify_all()
 

@@ -450,6 +450,7 @@ class PriorityConsumer:
         taken = self._offsets.taken
         epochs = self._epochs
         items: list[WorkItem[Message]] = []
+        append = items.append
         for message in messages:
             error = message.error()
             if error is not None:
@@ -460,16 +461,11 @@ class PriorityConsumer:
             key = (topic, partition)
             taken(key, offset)
             message_key = message.key()
-            items.append(
+            if isinstance(message_key, str):
+                message_key = message_key.encode()
+            append(
                 WorkItem(
-                    rank,
-                    topic,
-                    partition,
-                    offset,
-                    message_key.encode() if isinstance(message_key, str) else message_key,
-                    message,
-                    taken_at=now,
-                    epoch=epochs.get(key, 0),
+                    rank, topic, partition, offset, message_key, message, now, epochs.get(key, 0)
                 )
             )
         if not items:
@@ -561,8 +557,10 @@ class PriorityConsumer:
         tallies: dict[int, _Tally] = {}
         offsets_finished = self._offsets.finished
         epochs = self._epochs
+        tally = _Tally()
+        tally_rank = -1
         for item, result in finished:
-            key = item.partition_key
+            key = (item.topic, item.partition)
             if epochs.get(key, 0) != item.epoch:
                 continue  # the partition was revoked or lost meanwhile: someone else redoes it
             outcome = (
@@ -570,18 +568,19 @@ class PriorityConsumer:
                 if isinstance(result, Outcome)
                 else Outcome("stop", detail=f"worker failed: {result!r}")
             )
-            if not outcome.finished:
+            kind = outcome.kind
+            if kind != "ok" and kind != "dead_lettered":
                 # Not finished: the stored offset of its partition never passes it.
-                if outcome.kind == "stop" and self._stop_reason is None:
+                if kind == "stop" and self._stop_reason is None:
                     self._stop_reason = outcome.detail
                     self._pool.halt()
                 continue
-            tally = tallies.get(item.lane_rank)
-            if tally is None:
-                tally = tallies[item.lane_rank] = _Tally()
+            if item.lane_rank != tally_rank:  # results come batch by batch: one lane at a time
+                tally_rank = item.lane_rank
+                tally = tallies.get(tally_rank) or tallies.setdefault(tally_rank, _Tally())
             produced_ms = timestamp_ms(item.payload)
             tally.latencies_s.append(max(0.0, now - produced_ms / 1000.0))
-            if outcome.kind == "dead_lettered":
+            if kind == "dead_lettered":
                 tally.dead_lettered[outcome.reason] = tally.dead_lettered.get(outcome.reason, 0) + 1
             elif outcome.attempts > 1:
                 tally.retried += 1

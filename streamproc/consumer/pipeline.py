@@ -48,8 +48,8 @@ from streamproc.handlers import (
     BatchHandler,
     ChunkRecord,
     Handler,
-    MessageContext,
     is_async,
+    message_context,
 )
 from streamproc.lanes import Lane
 from streamproc.messages import coordinates, headers, timestamp_ms
@@ -394,15 +394,15 @@ class Pipeline:
         if value is None:
             raise DecodeError("message has no value (tombstone)", raw=None)
         chunk = self._codec.decode(value)
-        context = MessageContext(
-            lane=lane.name,
-            lane_rank=lane.rank,
-            topic=item.topic,
-            partition=item.partition,
-            offset=item.offset,
-            timestamp_ms=timestamp_ms(message),
-            key=item.key,
-            headers=tuple(headers(message)) if message.headers() else (),
+        context = message_context(
+            lane.name,
+            lane.rank,
+            item.topic,
+            item.partition,
+            item.offset,
+            timestamp_ms(message),
+            item.key,
+            tuple(headers(message)) if message.headers() else (),
         )
         return ChunkRecord(chunk, context)
 

@@ -8,6 +8,7 @@ import copy
 import json
 import math
 import struct
+import uuid
 from io import BytesIO
 from pathlib import Path
 from types import SimpleNamespace
@@ -19,7 +20,7 @@ from fastavro.schema import parse_schema
 from hypothesis import HealthCheck, assume, example, given, settings
 from hypothesis import strategies as st
 
-from streamproc.avro_codegen import UnsupportedSchemaError, generate
+from streamproc.avro_codegen import UnsupportedSchemaError, generate, uuid_from_text
 from streamproc.chunk import (
     Chunk,
     ChunkLimits,
@@ -213,6 +214,49 @@ def test_codec_encodes_chunks_as_fastavro_does(chunk: Chunk, framing: Framing) -
 
     header = SINGLE_OBJECT_HEADER_BYTES if framing is Framing.SINGLE_OBJECT else 5
     assert value[header:] == fastavro_body(chunk_to_record(chunk))
+
+
+def uuid_spellings(value: uuid.UUID) -> st.SearchStrategy[str]:
+    text = str(value)
+    return st.sampled_from(
+        [text, text.upper(), value.hex, f"{{{text}}}", f"urn:uuid:{text}", text[1:], text + "0"]
+    )
+
+
+_hex_or_noise = st.sampled_from("0123456789abcdefABCDEF-+_ g{}:")
+
+
+@settings(max_examples=EXAMPLES)
+@given(
+    text=st.uuids().flatmap(uuid_spellings)
+    | st.text(_hex_or_noise, min_size=30, max_size=40)
+    | st.builds(
+        lambda t: f"{t[:8]}-{t[9:13]}-{t[14:18]}-{t[19:23]}-{t[24:]}",
+        st.text(_hex_or_noise, min_size=36, max_size=36),
+    )
+)
+@example(text="+6dd6ed2-8582-47db-9e3f-52f431e67995")  # int() takes a sign, UUID() too
+@example(text="-6dd6ed2-8582-47db-9e3f-52f431e67995")
+@example(text="3_dd6ed2-8582-47db-9e3f-52f431e67995")  # and an underscore between digits
+@example(text=" 6dd6ed2-8582-47db-9e3f-52f431e67995")
+def test_uuid_fast_path_equals_uuid(text: str) -> None:
+    """The reader's uuid parsing gives what ``uuid.UUID(text)`` gives, error included."""
+    try:
+        expected: uuid.UUID | str = uuid.UUID(text)
+    except ValueError as exc:
+        expected = str(exc)
+    try:
+        got: uuid.UUID | str = uuid_from_text(text)
+    except ValueError as exc:
+        got = str(exc)
+    assert got == expected
+    if isinstance(got, uuid.UUID):
+        assert isinstance(expected, uuid.UUID)
+        assert (got.is_safe, hash(got), str(got)) == (
+            expected.is_safe,
+            hash(expected),
+            str(expected),
+        )
 
 
 def test_long_lengths_and_counts() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import sqlite3
 import tempfile
@@ -30,6 +31,7 @@ from streamproc.handlers import (
     as_single,
     is_async,
     load_handler,
+    message_context,
     open_sink,
 )
 
@@ -86,6 +88,21 @@ def sink(sqlite_path: Path) -> Iterator[SqliteSink]:
 
 
 # -- SqliteSink -------------------------------------------------------------------------------
+
+
+@given(
+    offset=st.integers(0, 2**63 - 1),
+    key=st.none() | st.binary(max_size=8),
+    headers=st.lists(st.tuples(st.text(max_size=5), st.binary(max_size=5)), max_size=3),
+)
+def test_message_context_builds_what_the_constructor_builds(
+    offset: int, key: bytes | None, headers: list[tuple[str, bytes]]
+) -> None:
+    args = ("bulk", 1, "chunks.bulk", 2, offset, 1_700_000_000_000, key, tuple(headers))
+    fast, built = message_context(*args), MessageContext(*args)
+    assert fast == built and hash(fast) == hash(built) and repr(fast) == repr(built)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.offset = 0  # type: ignore[misc]  # frozen, like the constructor's
 
 
 def test_sqlite_newer_version_wins(sink: SqliteSink, sqlite_path: Path) -> None:
