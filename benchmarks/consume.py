@@ -11,7 +11,10 @@ interleaved. Each side is timed the same way: from its first message to its Nth.
 * ``raw loop``: ``confluent_kafka.Consumer.consume`` batches, no decoding: the limit.
 * ``raw + fastavro``: the same loop, each value decoded with fastavro's ``schemaless_reader``.
 * ``streamproc``: ``PriorityConsumer`` (flow control on, both lanes subscribed) with the null sink:
-  decode, validate into a ``Chunk``, hand to the sink, store offsets.
+  decode, validate into a ``Chunk``, hand to the sink, store offsets. It runs in a process of its
+  own (``consume_side.py``), as a deployed consumer does and as the Quix Streams side and the
+  earlier version (``--before-src``) do: a consumer sharing the benchmark's process would pay for
+  that process's heap at every garbage collection.
 * ``Quix Streams``: a Quix Streams application (``quixstreams`` from PyPI, in its own virtualenv
   under ``~/.cache/streamproc``) decoding with the same fastavro call in a deserializer.
 """
@@ -22,7 +25,6 @@ import json
 import os
 import subprocess
 import sys
-import threading
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -37,11 +39,9 @@ from fastavro import parse_schema, schemaless_reader
 from benchmarks.harness import (
     REPO,
     Result,
-    RunningConsumer,
     Table,
     Target,
     base_parser,
-    consumer_settings,
     fresh_lanes,
     median,
     parse,
@@ -59,7 +59,6 @@ from streamproc.codec import (
     ChunkCodec,
     load_schema_file,
 )
-from streamproc.handlers import ChunkRecord, NullSink
 
 QUIX_VERSION = "3.28.1"
 QUIX_VENV = Path(
@@ -129,36 +128,6 @@ def raw_loop(bootstrap: str, topic: str, count: int, decode: bool) -> float:
         consumer.close()
 
 
-class CountingSink(NullSink):
-    """The null sink, plus the time of the first chunk and of the Nth."""
-
-    def __init__(self, count: int) -> None:
-        self.count = count
-        self.seen = 0
-        self.first = 0.0
-        self.last = 0.0
-        self.done = threading.Event()
-
-    def handle_batch(self, records: Sequence[ChunkRecord]) -> None:
-        if self.seen == 0:
-            self.first = time.perf_counter()
-        super().handle_batch(records)
-        self.seen += len(records)
-        if self.seen >= self.count and not self.done.is_set():
-            self.last = time.perf_counter()
-            self.done.set()
-
-
-def streamproc_side(bootstrap: str, prefix_lanes: Any, count: int) -> float:
-    sink = CountingSink(count)
-    settings = consumer_settings(bootstrap, prefix_lanes, group_id=group())
-    with RunningConsumer(settings, sink):
-        if not sink.done.wait(SIDE_TIMEOUT_S):
-            raise SystemExit(f"streamproc read only {sink.seen} of {count}")
-    # The first batch is timed from its start: count it as count - 0 messages after "first".
-    return sink.last - sink.first
-
-
 def quix_side(bootstrap: str, topic: str, count: int) -> float:
     completed = subprocess.run(
         [
@@ -213,8 +182,9 @@ def decode_costs_us(values: Sequence[bytes]) -> tuple[float, float]:
     return best_us(read_all), best_us(decode_all)
 
 
-def before_side(src: Path, bootstrap: str, lanes: Any, count: int) -> float:
-    """Seconds from the first to the Nth message of another version's consumer (a subprocess)."""
+def streamproc_side(src: Path, bootstrap: str, lanes: Any, count: int) -> float:
+    """Seconds from the first to the Nth message of the consumer of source tree ``src`` (this
+    version: the repository), in a process of its own."""
     completed = subprocess.run(
         [
             sys.executable,
@@ -229,12 +199,12 @@ def before_side(src: Path, bootstrap: str, lanes: Any, count: int) -> float:
     )
     if completed.returncode != 0:
         tail = "\n".join(completed.stderr.strip().splitlines()[-5:])
-        raise SystemExit(f"the earlier version failed (exit {completed.returncode}):\n{tail}")
+        raise SystemExit(f"streamproc of {src} failed (exit {completed.returncode}):\n{tail}")
     progress = json.loads(completed.stdout.strip().splitlines()[-1])
     if Path(progress["module"]) != (src / "streamproc").resolve():
-        raise SystemExit(f"the earlier version was imported from {progress['module']}, not {src}")
+        raise SystemExit(f"streamproc of {src} was imported from {progress['module']}")
     if progress["count"] < count:
-        raise SystemExit(f"the earlier version read only {progress['count']} of {count}")
+        raise SystemExit(f"streamproc of {src} read only {progress['count']} of {count}")
     return float(progress["last"] - progress["first"])
 
 
@@ -259,10 +229,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     sides: dict[str, Callable[[str, Any], float]] = {
         "raw loop (no decode)": lambda b, lanes: raw_loop(b, lanes.top.topic, count, False),
         "raw loop + fastavro decode": lambda b, lanes: raw_loop(b, lanes.top.topic, count, True),
-        "streamproc (null sink)": lambda b, lanes: streamproc_side(b, lanes, count),
+        "streamproc (null sink)": lambda b, lanes: streamproc_side(REPO, b, lanes, count),
     }
     if args.before_src is not None:
-        sides[BEFORE] = lambda b, lanes: before_side(args.before_src, b, lanes, count)
+        sides[BEFORE] = lambda b, lanes: streamproc_side(args.before_src, b, lanes, count)
     if not args.no_quix:
         try:
             quix_python()
