@@ -123,6 +123,12 @@ class TurnPlanner:
         """Plan lane ``rank``'s turns for ``factor`` times the budget (1: the budget itself)."""
         self._stretch[rank] = factor
 
+    def wake_s(self, rank: int) -> float:
+        """How soon the loop should look again while lane ``rank`` has work in hand: within one
+        turn, to queue the next. A stretched lane (working ahead) has its next turn queued
+        behind the running one already: half its longer turn is soon enough."""
+        return self.budget_s * max(1.0, self._stretch[rank] / 2)
+
     def cpu_bound(self, rank: int) -> bool:
         """Lane ``rank``'s batches mostly compute (more than half their time on the CPU of the
         handling thread): running them beside each other gains nothing under the GIL."""

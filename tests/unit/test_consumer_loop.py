@@ -62,7 +62,9 @@ class Recorder:
 def consumer_on(
     fake: FakeBroker, handler: Any, **overrides: Any
 ) -> tuple[PriorityConsumer, FakeClients]:
-    settings = ConsumerSettings(bootstrap_servers="fake:9092", poll_timeout_s=0.02, **overrides)
+    settings = ConsumerSettings(
+        **{"bootstrap_servers": "fake:9092", "poll_timeout_s": 0.02, **overrides}
+    )
     clients = FakeClients(fake)
     return PriorityConsumer(settings, handler, codec=CODEC, clients=clients), clients
 
@@ -456,6 +458,29 @@ def test_with_realtime_idle_bulk_works_one_turn_ahead_and_realtime_still_goes_fi
     # The first realtime chunk after the idle spell waits for the running and the queued turn
     # at most.
     assert handler.batches.index(("realtime", 1)) <= live_sent_after + 2, handler.batches
+
+
+def test_working_ahead_the_loop_wakes_once_per_turn() -> None:
+    """A turn queued behind the running batch leaves the loop nothing to do until that batch
+    ends: it waits for it (each wake costs GIL time the handlers want) instead of ticking again
+    at once to find nothing."""
+    fake = broker(bulk=800)
+    handler = Recorder(cost_s=lambda lane: 0.0005)
+    consumer, _ = consumer_on(fake, handler, bulk_turn_ms=5, poll_timeout_s=0.5)
+    consumer.subscribe()
+    time.sleep(AHEAD_AFTER_IDLE_S)  # realtime idle: bulk works ahead from the first turn
+    ticks = 0
+
+    def drained() -> bool:
+        nonlocal ticks
+        ticks += 1
+        return handler.handled["bulk"] == 800
+
+    run_until(consumer, drained, timeout_s=20)
+    consumer.close()
+    turns = sum(1 for lane, _ in handler.batches if lane == "bulk")
+    assert turns >= 10, handler.batches  # long enough to tell one wake a turn from two
+    assert ticks <= 1.3 * turns + 5, (ticks, turns)
 
 
 # -- partitions written in transactions -------------------------------------------------------
