@@ -415,6 +415,22 @@ def test_close_gives_up_a_commit_nobody_answers_within_close_timeout_and_says_wh
     )
 
 
+def test_a_chunk_still_running_at_drain_timeout_leaves_the_shutdown_incomplete() -> None:
+    fake = broker(realtime=4, partitions=1)
+    handler = Recorder()
+    handler.gate = threading.Event()  # the handler waits for it (up to 5 s)
+    consumer, clients = consumer_on(fake, handler, drain_timeout_s=0.2)
+    consumer.subscribe()
+    consumer.tick()
+    try:
+        consumer.close()
+    finally:
+        handler.gate.set()
+    assert not consumer.shutdown_complete, "a worker thread still runs: exit past it"
+    assert (REALTIME, 0) not in fake.committed
+    assert all(c.closed for c in clients.consumers.values()), "the clients still close"
+
+
 @pytest.mark.parametrize("concurrency", [1, 4])
 def test_async_and_threaded_handlers_take_the_same_path(concurrency: int) -> None:
     fake = broker(realtime=50, bulk=50)
