@@ -710,9 +710,9 @@ def consume(
         if callable(close):
             close()
     if not consumer.shutdown_complete:
-        # A Kafka client left open (the broker gone) would block again in its finalizer, and a
-        # chunk still running holds its worker thread: exit past them. Nothing is lost: what
-        # was not committed is redelivered.
+        # A step given up is still blocked in librdkafka on its thread, and a chunk still running
+        # holds a worker thread the interpreter joins at exit: exit past both. Nothing is lost:
+        # what was not committed is redelivered.
         logging.getLogger("streamproc.cli").warning(
             "exiting with %d past what the shutdown gave up (see above)", code
         )

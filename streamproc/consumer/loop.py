@@ -304,10 +304,10 @@ class PriorityConsumer:
 
         False before :meth:`close`, and after a close that gave something up: chunks still
         running at ``drain_timeout_s``, or a commit or close the broker held past
-        ``close_timeout_s``. The clients left open would block again in their finalizers and the
-        running chunks' threads would hold the interpreter's exit, so a process should then end
-        with ``os._exit`` (``streamproc consume`` does); nothing is lost, whatever was not
-        committed is redelivered.
+        ``close_timeout_s``. A step given up is still blocked in librdkafka on its own thread,
+        and a running chunk's worker thread would hold the interpreter's exit (it joins them), so
+        a process should then end with ``os._exit`` (``streamproc consume`` does); nothing is
+        lost, whatever was not committed is redelivered.
         """
         return self._shutdown_complete
 
