@@ -6,6 +6,7 @@ Every option can also be given through the environment variable named in its ``-
 from __future__ import annotations
 
 import json
+import logging
 import os
 import stat
 import sys
@@ -608,6 +609,8 @@ CONSUME_SETTINGS = (
     "reserved_workers",
     "isolation_level",
     "transaction_hold_warn_s",
+    "drain_timeout_s",
+    "close_timeout_s",
 )
 
 
@@ -646,7 +649,10 @@ def consume(
 ) -> None:
     """Consume every lane in one group, realtime first, pausing bulk while realtime lags.
 
-    Runs until SIGTERM or SIGINT, then finishes the chunks in hand, commits and exits 0.
+    Runs until SIGTERM or SIGINT, then finishes the chunks in hand (up to --drain-timeout-s),
+    commits and closes (up to --close-timeout-s, even with the broker gone: what was not
+    committed is logged and redelivered) and exits 0. A second signal exits at once with 128 +
+    the signal number.
     """
     from streamproc.consumer import PriorityConsumer
     from streamproc.handlers import load_handler, open_sink
@@ -703,6 +709,17 @@ def consume(
         close = getattr(target, "close", None)
         if callable(close):
             close()
+    if not consumer.shutdown_complete:
+        # A step given up is still blocked in librdkafka on its thread, and a chunk still running
+        # holds a worker thread the interpreter joins at exit: exit past both. Nothing is lost:
+        # what was not committed is redelivered.
+        logging.getLogger("streamproc.cli").warning(
+            "exiting with %d past what the shutdown gave up (see above)", code
+        )
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
     raise typer.Exit(code)
 
 

@@ -389,6 +389,16 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
     drain_timeout_s: float = Field(
         30.0, ge=0, description="On shutdown, how long to finish the chunks already taken."
     )
+    close_timeout_s: float = Field(
+        10.0,
+        gt=0,
+        description=(
+            "On shutdown, after the chunks in hand are finished: how long the synchronous commits"
+            " and the closing of the Kafka clients may take altogether. With the broker gone"
+            " they would wait for minutes; what still waits at this deadline is given up and the"
+            " process exits, and offsets it could not commit are redelivered."
+        ),
+    )
     group_instance_id: str | None = Field(
         None,
         min_length=1,

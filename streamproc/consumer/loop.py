@@ -28,9 +28,12 @@ Offsets are stored only after a chunk is handled or parked; librdkafka's auto-co
 stored offsets on an interval. Rebalances: :mod:`streamproc.consumer.rebalance`.
 
 Shutdown on SIGTERM/SIGINT: take nothing more, finish every taken chunk (up to
-``drain_timeout_s``), store, flush dead letters, commit each lane consumer synchronously, close
-them (leaving the group), return 0. A second signal exits at once. A stop by the error policy
-starts nothing more, waits for the running chunks, stores what is contiguous, stops with 1.
+``drain_timeout_s``), store, flush dead letters, then within ``close_timeout_s`` altogether commit
+each lane consumer synchronously and close them (leaving the group), return 0. A commit or close
+the broker holds past that deadline is given up (:mod:`streamproc.consumer.shutdown`): what it
+did not commit is logged and redelivered. A second signal exits at once, also while a commit or a
+close waits. A stop by the error policy starts nothing more, waits for the running chunks, stores
+what is contiguous, stops with 1.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from types import FrameType
 from typing import cast
 
@@ -54,6 +58,7 @@ from streamproc.consumer.clients import ClientFactory, KafkaClients, LaneConsume
 from streamproc.consumer.pausebook import PauseBook
 from streamproc.consumer.pipeline import Outcome, Pipeline
 from streamproc.consumer.rebalance import Rebalancer
+from streamproc.consumer.shutdown import ShutdownBudget
 from streamproc.consumer.turns import TurnPlanner
 from streamproc.dispatch import Dispatcher, WorkItem
 from streamproc.errors import SchemaRegistryUnavailableError, StreamprocError
@@ -156,6 +161,7 @@ class PriorityConsumer:
         self._signals = 0
         self._closed = False
         self._closing_clients = False
+        self._shutdown_complete = False
         self._last_tick = time.monotonic()
         self._last_flow_tick = 0.0
         self._last_finish = time.monotonic()
@@ -292,6 +298,20 @@ class PriorityConsumer:
         """Ask the loop to finish the chunks in hand and shut down cleanly (thread-safe)."""
         self._stop.set()
 
+    @property
+    def shutdown_complete(self) -> bool:
+        """:meth:`close` finished everything in time: every taken chunk, every commit, every
+        client closed.
+
+        False before :meth:`close`, and after a close that gave something up: chunks still
+        running at ``drain_timeout_s``, or a commit or close the broker held past
+        ``close_timeout_s``. A step given up is still blocked in librdkafka on its own thread,
+        and a running chunk's worker thread would hold the interpreter's exit (it joins them), so
+        a process should then end with ``os._exit`` (``streamproc consume`` does); nothing is
+        lost, whatever was not committed is redelivered.
+        """
+        return self._shutdown_complete
+
     def healthy(self) -> tuple[bool, str]:
         """The loop turned recently and, with chunks in hand, one finished or was retried
         recently (a handler waiting out a sink outage is alive; one that never returns is not)."""
@@ -366,19 +386,39 @@ class PriorityConsumer:
             self._wait()
 
     def close(self, *, commit: bool = True) -> None:
-        """Finish taken chunks, flush dead letters, commit synchronously, leave the group."""
+        """Finish taken chunks, flush dead letters, commit synchronously, leave the group.
+
+        1. Finish every taken chunk (up to ``drain_timeout_s``) and store what finished.
+        2. Drop dead letters never acknowledged (their offsets were not stored).
+        3. Within ``close_timeout_s`` altogether, one step after another
+           (:class:`~streamproc.consumer.shutdown.ShutdownBudget`): measure lag a last time
+           (stores the position of drained partitions), commit each lane consumer
+           synchronously, close each lane consumer (leaving the group), close the query
+           consumer. A step still waiting at the deadline (the broker gone) is given up with
+           every later one; a lane whose commit did not happen is logged with the offsets it
+           handled, which are redelivered.
+
+        :attr:`shutdown_complete` says whether everything finished.
+        """
         if self._closed:
             return
         self._closed = True
+        drained = False
+        budget: ShutdownBudget | None = None
         try:
-            self._drain()
-            # The figures as they are left, for stats and /metrics.
-            self._apply_flow(time.monotonic())
+            drained = self._drain()
             self._dlq.close()
+            budget = ShutdownBudget(self.settings.close_timeout_s)
+            # The figures as they are left, for stats and /metrics.
+            budget.run("last lag measurement", lambda: self._apply_flow(time.monotonic()))
             if commit:
                 for lane_consumer in self._lane_consumers:
-                    self._commit_sync(lane_consumer)
+                    step = f"commit of lane {lane_consumer.lane.name}"
+                    if not budget.run(step, partial(self._commit_sync, lane_consumer)):
+                        self._log_uncommitted(lane_consumer, "its commit was given up")
         finally:
+            if budget is None:  # the drain failed: the clients still get their bounded close
+                budget = ShutdownBudget(self.settings.close_timeout_s)
             # From here each consumer's close() commits its stored offsets itself (auto-commit
             # on), so the revoke it serves does not commit again: a synchronous commit nested
             # in close() clobbers confluent-kafka's per-call state and a later callback of the
@@ -387,10 +427,13 @@ class PriorityConsumer:
             # Lowest lane first: rebalance callbacks served while a lane consumer closes may ask
             # group-wide questions, which go through the top lane's consumer.
             for lane_consumer in reversed(self._lane_consumers):
-                lane_consumer.close()
-            self._query.close()
+                budget.run(
+                    f"close of the {lane_consumer.lane.name} lane consumer", lane_consumer.close
+                )
+            budget.run("close of the query consumer", self._query.close)
             if self._schema_ids is not None:
                 self._schema_ids.close()
+            self._shutdown_complete = drained and budget.complete
 
     # -- taking work ----------------------------------------------------------------------------
 
@@ -641,14 +684,18 @@ class PriorityConsumer:
         self._collect()
         raise StopConsumer(self._stop_reason or "stopped")
 
-    def _drain(self) -> None:
+    def _drain(self) -> bool:
         """Shutdown: finish every taken chunk (bounded by ``drain_timeout_s``), store them.
 
         Finishing the waiting chunks too, not only the running ones, keeps each partition's
         finished run contiguous, so a clean stop leaves nothing to redeliver twice. Chunks still
         unfinished at the deadline are not stored: they come back to the next owner.
+
+        Returns:
+            True when every taken chunk finished in time.
         """
-        if not self._pool.drain(None, self.settings.drain_timeout_s):
+        drained = self._pool.drain(None, self.settings.drain_timeout_s)
+        if not drained:
             log.warning(
                 "chunks still in flight after %.0fs; not committed, they will be redelivered",
                 self.settings.drain_timeout_s,
@@ -656,6 +703,7 @@ class PriorityConsumer:
         self._pool.halt()
         self._collect()
         self._pool.close()
+        return drained
 
     # -- rebalance hooks (inside a lane consumer's consume()) -----------------------------------
 
@@ -715,7 +763,24 @@ class PriorityConsumer:
             return  # nothing stored since the last commit
         self.metrics.commits.labels(outcome="ok" if committed else "failed").inc()
         if not committed:
-            log.warning("synchronous commit of lane %s failed", lane_consumer.lane.name)
+            self._log_uncommitted(lane_consumer, "its synchronous commit failed")
+
+    def _log_uncommitted(self, lane_consumer: LaneConsumer, why: str) -> None:
+        """Say which handled offsets of a lane may have missed their commit: from the group's
+        last committed offset on, those chunks are redelivered to the next owner."""
+        topic = lane_consumer.lane.topic
+        handled = [
+            f"{t}[{p}] up to offset {offset - 1}"
+            for t, p in sorted(self._lag.assignment)
+            if t == topic and (offset := self._offsets.store_offset((t, p))) is not None
+        ]
+        log.warning(
+            "lane %s: %s; not committed: %s. Chunks handled after the group's last committed"
+            " offset are redelivered (at-least-once)",
+            lane_consumer.lane.name,
+            why,
+            ", ".join(handled) or "nothing handled in this run",
+        )
 
     # -- flow control ---------------------------------------------------------------------------
 

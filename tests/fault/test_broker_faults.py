@@ -1,10 +1,13 @@
-"""Scenarios 1, 9 and 12: the broker goes away (restart) or out of reach (network cut).
+"""Scenarios 1, 9 and 12: the broker goes away (restart) or out of reach (network cut); and a
+``streamproc consume`` child signalled while its broker is gone (bounded shutdown).
 
 Each runs on the session's private broker, never on the broker the other tests share.
 """
 
 from __future__ import annotations
 
+import signal
+import subprocess
 import time
 from collections import Counter
 from pathlib import Path
@@ -21,6 +24,7 @@ from tests.fault.ledger import (
     LedgerFile,
     LedgerHandler,
     read_acked,
+    read_processed,
     record_dead_letters,
 )
 from tests.fault.scenario import (
@@ -30,7 +34,10 @@ from tests.fault.scenario import (
     committed,
     high_watermarks,
     lane_partitions,
+    produce,
     producer_for,
+    signal_and_wait,
+    spawn_consumer,
     wait_drained,
 )
 from tests.integration.kafka_helpers import Cluster, ThreadedConsumer, read_topic, wait_until
@@ -208,3 +215,101 @@ def test_09_network_cut_longer_than_the_session_timeout(
     )
     figures.assert_ok()
     assert acks.failures == []
+
+
+# The children below give their commits and closes this long (close_timeout_s) ...
+CLOSE_TIMEOUT_S = 3.0
+# ... and may take this much longer to exit: a small batch to finish, the interpreter's exit.
+# Without the bound, a commit waits for the session timeout (45 s) and the close about 40 s more.
+EXIT_SLACK_S = 4.0
+
+
+def _stop_the_broker_under(child: subprocess.Popen[bytes], broker: PrivateBroker) -> None:
+    """Stop ``broker`` while ``child`` consumes (its lane consumers notice it gone at once)."""
+    assert child.poll() is None, "the consumer must be running when the broker goes"
+    broker.stop()
+
+
+def _kill(child: subprocess.Popen[bytes]) -> None:
+    if child.poll() is None:
+        child.kill()
+        child.wait(10)
+
+
+def test_sigterm_with_the_broker_gone_exits_within_close_timeout_then_a_restart_redelivers(
+    private_broker: PrivateBroker, topic_prefix: str, tmp_path: Path
+) -> None:
+    cluster = Cluster(private_broker.bootstrap, topic_prefix)
+    cluster.create_topics(partitions=3)
+    group = "broker-gone"
+    acks = AckLedger(tmp_path)
+    producer = producer_for(cluster.bootstrap, topic_prefix, acks)
+    produce(producer, acks, sample_chunks(600, low_priority_ratio=0.5, prefix="gone"))
+    producer.flush()
+    # No auto-commit within the test: every chunk the first process handles is uncommitted when
+    # the broker goes, so all of them must come back after the restart. The first process cannot
+    # leave the group: the restarted broker keeps it a member until its session times out, and
+    # the second process waits for that, so keep it short.
+    env = {
+        "STREAMPROC_CLOSE_TIMEOUT_S": str(CLOSE_TIMEOUT_S),
+        "STREAMPROC_AUTO_COMMIT_INTERVAL_MS": "600000",
+        "STREAMPROC_SESSION_TIMEOUT_MS": "6000",
+    }
+    first = spawn_consumer(
+        cluster.bootstrap, topic_prefix, group, tmp_path, sleep_s=0.1, batch=20, extra_env=env
+    )
+    try:
+        wait_until(lambda: len(read_processed(tmp_path)) >= 100, what="the consumer to progress")
+        _stop_the_broker_under(first, private_broker)
+        signalled = time.monotonic()
+        first.send_signal(signal.SIGTERM)
+        exit_code = first.wait(CLOSE_TIMEOUT_S + EXIT_SLACK_S)
+        took_s = time.monotonic() - signalled
+    finally:
+        _kill(first)
+    print(f"[broker-gone] SIGTERM to exit {took_s:.1f}s, exit code {exit_code}")
+    assert exit_code == 0, "a signalled consumer exits 0 even when it could not commit"
+    handled_by_first = {(e.topic, e.partition, e.offset) for e in read_processed(tmp_path)}
+    output = "\n".join(path.read_text() for path in tmp_path.glob(f"{group}-*.log"))
+    assert "its commit was given up; not committed" in output, "the lost commit must be logged"
+
+    private_broker.start()  # same data and port
+    second = spawn_consumer(private_broker.bootstrap, topic_prefix, group, tmp_path, extra_env=env)
+    try:
+        wait_drained(tmp_path, acks, timeout_s=60)
+        second_code = signal_and_wait(second)
+    finally:
+        _kill(second)
+    assert second_code == 0
+    processed = read_processed(tmp_path)
+    assert {a.id for a in read_acked(tmp_path)} <= {e.id for e in processed}, "I1: nothing lost"
+    redelivered = {(e.topic, e.partition, e.offset) for e in processed if e.pid == second.pid}
+    assert handled_by_first <= redelivered, "what was never committed comes back"
+
+
+def test_second_signal_with_the_broker_gone_exits_at_once(
+    private_broker: PrivateBroker, topic_prefix: str, tmp_path: Path
+) -> None:
+    cluster = Cluster(private_broker.bootstrap, topic_prefix)
+    cluster.create_topics(partitions=1)
+    acks = AckLedger(tmp_path)
+    producer = producer_for(cluster.bootstrap, topic_prefix, acks)
+    produce(producer, acks, sample_chunks(100, prefix="gone2"))
+    producer.flush()
+    # A long close budget: only the second signal can end the wait for the coordinator early.
+    env = {"STREAMPROC_CLOSE_TIMEOUT_S": "120"}
+    process = spawn_consumer(
+        cluster.bootstrap, topic_prefix, "broker-gone-twice", tmp_path, extra_env=env
+    )
+    try:
+        wait_until(lambda: len(read_processed(tmp_path)) >= 1, what="the first batch")
+        _stop_the_broker_under(process, private_broker)
+        process.send_signal(signal.SIGTERM)
+        time.sleep(1.0)
+        assert process.poll() is None, "the first signal waits (bounded) for the commit"
+        signalled = time.monotonic()
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(EXIT_SLACK_S) == 128 + signal.SIGTERM
+        print(f"[broker-gone-twice] second SIGTERM to exit {time.monotonic() - signalled:.1f}s")
+    finally:
+        _kill(process)

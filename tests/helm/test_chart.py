@@ -299,14 +299,24 @@ def test_probes_use_the_metrics_port() -> None:
 
 
 def test_grace_period_exceeds_the_shutdown_bound() -> None:
-    spec = render(DEFAULTS).one("Deployment")["spec"]["template"]["spec"]
-    bound = ConsumerSettings.model_fields["dlq_flush_timeout_s"].default
+    rendered = render(DEFAULTS)
+    spec = rendered.one("Deployment")["spec"]["template"]["spec"]
+    fields = ConsumerSettings.model_fields
+    bound = fields["dlq_flush_timeout_s"].default + fields["close_timeout_s"].default
     assert spec["terminationGracePeriodSeconds"] == 60
     assert spec["terminationGracePeriodSeconds"] > bound + 5
+    assert float(config_env(rendered)["STREAMPROC_CLOSE_TIMEOUT_S"]) == (
+        fields["close_timeout_s"].default
+    )
     error = render_error(
         DEFAULTS, sets=["terminationGracePeriodSeconds=40", "consumer.dlqFlushTimeoutS=40"]
     )
     assert "must exceed consumer.dlqFlushTimeoutS" in error
+    # The flush timeout alone fits; with the commits' and closes' bound it does not.
+    error = render_error(
+        DEFAULTS, sets=["terminationGracePeriodSeconds=44", "consumer.closeTimeoutS=10"]
+    )
+    assert "+ consumer.closeTimeoutS (10) by more than 5 s" in error
 
 
 def test_pods_run_non_root_with_a_read_only_root_and_a_writable_sink() -> None:

@@ -8,6 +8,7 @@ the real broker in tests/integration and tests/fault.
 from __future__ import annotations
 
 import itertools
+import logging
 import statistics
 import threading
 import time
@@ -385,6 +386,51 @@ def test_close_finishes_taken_work_commits_each_lane_consumer_and_closes_it() ->
     assert fake.committed[(REALTIME, 0)] == 10
     for fake_consumer in clients.consumers.values():
         assert fake_consumer.closed
+    assert consumer.shutdown_complete
+
+
+def test_close_gives_up_a_commit_nobody_answers_within_close_timeout_and_says_what_is_lost(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake = broker(realtime=10, bulk=10, partitions=1)
+    consumer, clients = consumer_on(fake, Recorder(), close_timeout_s=0.3)
+    consumer.subscribe()
+    consumer.tick()
+    broker_back = threading.Event()
+    realtime = lane_consumer(clients, "realtime")
+    # What confluent-kafka's commit(asynchronous=False) does without a group coordinator.
+    realtime.commit = lambda *args, **kwargs: broker_back.wait(30)
+    started = time.monotonic()
+    try:
+        with caplog.at_level(logging.WARNING):
+            consumer.close()
+        took = time.monotonic() - started
+    finally:
+        broker_back.set()
+    assert took < 1.0, "close returns once close_timeout_s is spent"
+    assert not consumer.shutdown_complete
+    assert (REALTIME, 0) not in fake.committed
+    assert not any(c.closed for c in clients.consumers.values()), "later steps are skipped"
+    assert (
+        f"lane realtime: its commit was given up; not committed: {REALTIME}[0] up to offset 9"
+        in caplog.text
+    )
+
+
+def test_a_chunk_still_running_at_drain_timeout_leaves_the_shutdown_incomplete() -> None:
+    fake = broker(realtime=4, partitions=1)
+    handler = Recorder()
+    handler.gate = threading.Event()  # the handler waits for it (up to 5 s)
+    consumer, clients = consumer_on(fake, handler, drain_timeout_s=0.2)
+    consumer.subscribe()
+    consumer.tick()
+    try:
+        consumer.close()
+    finally:
+        handler.gate.set()
+    assert not consumer.shutdown_complete, "a worker thread still runs: exit past it"
+    assert (REALTIME, 0) not in fake.committed
+    assert all(c.closed for c in clients.consumers.values()), "the clients still close"
 
 
 @pytest.mark.parametrize("concurrency", [1, 4])

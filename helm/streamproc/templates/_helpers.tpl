@@ -218,6 +218,7 @@ data). Unset optional values (null) are left out so streamproc's own defaults ap
   "STREAMPROC_DLQ_FLUSH_TIMEOUT_S" $c.dlqFlushTimeoutS
   "STREAMPROC_REVOKE_TIMEOUT_S" $c.revokeTimeoutS
   "STREAMPROC_DRAIN_TIMEOUT_S" $c.drainTimeoutS
+  "STREAMPROC_CLOSE_TIMEOUT_S" $c.closeTimeoutS
   "STREAMPROC_TRANSACTION_HOLD_WARN_S" $c.transactionHoldWarnS
   "STREAMPROC_BULK_TURN_MS" $c.bulkTurnMs
   "STREAMPROC_STATISTICS_INTERVAL_S" $c.statisticsIntervalS
@@ -335,8 +336,8 @@ Per-pod variables of the consumer, from the downward API: the pod name, the clie
 {{- if ge (int64 $v.flow.resumeLag) (int64 $v.flow.pauseLag) }}
 {{- fail (printf "flow.resumeLag (%v) must be lower than flow.pauseLag (%v): without a gap the bulk lane would flap." $v.flow.resumeLag $v.flow.pauseLag) }}
 {{- end }}
-{{- if le (float64 $v.terminationGracePeriodSeconds) (addf $v.consumer.dlqFlushTimeoutS 5.0) }}
-{{- fail (printf "terminationGracePeriodSeconds (%v) must exceed consumer.dlqFlushTimeoutS (%v) by more than 5 s: shutdown finishes a batch, flushes dead letters and commits." $v.terminationGracePeriodSeconds $v.consumer.dlqFlushTimeoutS) }}
+{{- if le (float64 $v.terminationGracePeriodSeconds) (addf $v.consumer.dlqFlushTimeoutS $v.consumer.closeTimeoutS 5.0) }}
+{{- fail (printf "terminationGracePeriodSeconds (%v) must exceed consumer.dlqFlushTimeoutS (%v) + consumer.closeTimeoutS (%v) by more than 5 s: shutdown finishes a batch, flushes dead letters, then commits and closes." $v.terminationGracePeriodSeconds $v.consumer.dlqFlushTimeoutS $v.consumer.closeTimeoutS) }}
 {{- end }}
 {{- if and $v.metrics.serviceMonitor.enabled $v.metrics.podMonitor.enabled }}
 {{- fail "metrics.serviceMonitor.enabled and metrics.podMonitor.enabled would scrape every pod twice: enable one of them." }}
