@@ -65,7 +65,7 @@ from streamproc.codec import (
     load_schema_file,
 )
 from streamproc.lanes import Lane, Lanes
-from streamproc.producer import ChunkProducer
+from streamproc.producer import POLL_EVERY, ChunkProducer
 from streamproc.samples import sample_chunks
 from streamproc.settings import ProducerSettings
 from streamproc.topics import TopicAdmin
@@ -201,6 +201,7 @@ def run_raw(settings: ProducerSettings, workload: Workload, repeat: int) -> Run:
     produce: Callable[..., None] = producer.produce
     poll = producer.poll
     started = time.perf_counter()
+    unpolled = 0
     for lane, key, value in workload.messages:
         topic = topics[lane]
         while True:
@@ -209,7 +210,10 @@ def run_raw(settings: ProducerSettings, workload: Workload, repeat: int) -> Run:
                 break
             except BufferError:
                 poll(QUEUE_FULL_POLL_S)
-        poll(0)
+        unpolled += 1
+        if unpolled >= POLL_EVERY:  # the product's cadence, like for like
+            unpolled = 0
+            poll(0)
     remaining = producer.flush(120)
     seconds = time.perf_counter() - started
     if remaining:

@@ -27,6 +27,9 @@ DeliveryCallback = Callable[["Delivery"], None]
 
 # How long produce() waits for room in librdkafka's queue before trying again.
 _QUEUE_FULL_POLL_S = 0.05
+# Delivery reports are served every this many produce() calls (and by flush()): a poll per
+# message cost a tenth of the produce path, and librdkafka queues the reports meanwhile.
+POLL_EVERY = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,6 +117,7 @@ class ChunkProducer:
         self._produce = self._producer.produce
         self._poll = self._producer.poll
         self._delivery_callback = self._delivered
+        self._unpolled = 0
 
     def produce(
         self,
@@ -155,7 +159,9 @@ class ChunkProducer:
         except KafkaException as exc:
             raise ProduceError(f"could not produce to {target.topic}: {exc}") from exc
         self._counts_of_topic[target.topic].sent += 1
-        self._poll(0)
+        self._unpolled += 1
+        if self._unpolled >= POLL_EVERY:
+            self._serve_reports()
         return target
 
     def produce_encoded(
@@ -181,6 +187,12 @@ class ChunkProducer:
             except KafkaException as exc:
                 raise ProduceError(f"could not produce to {lane.topic}: {exc}") from exc
         self.stats.lanes[lane.name].sent += 1
+        self._unpolled += 1
+        if self._unpolled >= POLL_EVERY:
+            self._serve_reports()
+
+    def _serve_reports(self) -> None:
+        self._unpolled = 0
         self._poll(0)
 
     def produce_many(self, chunks: Iterable[Chunk]) -> int:
