@@ -234,15 +234,16 @@ class WorkerPool(Generic[T, R]):
                 error = future.exception()
                 outcomes = [error] * len(batch) if error is not None else list(future.result())
             done, given_back, results = self._dispatcher.done, self._given_back, self._results
-            if not outcomes:
+            if not outcomes:  # cancelled at shutdown: never ran, never stored
                 for item in batch:
                     done(item)
-            for item, outcome in zip(batch, outcomes, strict=True):
-                if not isinstance(outcome, BaseException) and given_back(outcome):
-                    self._dispatcher.give_back(item)
-                else:
-                    results.append((item, outcome))
-                    done(item)
+            else:
+                for item, outcome in zip(batch, outcomes, strict=True):
+                    if not isinstance(outcome, BaseException) and given_back(outcome):
+                        self._dispatcher.give_back(item)
+                    else:
+                        results.append((item, outcome))
+                        done(item)
             self._launch()
             self._lock.notify_all()
 

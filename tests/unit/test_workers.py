@@ -6,6 +6,7 @@ import asyncio
 import threading
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
 
 import pytest
 
@@ -178,3 +179,24 @@ def test_exactly_one_runner() -> None:
     dispatcher: Dispatcher[str] = Dispatcher(2, concurrency=1)
     with pytest.raises(ValueError, match="exactly one"):
         WorkerPool(dispatcher)
+
+
+def test_a_batch_cancelled_at_shutdown_frees_its_slot_and_keys_and_has_no_result() -> None:
+    """``close()`` cancels a submitted batch that has not started: its items are done (never
+    stored: they come back), the slot is free and the next item of each key may start."""
+    dispatcher: Dispatcher[str] = Dispatcher(2, concurrency=1)
+    pool: WorkerPool[str, str] = WorkerPool(dispatcher, run_sync=each(lambda item: item.payload))
+    try:
+        first, second = items(2, keys=1)  # one key: the second waits for the first
+        dispatcher.add(first)
+        dispatcher.add(second)
+        batch = dispatcher.take_batch(time.monotonic(), lambda rank: 1)
+        assert batch == [first] and dispatcher.free_slots == 0
+        cancelled: Future[list[str]] = Future()
+        cancelled.cancel()
+        pool._finish(batch, cancelled)  # what the executor calls back for a cancelled future
+        # The first has no result; its key's next item was launched in the freed slot.
+        assert [item for item, _ in wait_for_results(pool, 1)] == [second]
+        assert dispatcher.size(1) == 0 and dispatcher.free_slots == 1
+    finally:
+        pool.close()
