@@ -246,7 +246,8 @@ def run_quix(settings: ProducerSettings, workload_file: Path, count: int, repeat
     config = {
         key: value
         for key, value in settings.to_librdkafka().items()
-        if key not in ("bootstrap.servers", "sasl.password")
+        # The password stays here; the logger is this process's Python object.
+        if key not in ("bootstrap.servers", "sasl.password", "logger")
     }
     completed = subprocess.run(
         [
