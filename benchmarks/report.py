@@ -66,6 +66,13 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
         "producer configuration; encode-only is the Kafka-free CPU cost streamproc adds per chunk.",
     ),
     (
+        "produce_memory",
+        "Produce command memory",
+        "streamproc produce (the CLI, as a child process) on a JSON-lines file and on a JSON-array "
+        "file of a migration's size: its peak resident memory, read from wait4, against a "
+        "one-chunk input; every chunk of each file is counted on the brokers.",
+    ),
+    (
         "codec",
         "Codec cost per message",
         "Kafka-free, on the sample chunks: decode + Chunk construction per message with "

@@ -28,6 +28,7 @@ HERE = Path(__file__).resolve().parent
 # (name, full-size arguments, --quick arguments)
 BENCHMARKS: tuple[tuple[str, list[str], list[str]], ...] = (
     ("produce", [], ["--count", "20000", "--repeats", "1", "--no-quix"]),
+    ("produce_memory", [], ["--size-mb", "20"]),
     ("codec", [], ["--count", "5000", "--repeats", "1"]),
     ("consume", [], ["--count", "20000", "--repeats", "1", "--no-quix"]),
     ("work_conservation", [], ["--count", "3000", "--repeats", "1"]),
