@@ -79,7 +79,8 @@ class ChunkProducer:
     Args:
         settings: Connection and tuning; ``settings.topology`` names the lane topics.
         codec: The Avro codec (one is built from the bundled schemas if omitted).
-        on_delivery: Called from :meth:`poll`/:meth:`flush` with each delivery outcome.
+        on_delivery: Called with each delivery outcome as reports are served: every
+            :data:`POLL_EVERY` :meth:`produce` calls, and in :meth:`poll` and :meth:`flush`.
 
     Example:
         >>> with ChunkProducer(ProducerSettings(bootstrap_servers="127.0.0.1:9092")) as p:
