@@ -200,12 +200,12 @@ class Dispatcher(Generic[T]):
         self._last_taken_at[rank] = item.taken_at
         item.sequence = next(self._sequence)
         if order_key is None:
-            heapq.heappush(self._ready[rank], (item.sequence, item))
+            self._make_ready(item)
         elif (waiting := self._held.get(order_key)) is not None:
             waiting.append(item)
         else:
             self._held[order_key] = deque()
-            heapq.heappush(self._ready[rank], (item.sequence, item))
+            self._make_ready(item)
 
     def _make_ready(self, item: WorkItem[T]) -> None:
         heapq.heappush(self._ready[item.lane_rank], (item.sequence, item))

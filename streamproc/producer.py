@@ -160,9 +160,7 @@ class ChunkProducer:
         except KafkaException as exc:
             raise ProduceError(f"could not produce to {target.topic}: {exc}") from exc
         self._counts_of_topic[target.topic].sent += 1
-        self._unpolled += 1
-        if self._unpolled >= POLL_EVERY:
-            self._serve_reports()
+        self._after_send()
         return target
 
     def produce_encoded(
@@ -188,13 +186,14 @@ class ChunkProducer:
             except KafkaException as exc:
                 raise ProduceError(f"could not produce to {lane.topic}: {exc}") from exc
         self.stats.lanes[lane.name].sent += 1
+        self._after_send()
+
+    def _after_send(self) -> None:
+        """Serve delivery reports once every ``POLL_EVERY`` messages queued."""
         self._unpolled += 1
         if self._unpolled >= POLL_EVERY:
-            self._serve_reports()
-
-    def _serve_reports(self) -> None:
-        self._unpolled = 0
-        self._poll(0)
+            self._unpolled = 0
+            self._poll(0)
 
     def produce_many(self, chunks: Iterable[Chunk]) -> int:
         """Produce every chunk of ``chunks``; returns how many were queued."""
