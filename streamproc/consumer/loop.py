@@ -617,19 +617,18 @@ class PriorityConsumer:
                 if isinstance(result, Outcome)
                 else Outcome("stop", detail=f"worker failed: {result!r}")
             )
-            kind = outcome.kind
-            if kind != "ok" and kind != "dead_lettered":
+            if not outcome.finished:
                 # Not finished: the stored offset of its partition never passes it.
-                if kind == "stop" and self._stop_reason is None:
+                if outcome.kind == "stop" and self._stop_reason is None:
                     self._stop_reason = outcome.detail
                     self._pool.halt()
                 continue
             if item.lane_rank != tally_rank:  # results come batch by batch: one lane at a time
                 tally_rank = item.lane_rank
-                tally = tallies.get(tally_rank) or tallies.setdefault(tally_rank, _Tally())
+                tally = tallies.setdefault(tally_rank, _Tally())
             produced_ms = timestamp_ms(item.payload)
             tally.latencies_s.append(max(0.0, now - produced_ms / 1000.0))
-            if kind == "dead_lettered":
+            if outcome.kind == "dead_lettered":
                 tally.dead_lettered[outcome.reason] = tally.dead_lettered.get(outcome.reason, 0) + 1
             elif outcome.attempts > 1:
                 tally.retried += 1
