@@ -376,6 +376,14 @@ def test_group_lag_command_shows_pause_state_and_owner(
         return any(row.lane == "bulk" and row.paused for row in rows)
 
     wait_until(bulk_row_paused, timeout_s=10, what="the paused bulk row")
+
+    def every_row_owned() -> bool:
+        # The lane consumers join one after the other: while the group rebalances, a partition
+        # has no owner in the description (shown as none, rightly).
+        owned = describe_group_lag(cluster.admin, cluster.lanes, "lagcmd", client_config=client)
+        return bool(owned) and all(row.owner for row in owned)
+
+    wait_until(every_row_owned, timeout_s=10, what="an owner for every partition")
     rows = describe_group_lag(cluster.admin, cluster.lanes, "lagcmd", client_config=client)
     assert {row.lane for row in rows} == {"realtime", "bulk"}
     # Every lane consumer is a member of its own: client.id suffixed by its lane.
