@@ -1153,7 +1153,9 @@ def dlq_replay(
         bool,
         typer.Option(
             help="Produce with the original timestamp, the chunk's version (a stale replayed copy"
-            " then never overwrites a newer one in the sink).",
+            " then never overwrites a newer one in the sink), unless it has used up half the"
+            " target topic's retention.ms: then the current time, so the broker cannot delete the"
+            " copy as expired.",
         ),
     ] = True,
     batch_size: Annotated[
@@ -1203,6 +1205,11 @@ def dlq_replay(
         f"{verb} {result.total} dead letter(s){f' ({reasons})' if reasons else ''},"
         f" {result.skipped} not selected"
     )
+    if result.restamped:
+        out.print(
+            f"{result.restamped} produced with the current time: their original timestamp had"
+            " used up half the target topic's retention.ms"
+        )
 
 
 # -- demo -----------------------------------------------------------------------------------------

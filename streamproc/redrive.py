@@ -18,7 +18,10 @@ A replay, batch by batch:
    message that fails again is parked again; chasing it would loop).
 2. Produce each selected one to its target with its original key, value, headers and timestamp
    (the timestamp is the chunk's version: a replayed stale copy must not win over a newer one),
-   the parking headers replaced by ``streamproc.replay.*`` headers.
+   the parking headers replaced by ``streamproc.replay.*`` headers. An original timestamp that
+   has used up half the target topic's ``retention.ms`` is replaced by the current time (the
+   broker would delete the copy as expired, maybe before it is read); the
+   ``streamproc.replay.original.timestamp`` header keeps it.
 3. Flush, and fail on any delivery error (nothing of the batch is committed then).
 4. Commit the offset after the last dead letter of the batch, selected or not.
 
@@ -31,6 +34,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import logging
 import re
 import time
 from collections import Counter
@@ -46,6 +50,10 @@ from confluent_kafka import (
     Message,
     Producer,
     TopicPartition,
+)
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # re-exported, unlisted
+    AdminClient,
+    ConfigResource,
 )
 
 from streamproc.deadletter import (
@@ -64,6 +72,8 @@ from streamproc.lanes import DLQ_SUFFIX, Lane
 from streamproc.messages import Header, coordinates, headers, timestamp_ms
 from streamproc.settings import KafkaSettings
 
+log = logging.getLogger(__name__)
+
 # Headers of a replayed message: the documented part of the wire contract.
 HEADER_REPLAY_COUNT = "streamproc.replay.count"
 HEADER_REPLAY_FROM_TOPIC = "streamproc.replay.from.topic"
@@ -73,6 +83,7 @@ HEADER_REPLAY_ORIGINAL_TOPIC = "streamproc.replay.original.topic"
 HEADER_REPLAY_ORIGINAL_PARTITION = "streamproc.replay.original.partition"
 HEADER_REPLAY_ORIGINAL_OFFSET = "streamproc.replay.original.offset"
 HEADER_REPLAY_REASON = "streamproc.replay.reason"
+HEADER_REPLAY_ORIGINAL_TIMESTAMP = "streamproc.replay.original.timestamp"
 
 # Written when a message is parked, and by a replay: a replayed message carries fresh ones only.
 PARKING_HEADERS = frozenset(
@@ -98,6 +109,7 @@ REPLAY_HEADERS = frozenset(
         HEADER_REPLAY_ORIGINAL_PARTITION,
         HEADER_REPLAY_ORIGINAL_OFFSET,
         HEADER_REPLAY_REASON,
+        HEADER_REPLAY_ORIGINAL_TIMESTAMP,
     }
 )
 
@@ -248,6 +260,8 @@ class DeadLetter:
             marks[HEADER_REPLAY_ORIGINAL_PARTITION] = str(self.original_partition)
         if self.original_offset is not None:
             marks[HEADER_REPLAY_ORIGINAL_OFFSET] = str(self.original_offset)
+        if self.original_timestamp_ms is not None:
+            marks[HEADER_REPLAY_ORIGINAL_TIMESTAMP] = str(self.original_timestamp_ms)
         return kept + [(name, text.encode()) for name, text in marks.items()]
 
     def target_topic(self, override: str | None = None) -> str:
@@ -422,6 +436,22 @@ def summarize(dead_letters: Iterable[DeadLetter], *, now_ms: int) -> list[Summar
         )
         for lane, reason in sorted(counts)
     ]
+
+
+def replay_timestamp(
+    original_ms: int | None, retention_ms: int | None, *, now_ms: int
+) -> int | None:
+    """The timestamp a replayed dead letter is produced with (None: the current time).
+
+    The original timestamp (the chunk's version) is kept unless it has used up half of
+    ``retention_ms``, the target topic's time retention (None: it keeps records forever). Kept,
+    the broker could delete the replayed copy as expired before anyone reads it.
+    """
+    if original_ms is None:
+        return None
+    if retention_ms is not None and now_ms - original_ms > retention_ms // 2:
+        return None
+    return original_ms
 
 
 def replay_group(prefix: str, selection: Mapping[str, object]) -> str:
@@ -620,6 +650,9 @@ class ReplayResult:
         replayed: Dead letters produced (dry run: selected), by target topic.
         skipped: Dead letters read and not selected by the filter.
         reasons: Dead letters produced (dry run: selected), by parking reason.
+        restamped: Dead letters produced with the current time instead of their original
+            timestamp, which had used up half the target topic's retention (see
+            :meth:`DeadLetterReplayer.run`).
         dry_run: Nothing was produced nor committed.
     """
 
@@ -627,6 +660,7 @@ class ReplayResult:
     replayed: Counter[str] = field(default_factory=Counter)
     skipped: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
+    restamped: int = 0
     dry_run: bool = False
 
     @property
@@ -669,6 +703,8 @@ class DeadLetterReplayer:
         self._timeout_s = timeout_s
         self._consumer: Consumer | None = None
         self._known_targets: set[str] = set()
+        self._retention_ms: dict[str, int | None] = {}
+        self._restamp_warned: set[str] = set()
 
     def run(
         self,
@@ -717,7 +753,8 @@ class DeadLetterReplayer:
         return result
 
     def _check_target(self, topic: str) -> None:
-        """Fail at once on a target topic that does not exist (a produce would wait for it)."""
+        """Fail at once on a target topic that does not exist (a produce would wait for it),
+        and learn its time retention."""
         if topic in self._known_targets:
             return
         if self._consumer is None:
@@ -730,6 +767,30 @@ class DeadLetterReplayer:
         if info is None or info.error is not None:
             raise ConfigError(f"replay target topic {topic} does not exist")
         self._known_targets.add(topic)
+        if self._keep_timestamp:
+            self._retention_ms[topic] = self._time_retention_ms(topic)
+
+    def _time_retention_ms(self, topic: str) -> int | None:
+        """``retention.ms`` of a topic that deletes by time; None if it keeps records forever
+        (or its configuration cannot be read: then original timestamps are kept, with a
+        warning)."""
+        admin = AdminClient(self._settings.admin_config())
+        resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
+        try:
+            entries = admin.describe_configs([resource])[resource].result(self._timeout_s)
+        except (KafkaException, TimeoutError) as exc:  # e.g. no DescribeConfigs right
+            log.warning(
+                "could not read the retention of %s (%s): original timestamps are kept, and a"
+                " dead letter older than its retention may be deleted before it is read",
+                topic,
+                exc,
+            )
+            return None
+        policy = entries["cleanup.policy"].value if "cleanup.policy" in entries else "delete"
+        retention = entries["retention.ms"].value if "retention.ms" in entries else None
+        if "delete" not in (policy or "") or retention is None or int(retention) < 0:
+            return None
+        return int(retention)
 
     def _replay_batch(
         self,
@@ -740,6 +801,7 @@ class DeadLetterReplayer:
     ) -> None:
         """Steps 2 and 3: produce the selected ones, then wait for every delivery report."""
         failures: list[str] = []
+        now_ms = int(time.time() * 1000)
 
         def delivered(error: KafkaError | None, _message: Message) -> None:
             if error is not None:
@@ -752,10 +814,13 @@ class DeadLetterReplayer:
                 continue
             target = dead_letter.target_topic(self._to_topic)
             self._check_target(target)
+            original = dead_letter.original_timestamp_ms if self._keep_timestamp else None
+            timestamp = replay_timestamp(original, self._retention_ms.get(target), now_ms=now_ms)
+            if timestamp != original:
+                result.restamped += 1
+                self._warn_restamped(target)
             if producer is not None:
-                extra: dict[str, Any] = {}
-                if self._keep_timestamp and dead_letter.original_timestamp_ms is not None:
-                    extra["timestamp"] = dead_letter.original_timestamp_ms
+                extra = {} if timestamp is None else {"timestamp": timestamp}
                 self._produce(producer, target, dead_letter, delivered, extra)
             result.replayed[target] += 1
             result.reasons[dead_letter.reason] += 1
@@ -768,6 +833,18 @@ class DeadLetterReplayer:
                 f"replay batch not delivered ({detail}); nothing of it was committed, rerun to"
                 " resume"
             )
+
+    def _warn_restamped(self, target: str) -> None:
+        if target in self._restamp_warned:
+            return
+        self._restamp_warned.add(target)
+        log.warning(
+            "dead letters older than half the retention of %s are produced with the current"
+            " time (their original timestamp is in the %s header): with the original one the"
+            " broker could delete them before they are read",
+            target,
+            HEADER_REPLAY_ORIGINAL_TIMESTAMP,
+        )
 
     @staticmethod
     def _produce(

@@ -40,6 +40,7 @@ from streamproc.redrive import (
     HEADER_REPLAY_FROM_PARTITION,
     HEADER_REPLAY_FROM_TOPIC,
     HEADER_REPLAY_ORIGINAL_OFFSET,
+    HEADER_REPLAY_ORIGINAL_TIMESTAMP,
     HEADER_REPLAY_ORIGINAL_TOPIC,
     HEADER_REPLAY_REASON,
 )
@@ -279,6 +280,7 @@ def test_an_interrupted_replay_resumes_where_it_stopped_and_loses_nothing(
 ) -> None:
     cluster.create_topics(partitions=3)
     lane = cluster.lanes.top
+    started_ms = int(time.time() * 1000)
     producer = Producer({"bootstrap.servers": cluster.bootstrap, "linger.ms": 20})
     for index in range(DEAD_LETTERS):
         producer.produce(
@@ -325,6 +327,9 @@ def test_an_interrupted_replay_resumes_where_it_stopped_and_loses_nothing(
     )
     assert resumed.returncode == 0, resumed.stderr
     assert f"replayed {DEAD_LETTERS - committed} dead letter(s)" in resumed.stdout
+    # Parked in 2023, far past the topic's retention (the broker default, 7 days): kept, that
+    # timestamp would let the broker delete the replayed copies before they are read.
+    assert f"{DEAD_LETTERS - committed} produced with the current time" in resumed.stdout
     # The rerun started exactly at the committed offsets, and read to the end.
     assert cluster.committed(group, lane.dlq_topic) == dlq_highs
     messages = read_topic(cluster.bootstrap, lane.topic, timeout_s=120)
@@ -338,6 +343,8 @@ def test_an_interrupted_replay_resumes_where_it_stopped_and_loses_nothing(
         index = int(message.key()[1:])
         assert message.value() == b"value-%d" % index
         assert marks["trace"] == b"t%d" % index
+        assert marks[HEADER_REPLAY_ORIGINAL_TIMESTAMP] == b"%d" % (1_700_000_000_000 + index)
+        assert timestamp_ms(message) > started_ms - 60_000, "restamped with the replay's time"
     expected = {
         (partition, offset) for partition, high in dlq_highs.items() for offset in range(high)
     }

@@ -24,6 +24,7 @@ from streamproc.redrive import (
     HEADER_REPLAY_FROM_TOPIC,
     HEADER_REPLAY_ORIGINAL_OFFSET,
     HEADER_REPLAY_ORIGINAL_PARTITION,
+    HEADER_REPLAY_ORIGINAL_TIMESTAMP,
     HEADER_REPLAY_ORIGINAL_TOPIC,
     HEADER_REPLAY_REASON,
     DeadLetter,
@@ -33,6 +34,7 @@ from streamproc.redrive import (
     lanes_named,
     parse_time,
     replay_group,
+    replay_timestamp,
     summarize,
 )
 
@@ -122,6 +124,7 @@ def test_replay_headers_keep_the_original_ones_and_mark_the_replay() -> None:
     assert marks[HEADER_REPLAY_ORIGINAL_TOPIC] == b"chunks.realtime"
     assert marks[HEADER_REPLAY_ORIGINAL_PARTITION] == b"2"
     assert marks[HEADER_REPLAY_ORIGINAL_OFFSET] == b"41"
+    assert marks[HEADER_REPLAY_ORIGINAL_TIMESTAMP] == str(letter.original_timestamp_ms).encode()
     assert marks[HEADER_REPLAY_REASON] == b"handler_error"
 
 
@@ -234,3 +237,30 @@ def test_text_helpers() -> None:
     assert bytes_text(b"\xff\x00") == "base64:/wA="
     assert bytes_text(None) is None
     assert iso_time(1_700_000_000_123) == "2023-11-14T22:13:20.123Z"
+
+
+WEEK_MS = 7 * 24 * HOUR_MS
+
+
+@pytest.mark.parametrize(
+    ("age_ms", "retention_ms", "kept"),
+    [
+        (HOUR_MS, WEEK_MS, True),  # young: the chunk's version is kept
+        (WEEK_MS // 2, WEEK_MS, True),  # exactly half the retention used: still kept
+        (WEEK_MS // 2 + 1, WEEK_MS, False),  # past half: the broker may soon delete it
+        (30 * 24 * HOUR_MS, WEEK_MS, False),  # already past the retention
+        (10 * 365 * 24 * HOUR_MS, None, True),  # a topic without time retention keeps it
+        (-HOUR_MS, WEEK_MS, True),  # a timestamp from the future is not this rule's business
+    ],
+)
+def test_replay_keeps_the_original_timestamp_unless_it_used_up_half_the_retention(
+    age_ms: int, retention_ms: int | None, kept: bool
+) -> None:
+    original = NOW_MS - age_ms
+    expected = original if kept else None
+    assert replay_timestamp(original, retention_ms, now_ms=NOW_MS) == expected
+
+
+def test_replay_without_an_original_timestamp_uses_the_current_time() -> None:
+    assert replay_timestamp(None, WEEK_MS, now_ms=NOW_MS) is None
+    assert replay_timestamp(None, None, now_ms=NOW_MS) is None
