@@ -194,18 +194,29 @@ class Dispatcher(Generic[T]):
 
     def add(self, item: WorkItem[T]) -> None:
         """Queue a taken item (items of one partition are added in offset order)."""
-        item.order_key = order_key = self.order_key(item)
-        rank = item.lane_rank
-        self._size_per_lane[rank] += 1
-        self._last_taken_at[rank] = item.taken_at
-        item.sequence = next(self._sequence)
-        if order_key is None:
-            self._make_ready(item)
-        elif (waiting := self._held.get(order_key)) is not None:
-            waiting.append(item)
-        else:
-            self._held[order_key] = deque()
-            self._make_ready(item)
+        self.add_many((item,))
+
+    def add_many(self, items: Iterable[WorkItem[T]]) -> None:
+        """Queue taken items, in the order given (items of one partition in offset order)."""
+        order_key_of, sizes, last_taken_at = (
+            self.order_key,
+            self._size_per_lane,
+            self._last_taken_at,
+        )
+        held, sequence, make_ready = self._held, self._sequence, self._make_ready
+        for item in items:
+            item.order_key = order_key = order_key_of(item)
+            rank = item.lane_rank
+            sizes[rank] += 1
+            last_taken_at[rank] = item.taken_at
+            item.sequence = next(sequence)
+            if order_key is None:
+                make_ready(item)
+            elif (waiting := held.get(order_key)) is not None:
+                waiting.append(item)
+            else:
+                held[order_key] = deque()
+                make_ready(item)
 
     def _make_ready(self, item: WorkItem[T]) -> None:
         heapq.heappush(self._ready[item.lane_rank], (item.sequence, item))
@@ -291,10 +302,15 @@ class Dispatcher(Generic[T]):
 
     def done(self, item: WorkItem[T]) -> None:
         """Release a finished (or abandoned) running item; its key's next item becomes ready."""
-        if not self._stop_running(item):
-            return  # already dropped with its partition
-        self._size_per_lane[item.lane_rank] -= 1
-        self._release(item.order_key)
+        self.done_many((item,))
+
+    def done_many(self, items: Iterable[WorkItem[T]]) -> None:
+        """:meth:`done` for each of ``items``."""
+        stop_running, sizes, release = self._stop_running, self._size_per_lane, self._release
+        for item in items:
+            if stop_running(item):  # else already dropped with its partition
+                sizes[item.lane_rank] -= 1
+                release(item.order_key)
 
     def give_back(self, item: WorkItem[T]) -> None:
         """Put a running item back where it was, not done (its lane was held after it was
@@ -379,8 +395,7 @@ class Dispatcher(Generic[T]):
 
     def abandon(self, items: Iterable[WorkItem[T]]) -> None:
         """Stop counting running items whose results will be ignored (partition gone)."""
-        for item in items:
-            self.done(item)
+        self.done_many(items)
 
     def pending_in(self, partitions: Iterable[PartitionKey]) -> int:
         """Items of ``partitions`` taken and not finished (ready, waiting for a key, running)."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Hashable, Iterable
+from itertools import pairwise
 from typing import Generic, TypeVar
 
 K = TypeVar("K", bound=Hashable)
@@ -54,6 +55,46 @@ class PartitionOffsets:
         self._order.append(offset)
         self._open.add(offset)
 
+    def taken_run(self, offsets: list[int]) -> None:
+        """Record a run of offsets taken at once (in partition order): :meth:`taken` for each,
+        in one step when the run simply continues the partition."""
+        order = self._order
+        if (order and offsets[0] <= order[-1]) or not _ascending(offsets):
+            for offset in offsets:
+                self.taken(offset)
+            return
+        if self._store is not None and offsets[0] < self._store:
+            self._store = offsets[0]
+        order.extend(offsets)
+        self._open.update(offsets)
+
+    def finished_run(self, offsets: list[int]) -> bool:
+        """Record that each of ``offsets`` was handled or parked: :meth:`finished` for each, in
+        one step when they are the oldest open offsets, in order (finishes in the order taken).
+
+        Returns:
+            True when the offset to store moved.
+        """
+        order, count = self._order, len(offsets)
+        if (
+            self._done
+            or count > len(order)
+            or order[0] != offsets[0]
+            or order[count - 1] != offsets[-1]
+            or not _ascending(offsets)
+        ):
+            moved = False
+            for offset in offsets:
+                moved = self.finished(offset) or moved
+            return moved
+        # Ascending, first and last the run's ends: they are exactly the oldest ``count``.
+        popleft = order.popleft
+        for _ in range(count):
+            popleft()
+        self._open.difference_update(offsets)
+        self._store = offsets[-1] + 1
+        return True
+
     def finished(self, offset: int) -> bool:
         """Record that ``offset`` was handled or parked.
 
@@ -86,9 +127,22 @@ class OffsetTracker(Generic[K]):
             offsets = self._partitions[partition] = PartitionOffsets()
         offsets.taken(offset)
 
+    def taken_run(self, partition: K, offsets: list[int]) -> None:
+        """:meth:`taken` for a run of offsets of one partition (at least one), in order."""
+        tracked = self._partitions.get(partition)
+        if tracked is None:
+            tracked = self._partitions[partition] = PartitionOffsets()
+        tracked.taken_run(offsets)
+
     def finished(self, partition: K, offset: int) -> None:
         offsets = self._partitions.get(partition)
         if offsets is not None and offsets.finished(offset):
+            self._moved.add(partition)
+
+    def finished_run(self, partition: K, offsets: list[int]) -> None:
+        """:meth:`finished` for several offsets of one partition (at least one)."""
+        tracked = self._partitions.get(partition)
+        if tracked is not None and tracked.finished_run(offsets):
             self._moved.add(partition)
 
     def store_offset(self, partition: K) -> int | None:
@@ -114,3 +168,8 @@ class OffsetTracker(Generic[K]):
         for partition in partitions:
             self._partitions.pop(partition, None)
             self._moved.discard(partition)
+
+
+def _ascending(offsets: list[int]) -> bool:
+    """Strictly increasing (no offset twice)."""
+    return all(a < b for a, b in pairwise(offsets))

@@ -82,8 +82,7 @@ class WorkerPool(Generic[T, R]):
 
     def add(self, items: Iterable[WorkItem[T]]) -> None:
         with self._lock:
-            for item in items:
-                self._dispatcher.add(item)
+            self._dispatcher.add_many(items)
             self._launch()
 
     def hold_lanes(self, ranks: Iterable[int]) -> None:
@@ -233,17 +232,18 @@ class WorkerPool(Generic[T, R]):
             if not future.cancelled():
                 error = future.exception()
                 outcomes = [error] * len(batch) if error is not None else list(future.result())
-            done, given_back, results = self._dispatcher.done, self._given_back, self._results
             if not outcomes:  # cancelled at shutdown: never ran, never stored
-                for item in batch:
-                    done(item)
+                self._dispatcher.done_many(batch)
             else:
+                given_back, results = self._given_back, self._results
+                ended: list[WorkItem[T]] = []
                 for item, outcome in zip(batch, outcomes, strict=True):
                     if not isinstance(outcome, BaseException) and given_back(outcome):
                         self._dispatcher.give_back(item)
                     else:
                         results.append((item, outcome))
-                        done(item)
+                        ended.append(item)
+                self._dispatcher.done_many(ended)
             self._launch()
             self._lock.notify_all()
 

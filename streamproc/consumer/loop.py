@@ -48,7 +48,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from types import FrameType
-from typing import cast
 
 from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
@@ -56,17 +55,18 @@ from streamproc.access import denial_message, is_denied
 from streamproc.codec import ChunkCodec
 from streamproc.consumer.clients import ClientFactory, KafkaClients, LaneConsumer
 from streamproc.consumer.pausebook import PauseBook
-from streamproc.consumer.pipeline import Outcome, Pipeline
+from streamproc.consumer.pipeline import OK, Outcome, Pipeline
 from streamproc.consumer.rebalance import Rebalancer
 from streamproc.consumer.shutdown import ShutdownBudget
 from streamproc.consumer.turns import TurnPlanner
 from streamproc.dispatch import Dispatcher, WorkItem
 from streamproc.errors import SchemaRegistryUnavailableError, StreamprocError
 from streamproc.flow import FlowController
+from streamproc.gctuning import young_gc_threshold
 from streamproc.handlers import AnyHandler
 from streamproc.kafkastats import Statistics, statistics_document
 from streamproc.lag import PAUSED_METADATA, RUNNING_METADATA, LagMonitor, LagSnapshot
-from streamproc.messages import PartitionKey, timestamp_ms
+from streamproc.messages import PartitionKey
 from streamproc.metrics import ConsumerMetrics, observe_many
 from streamproc.offsets import OffsetTracker
 from streamproc.registry import RegistrySchemaIds, registry_codec
@@ -125,6 +125,13 @@ class _Tally:
     latencies_s: list[float] = field(default_factory=list)
     dead_lettered: dict[str, int] = field(default_factory=dict)
     retried: int = 0
+
+    def unusual(self, outcome: Outcome) -> None:
+        """Count a finished outcome other than a first-attempt success."""
+        if outcome.kind == "dead_lettered":
+            self.dead_lettered[outcome.reason] = self.dead_lettered.get(outcome.reason, 0) + 1
+        elif outcome.attempts > 1:
+            self.retried += 1
 
 
 class PriorityConsumer:
@@ -351,8 +358,9 @@ class PriorityConsumer:
         self.subscribe()
         exit_code = 0
         try:
-            while not self._stop.is_set():
-                self.tick()
+            with young_gc_threshold(self.settings.gc_young_threshold):
+                while not self._stop.is_set():
+                    self.tick()
         except StopConsumer as exc:
             log.error("stopping: %s", exc)
             exit_code = 1
@@ -495,29 +503,40 @@ class PriorityConsumer:
         now = time.monotonic()
         lane = lane_consumer.lane
         rank, topic = lane.rank, lane.topic  # a lane consumer reads its lane topic only
-        taken = self._offsets.taken
         epochs = self._epochs
         items: list[WorkItem[Message]] = []
         append = items.append
+        taken: dict[int, list[int]] = {}  # offsets by partition, in the order taken
         for message in messages:
             error = message.error()
             if error is not None:
                 self._on_consume_error(error, message.topic())
                 continue
-            partition = cast(int, message.partition())
-            offset = cast(int, message.offset())
-            key = (topic, partition)
-            taken(key, offset)
+            partition: int = message.partition()  # type: ignore[assignment]  # never None here
+            offset: int = message.offset()  # type: ignore[assignment]
+            run = taken.get(partition)
+            if run is None:
+                run = taken[partition] = []
+            run.append(offset)
             message_key = message.key()
             if isinstance(message_key, str):
                 message_key = message_key.encode()
             append(
                 WorkItem(
-                    rank, topic, partition, offset, message_key, message, now, epochs.get(key, 0)
+                    rank,
+                    topic,
+                    partition,
+                    offset,
+                    message_key,
+                    message,
+                    now,
+                    epochs.get((topic, partition), 0),
                 )
             )
         if not items:
             return False
+        for partition, offsets in taken.items():
+            self._offsets.taken_run((topic, partition), offsets)
         self._last_taken[rank] = now
         self._broker_down_since = None
         if not self._pool.running():
@@ -604,7 +623,7 @@ class PriorityConsumer:
         now = time.time()
         last_timestamp: dict[PartitionKey, int] = {}
         tallies: dict[int, _Tally] = {}
-        offsets_finished = self._offsets.finished
+        finished_offsets: dict[PartitionKey, list[int]] = {}
         epochs = self._epochs
         tally = _Tally()
         tally_rank = -1
@@ -613,11 +632,11 @@ class PriorityConsumer:
             if epochs.get(key, 0) != item.epoch:
                 continue  # the partition was revoked or lost meanwhile: someone else redoes it
             outcome = (
-                result
-                if isinstance(result, Outcome)
+                result  # OK, the usual one, is the only outcome not looked into further
+                if result is OK or isinstance(result, Outcome)
                 else Outcome("stop", detail=f"worker failed: {result!r}")
             )
-            if not outcome.finished:
+            if outcome is not OK and not outcome.finished:
                 # Not finished: the stored offset of its partition never passes it.
                 if outcome.kind == "stop" and self._stop_reason is None:
                     self._stop_reason = outcome.detail
@@ -626,14 +645,17 @@ class PriorityConsumer:
             if item.lane_rank != tally_rank:  # results come batch by batch: one lane at a time
                 tally_rank = item.lane_rank
                 tally = tallies.setdefault(tally_rank, _Tally())
-            produced_ms = timestamp_ms(item.payload)
+            if outcome is not OK:
+                tally.unusual(outcome)
+            _, produced_ms = item.payload.timestamp()
             tally.latencies_s.append(max(0.0, now - produced_ms / 1000.0))
-            if outcome.kind == "dead_lettered":
-                tally.dead_lettered[outcome.reason] = tally.dead_lettered.get(outcome.reason, 0) + 1
-            elif outcome.attempts > 1:
-                tally.retried += 1
-            offsets_finished(key, item.offset)
+            run = finished_offsets.get(key)
+            if run is None:
+                run = finished_offsets[key] = []
+            run.append(item.offset)
             last_timestamp[key] = produced_ms
+        for key, offsets in finished_offsets.items():
+            self._offsets.finished_run(key, offsets)
         for rank, tally in tallies.items():
             self._count(self.lanes.all[rank].name, tally)
         sizes = self._pool.sizes()

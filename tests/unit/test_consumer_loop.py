@@ -7,6 +7,7 @@ the real broker in tests/integration and tests/fault.
 
 from __future__ import annotations
 
+import gc
 import itertools
 import logging
 import statistics
@@ -259,6 +260,22 @@ def test_stop_policy_stores_nothing_past_the_failure_and_exits_1() -> None:
     assert consumer.run(install_signal_handlers=False) == 1
     assert handler.handled["realtime"] == 3
     assert fake.committed[(REALTIME, 0)] == 3
+
+
+def test_run_raises_the_young_gc_threshold_while_it_runs_and_restores_it() -> None:
+    fake = broker(partitions=1)
+    fake.produce(REALTIME, 0, CODEC.encode(Chunk(tracking_id="one")))
+    fake.produce(REALTIME, 0, b"garbage")  # the stop policy ends run() here
+    handler = Recorder()
+    seen: list[int] = []
+    handler.on_batch = lambda lane, size: seen.append(gc.get_threshold()[0])
+    consumer, _ = consumer_on(
+        fake, handler, error_actions={"undecodable": "stop"}, gc_young_threshold=12_345
+    )
+    before = gc.get_threshold()
+    assert consumer.run(install_signal_handlers=False) == 1
+    assert seen == [12_345]
+    assert gc.get_threshold() == before
 
 
 def test_undecodable_message_is_parked_and_the_rest_goes_on() -> None:

@@ -105,3 +105,40 @@ def test_stored_offset_never_passes_an_unfinished_one(gaps: list[int], data: st.
         prefix = [t for t in taken if not unfinished or t < min(unfinished)]
         expected = prefix[-1] + 1 if prefix else None
         assert stored == expected
+
+
+run_of_offsets = st.lists(st.integers(min_value=0, max_value=40), min_size=1, max_size=8)
+
+
+@given(
+    steps=st.lists(st.tuples(st.sampled_from(["taken", "finished"]), run_of_offsets), max_size=30)
+)
+def test_runs_do_what_one_offset_at_a_time_does(steps: list[tuple[str, list[int]]]) -> None:
+    # Runs in order or not, repeated, stale, rewinding: the one-step paths must agree.
+    one_by_one, by_run = PartitionOffsets(), PartitionOffsets()
+    for kind, offsets in steps:
+        if kind == "taken":
+            offsets = sorted(offsets)  # taken runs come in partition order
+            for offset in offsets:
+                one_by_one.taken(offset)
+            by_run.taken_run(offsets)
+        else:
+            moved = False
+            for offset in offsets:
+                moved = one_by_one.finished(offset) or moved
+            assert by_run.finished_run(offsets) == moved
+        assert by_run.store_offset == one_by_one.store_offset
+        assert by_run.unfinished == one_by_one.unfinished
+
+
+def test_a_run_finished_in_order_moves_the_stored_offset_past_it() -> None:
+    tracker: OffsetTracker[tuple[str, int]] = OffsetTracker()
+    a = ("t", 0)
+    tracker.taken_run(a, [3, 4, 6, 7])
+    tracker.finished_run(a, [3, 4])
+    assert tracker.to_store() == {a: 5}
+    tracker.finished_run(a, [7])
+    assert tracker.to_store() == {}, "6 is not finished"
+    tracker.finished_run(a, [6])
+    assert tracker.to_store() == {a: 8}
+    assert tracker.unfinished(a) == 0
