@@ -276,7 +276,8 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
             "While the consumer runs, Python's cyclic garbage collector looks at the youngest"
             " objects after this many more allocations than releases (gc.set_threshold's first"
             " value; Python's own is 700). Decoding allocates many short-lived objects per chunk:"
-            " at 700 the collector ran every few dozen chunks and cost a third of the throughput."
+            " at 700 the collector ran every few dozen chunks and took about a quarter of the"
+            " consumer's CPU."
             " Raised only, restored when the consumer stops; 0 leaves the interpreter's setting."
         ),
     )
