@@ -62,6 +62,8 @@ class LaneConsumer:
         self.lane = lane
         self.consumer = consumer
         self.last_poll = time.monotonic()
+        # Set by the first assignment (possibly empty): the consumer has joined the group.
+        self.joined = False
 
     def subscribe(
         self,

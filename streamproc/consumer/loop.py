@@ -338,10 +338,18 @@ class PriorityConsumer:
         return True, f"last tick {age:.2f}s ago"
 
     def ready(self) -> tuple[bool, str]:
-        """Assigned at least one partition and the broker reachable."""
+        """Every lane consumer in the group, at least one partition assigned, and the broker
+        reachable.
+
+        The lane consumers join one after the other: until the last one has its first
+        assignment (possibly empty), the lanes it reads are not being consumed by anyone here.
+        """
         down_since = self._broker_down_since
         if down_since is not None and self._lag.last_broker_answer < down_since:
             return False, "broker unreachable"
+        joining = [lc.lane.name for lc in self._lane_consumers if not lc.joined]
+        if joining:
+            return False, f"lane consumer(s) {', '.join(joining)} joining the group"
         if not self._lag.assignment:
             return False, "no partitions assigned"
         return True, f"{len(self._lag.assignment)} partitions assigned"

@@ -100,6 +100,7 @@ class Rebalancer:
 
     def assigned(self, lane_consumer: LaneConsumer, partitions: list[TopicPartition]) -> None:
         self._count("assign", partitions)
+        lane_consumer.joined = True
         consumer = lane_consumer.consumer
         if self._cooperative:
             consumer.incremental_assign(partitions)

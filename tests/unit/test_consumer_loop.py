@@ -602,3 +602,18 @@ def test_nothing_is_stored_past_a_chunk_still_in_hand() -> None:
     handler.gate.set()
     run_until(consumer, lambda: realtime.stored.get((REALTIME, 0)) == 6)
     consumer.close()
+
+
+def test_ready_only_once_every_lane_consumer_has_joined_the_group() -> None:
+    fake = broker(realtime=5, bulk=5, partitions=1)
+    consumer, clients = consumer_on(fake, Recorder())
+    consumer.subscribe()
+    assert consumer.ready() == (False, "lane consumer(s) realtime, bulk joining the group")
+    # The realtime consumer gets its assignment first (its first poll runs the callback).
+    lane_consumer(clients, "realtime").consume(0, 0)
+    ready, why = consumer.ready()
+    assert not ready, "partitions assigned, but the bulk lane is not consumed by anyone here yet"
+    assert why == "lane consumer(s) bulk joining the group"
+    lane_consumer(clients, "bulk").consume(0, 0)
+    assert consumer.ready() == (True, "2 partitions assigned")
+    consumer.close()
