@@ -299,7 +299,13 @@ def preload(bootstrap: str, topic: str, load: Workload, count: int) -> float:
     remaining = producer.flush(120)
     if remaining:
         raise SystemExit(f"preload of {topic}: {remaining} messages undelivered")
-    return time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    # The broker's log writes sit in the page cache until the kernel writes them back, about
+    # 30 s later (vm.dirty_expire_centisecs): in the middle of the first measured run, where
+    # that write-back stalled the broker's appends and fetches for 100-500 ms. Write them back
+    # now (the local broker shares this machine's disk).
+    os.sync()
+    return seconds
 
 
 # -- paced producer (a child process, so it never competes for the consumer's GIL) ------------
