@@ -343,12 +343,15 @@ class PriorityConsumer:
 
         The lane consumers join one after the other: until the last one has its first
         assignment (possibly empty), the lanes it reads are not being consumed by anyone here.
+        Under the consumer group protocol (KIP-848) librdkafka announces no empty assignment, so
+        a lane consumer left without partitions never looks joined: there, at least one
+        partition assigned is enough.
         """
         down_since = self._broker_down_since
         if down_since is not None and self._lag.last_broker_answer < down_since:
             return False, "broker unreachable"
         joining = [lc.lane.name for lc in self._lane_consumers if not lc.joined]
-        if joining:
+        if joining and self.settings.group_protocol == "classic":
             return False, f"lane consumer(s) {', '.join(joining)} joining the group"
         if not self._lag.assignment:
             return False, "no partitions assigned"

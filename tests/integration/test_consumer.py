@@ -154,6 +154,10 @@ def test_member_join_and_leave_while_bulk_paused(
     )
     bulk_owner = second if owns_realtime(first) else first
     assert not owns_realtime(bulk_owner)
+    # Its realtime lane consumer joined with an empty assignment: the member is ready all the
+    # same (with the classic protocol readiness waits for every lane consumer's first
+    # assignment, empty or not; the consumer protocol announces no empty one).
+    wait_until(lambda: bulk_owner.ready()[0], timeout_s=10, what="the bulk-only member ready")
     # The bulk-only member sees realtime lag through the group (scope auto -> group).
     wait_until(lambda: bulk_owner.paused_partitions == set(bulk_owner.assignment), timeout_s=10)
     for _ in range(20):  # stays paused while the realtime backlog lasts

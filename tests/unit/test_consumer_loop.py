@@ -617,3 +617,13 @@ def test_ready_only_once_every_lane_consumer_has_joined_the_group() -> None:
     lane_consumer(clients, "bulk").consume(0, 0)
     assert consumer.ready() == (True, "2 partitions assigned")
     consumer.close()
+
+
+def test_under_the_consumer_protocol_one_assigned_partition_is_ready_enough() -> None:
+    # KIP-848 announces no empty assignment: a lane consumer without partitions never "joins".
+    fake = broker(realtime=5, partitions=1)
+    consumer, clients = consumer_on(fake, Recorder(), group_protocol="consumer")
+    consumer.subscribe()
+    lane_consumer(clients, "realtime").consume(0, 0)
+    assert consumer.ready() == (True, "1 partitions assigned")
+    consumer.close()
