@@ -44,6 +44,7 @@ class FlowProbe:
     bulk_while_realtime_over: int = 0
     bulk_after_first_pause: int = 0
     delay_realtime_s: float = 0.0
+    delay_bulk_s: float = 0.0
 
     def handle_batch(self, records: Sequence[ChunkRecord]) -> None:
         assert self.consumer is not None
@@ -57,6 +58,8 @@ class FlowProbe:
                 self.bulk_while_realtime_over += len(records)
             if self.consumer.metrics.lanes["bulk"].pauses._value.get() > 0:
                 self.bulk_after_first_pause += len(records)
+            if self.delay_bulk_s:
+                time.sleep(self.delay_bulk_s * len(records))
         elif self.delay_realtime_s:
             time.sleep(self.delay_realtime_s * len(records))
         self.handled[lane] += len(records)
@@ -68,8 +71,10 @@ def test_bulk_pauses_on_realtime_burst_resumes_when_drained_and_drains(
     cluster.create_topics(partitions=3)
     bulk_count, burst = 20_000, 4_000
     cluster.produce(sample_chunks(bulk_count, low_priority_ratio=1.0, prefix="bulk"))
-    # Realtime handling costs 0.5 ms a chunk, so a burst builds a backlog the way real traffic does.
-    probe = FlowProbe(pause_lag=500, delay_realtime_s=0.0005)
+    # Realtime handling costs 0.5 ms a chunk, so a burst builds a backlog the way real traffic does;
+    # bulk costs 0.2 ms, so its 20,000 last at least 4 s: long enough that the burst, produced
+    # while bulk drains, pauses bulk before bulk is done (the null handler drained it first).
+    probe = FlowProbe(pause_lag=500, delay_realtime_s=0.0005, delay_bulk_s=0.0002)
     consumer = PriorityConsumer(cluster.consumer_settings("flow", pause_lag=500), probe)
     probe.consumer = consumer
     threaded = run_consumer(consumer)
