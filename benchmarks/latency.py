@@ -95,6 +95,18 @@ class Config:
         return RecordingHandler(0.0, sleep_s=args.io_ms / 1e3, stop_after=stop_after)
 
 
+def parse_override(text: str) -> tuple[str, Any]:
+    """``SETTING=VALUE`` for ``--compare``: a ConsumerSettings field and a value it accepts."""
+    name, equals, value = text.partition("=")
+    if not equals or name not in ConsumerSettings.model_fields:
+        raise argparse.ArgumentTypeError(f"{text!r} is not SETTING=VALUE of a consumer setting")
+    try:
+        ConsumerSettings.model_validate({name: value})
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"{text}: {exc}") from exc
+    return name, value
+
+
 def parse_config(text: str) -> Config:
     kind, _, concurrency = text.partition(":")
     if kind not in ("cpu", "io") or not concurrency.isdigit() or int(concurrency) < 1:
@@ -399,7 +411,7 @@ ALONE = Variant("c", "(c) realtime only", bulk=False, flow=True)
 
 # Variant keys a run is limited to (``--variants``); None: every variant a configuration has.
 ONLY_VARIANTS: frozenset[str] | None = None
-# ``--compare-turn-ms``: (a) again with another bulk_turn_ms, in the same rounds.
+# ``--compare-turn-ms`` and ``--compare``: (a) again with other settings, in the same rounds.
 EXTRA_VARIANTS: tuple[Variant, ...] = ()
 
 
@@ -522,6 +534,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=[],
         help="Also run (a) with each of these bulk_turn_ms in every round (variants t1, t2, ...).",
     )
+    parser.add_argument(
+        "--compare",
+        nargs="*",
+        type=parse_override,
+        default=[],
+        metavar="SETTING=VALUE",
+        help="Also run (a) with each of these consumer settings changed in every round"
+        " (variants s1, s2, ...), e.g. gil_switch_interval_ms=0.",
+    )
     args = parse(parser, argv)
     global EXTRA_VARIANTS  # one run of the script, one selection
     EXTRA_VARIANTS = tuple(
@@ -533,6 +554,15 @@ def main(argv: Sequence[str] | None = None) -> int:
             overrides=(("bulk_turn_ms", turn_ms),),
         )
         for index, turn_ms in enumerate(args.compare_turn_ms, start=1)
+    ) + tuple(
+        Variant(
+            f"s{index}",
+            f"(s{index}) flow control, {name} {value}",
+            bulk=True,
+            flow=True,
+            overrides=((name, value),),
+        )
+        for index, (name, value) in enumerate(args.compare, start=1)
     )
     if args.variants is not None:
         global ONLY_VARIANTS  # one run of the script, one selection
