@@ -60,6 +60,9 @@ class WorkItem(Generic[T]):
         order_key: Items sharing it never run at once (set by the dispatcher).
         sequence: Its place in the order taken (set by the dispatcher).
         batch: The batch it runs in while running (set by the dispatcher).
+        yields: Its batch should give way to a more urgent chunk arriving while it runs: a
+            lower lane's batch started when nothing more urgent waited (set by the dispatcher;
+            a batch a starvation guard starts ahead of waiting chunks runs to its end).
     """
 
     lane_rank: int
@@ -73,6 +76,7 @@ class WorkItem(Generic[T]):
     order_key: Hashable | None = field(default=None, init=False)
     sequence: int = field(default=0, init=False)
     batch: int = field(default=-1, init=False)
+    yields: bool = field(default=False, init=False)
 
     @property
     def partition_key(self) -> PartitionKey:
@@ -151,12 +155,26 @@ class Dispatcher(Generic[T]):
         return len(self._batch_left)
 
     @property
+    def most_urgent_running(self) -> int | None:
+        """The lowest lane rank among the running items (None when nothing runs)."""
+        return min((item.lane_rank for item in self._running), default=None)
+
+    @property
     def free_slots(self) -> int:
         return self.concurrency - len(self._batch_left)
 
     def ready(self, rank: int) -> int:
         """Items of a lane allowed to start now (waiting for a slot only)."""
         return len(self._ready[rank])
+
+    def waiting_ahead_of(self, rank: int) -> bool:
+        """A chunk of a lane more urgent than ``rank`` is ready and waits for a slot.
+
+        Read by the worker threads between chunks, without the pool's lock: each lane's length
+        is read at once, and a stale answer only delays a yield by one chunk.
+        """
+        ready, held = self._ready, self._held_lanes
+        return any(ready[r] and r not in held for r in range(rank))
 
     def size(self, rank: int) -> int:
         """Items of a lane taken and not finished (waiting or running)."""
@@ -260,9 +278,11 @@ class Dispatcher(Generic[T]):
             batch_id = next(self._batch_ids)
             batch: list[WorkItem[T]] = []
             heappop = heapq.heappop
+            yields = rank > 0 and not self.waiting_ahead_of(rank)
             for _ in range(min(max(1, limit(rank)), len(ready))):
                 item = heappop(ready)[1]
                 item.batch = batch_id
+                item.yields = yields
                 batch.append(item)
             self._running.update(batch)
             self._batch_left[batch_id] = len(batch)

@@ -281,6 +281,17 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
             " Raised only, restored when the consumer stops; 0 leaves the interpreter's setting."
         ),
     )
+    gil_switch_interval_ms: float = Field(
+        0.5,
+        ge=0,
+        description=(
+            "While the consumer runs, how long a thread that computes keeps the GIL while another"
+            " waits for it (sys.setswitchinterval; Python's own is 5 ms). The loop thread waits"
+            " for realtime without the GIL: when a chunk arrives while a CPU-bound handler runs,"
+            " this is how long the loop may wait to take it."
+            " Shortened only, restored when the consumer stops; 0 leaves the interpreter's setting."
+        ),
+    )
     prefetch_kbytes: int = Field(
         256,
         gt=0,

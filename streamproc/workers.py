@@ -109,6 +109,11 @@ class WorkerPool(Generic[T, R]):
         with self._lock:
             return 0 if self._halted else self._dispatcher.free_slots
 
+    def most_urgent_running(self) -> int | None:
+        """The most urgent lane with a chunk running now (None when nothing runs or halted)."""
+        with self._lock:
+            return None if self._halted else self._dispatcher.most_urgent_running
+
     def ready(self, rank: int) -> int:
         """Items of a lane waiting for a free slot."""
         with self._lock:

@@ -12,7 +12,9 @@ time (:mod:`streamproc.dispatch`), and the loop only polls, decides and stores. 
 3. Only when a slot is free and no more urgent chunk waits, give the next lane a turn: a batch
    sized so it ends within ``bulk_turn_ms`` (a moving average of its per-chunk handling time;
    :mod:`streamproc.consumer.turns`), one per free slot. A lane the flow policy holds gets no
-   turn, unless a starvation guard grants it a slice (then it gets every other batch).
+   turn, unless a starvation guard grants it a slice (then it gets every other batch). A turn
+   handed to a per-chunk handler yields between chunks to a more urgent chunk taken meanwhile
+   (:mod:`streamproc.consumer.pipeline`); one a starvation guard started does not.
 4. Flow control (every ``FLOW_TICK_S``): measure lag, run the :class:`~streamproc.flow.
    FlowController`, pause or resume the held lanes' partitions (:mod:`streamproc.consumer.
    pausebook`), publish the pause state, store the position of drained partitions (past
@@ -21,8 +23,12 @@ time (:mod:`streamproc.dispatch`), and the loop only polls, decides and stores. 
    (its rebalance callbacks run, ``max.poll.interval.ms`` never runs out), even while realtime
    saturates the slots or a handler runs for minutes. A lane holding its in-flight bound has its
    partitions paused first (backpressure), so such a poll takes nothing more.
-6. Wait, without holding the GIL: for a free slot when every slot is busy, else for realtime on
-   the top lane's consumer (up to ``poll_timeout_s``).
+6. Wait, without holding the GIL: for realtime on the top lane's consumer (up to
+   ``poll_timeout_s``, or until the next lower-lane turn is due), also while lower-lane batches
+   fill every slot (a realtime chunk taken then makes the running batch yield); for a free slot
+   only while realtime fills every slot or reached its in-flight bound. ``run()`` shortens the
+   interpreter's GIL switch interval (``gil_switch_interval_ms``): the loop thread waking for
+   realtime gets the GIL from a computing handler within that interval.
 
 Offsets are stored only after a chunk is handled or parked; librdkafka's auto-commit commits
 stored offsets on an interval. Rebalances: :mod:`streamproc.consumer.rebalance`.
@@ -62,8 +68,8 @@ from streamproc.consumer.turns import TurnPlanner
 from streamproc.dispatch import Dispatcher, WorkItem
 from streamproc.errors import SchemaRegistryUnavailableError, StreamprocError
 from streamproc.flow import FlowController
-from streamproc.gctuning import young_gc_threshold
 from streamproc.handlers import AnyHandler
+from streamproc.interpreter import gil_switch_interval, young_gc_threshold
 from streamproc.kafkastats import Statistics, statistics_document
 from streamproc.lag import PAUSED_METADATA, RUNNING_METADATA, LagMonitor, LagSnapshot
 from streamproc.messages import PartitionKey
@@ -257,6 +263,7 @@ class PriorityConsumer:
             # What the dispatcher holds now (set before the lane is said to be paused).
             held=lambda rank: rank in dispatcher.held_lanes,
             busy=lambda: dispatcher.busy_slots,
+            urgent=dispatcher.waiting_ahead_of,
         )
         self._pool: WorkerPool[Message, Outcome] = WorkerPool(
             dispatcher,
@@ -369,7 +376,10 @@ class PriorityConsumer:
         self.subscribe()
         exit_code = 0
         try:
-            with young_gc_threshold(self.settings.gc_young_threshold):
+            with (
+                young_gc_threshold(self.settings.gc_young_threshold),
+                gil_switch_interval(self.settings.gil_switch_interval_ms / 1000),
+            ):
                 while not self._stop.is_set():
                     self.tick()
         except StopConsumer as exc:
@@ -562,18 +572,31 @@ class PriorityConsumer:
         )
 
     def _wait(self) -> None:
-        """Sleep until there is something to do, without holding the GIL."""
-        timeout = self.settings.poll_timeout_s
-        if self._pool.free_slots() <= 0:
-            self._pool.wait_for_slot(timeout)
-            return
-        top = self._lane_consumers[0]
+        """Sleep until there is something to do, without holding the GIL.
+
+        While only lower-lane batches run, the loop waits for realtime, not for a slot: a
+        realtime chunk is taken the moment it arrives, the running batch yields to it between
+        chunks (:class:`~streamproc.consumer.pipeline.Pipeline`), and the pool starts it as soon
+        as the slot is free, without waiting for the loop. The loop still wakes in time to queue
+        the next lower-lane turn.
+        """
+        poll_timeout = timeout = self.settings.poll_timeout_s
         sizes = self._pool.sizes()
+        room = self.settings.in_flight_limit - sizes[0]
+        busy = self._pool.free_slots() <= 0
+        if busy:
+            running = self._pool.most_urgent_running()
+            if room <= 0 or running is None or running == 0:
+                self._pool.wait_for_slot(poll_timeout)
+                return
         for rank in range(1, len(sizes)):
             if sizes[rank]:
-                # Lower-lane work in hand: wake in time to give the next turn its slot.
-                timeout = min(timeout, self._planner.wake_s(rank))
-        room = self.settings.in_flight_limit - sizes[0]
+                # Lower-lane work in hand: wake in time to give the next turn its slot. With
+                # every slot busy and the next turn queued already, the running one ends first.
+                queued = busy and self._pool.ready(rank)
+                wake = self._planner.turn_s(rank) if queued else self._planner.wake_s(rank)
+                timeout = min(timeout, wake)
+        top = self._lane_consumers[0]
         if room > 0:
             self._enqueue(top, top.take(min(room, self.settings.max_batch_messages), timeout))
         else:

@@ -7,7 +7,9 @@ retries differ. Every message of a batch ends with one :class:`Outcome`, in orde
    error policy says stop).
 2. Call the handler: a batch handler gets the decoded chunks at once, retried as a whole on
    retriable errors; if it still fails, the chunks are handed over one by one so the bad one is
-   isolated. A per-chunk handler gets them one by one from the start.
+   isolated. A per-chunk handler gets them one by one from the start, and a lower lane's batch
+   yields between chunks: once a more urgent chunk waits for a slot (or the flow policy holds
+   the lane), the chunks not yet handled end ``given_back`` and wait again in their place.
 3. A chunk that still fails is parked (its dead letter acknowledged before the outcome says so),
    or the policy says stop: that chunk and every later one of the batch end ``stop`` / ``skipped``
    and are never stored, so they come back.
@@ -67,8 +69,9 @@ class Outcome:
 
     ``ok``: handled; ``dead_lettered``: parked and acknowledged; ``stop``: the error policy (or a
     refused dead letter) says stop here; ``skipped``: after a stop in the same batch, not run;
-    ``given_back``: its lane was held after the batch was taken, before the handler ran: it goes
-    back to wait, in its place.
+    ``given_back``: not run, it goes back to wait in its place: its lane was held after the
+    batch was taken, or a more urgent chunk arrived while its lower-lane batch ran (the batch
+    yields between chunks).
     Only ``ok`` and ``dead_lettered`` count as finished (their offsets may be stored).
     """
 
@@ -179,6 +182,8 @@ class Pipeline:
             meanwhile is given back instead of handed to the handler.
         busy: Batches running now (this one included): a batch's CPU share is measured against
             the GIL it shares with them.
+        urgent: True when a chunk of a lane more urgent than this rank waits for a slot now: a
+            lower-lane batch yields to it between chunks (the rest is given back).
     """
 
     def __init__(
@@ -193,9 +198,11 @@ class Pipeline:
         stopping: threading.Event,
         held: Callable[[int], bool] = lambda rank: False,
         busy: Callable[[], int] = lambda: 1,
+        urgent: Callable[[int], bool] = lambda rank: False,
     ) -> None:
         self._settings = settings
         self._held = held
+        self._urgent = urgent
         self._busy = busy
         self._lanes = lanes
         self._codec = codec
@@ -222,40 +229,64 @@ class Pipeline:
         cpu_started = time.thread_time()
         busy_at_start = self._busy()
         lane = self._lanes[items[0].lane_rank]
+        if self._batch_handler:
+            outcomes = self._run_as_batch(lane, items)
+        else:
+            outcomes = self._run_each(lane, items)
+        self._planner.record(
+            items[0].lane_rank,
+            len(items) - outcomes.count(GIVEN_BACK),
+            time.perf_counter() - started,
+            time.thread_time() - cpu_started,
+            beside=(busy_at_start + self._busy()) / 2,
+        )
+        return outcomes
+
+    def _run_each(self, lane: Lane, items: list[WorkItem[Message]]) -> list[Outcome]:
+        """A per-chunk handler: decode and handle one chunk at a time, yielding between chunks
+        (a chunk given back is not decoded yet)."""
+        handler = cast(Handler, self._handler)
+        outcomes: list[Outcome] = []
+        yield_now = self._yield_point(items)
+        for index, item in enumerate(items):
+            if yield_now is not None and yield_now():
+                outcomes += [GIVEN_BACK] * (len(items) - index)
+                break
+            try:
+                record = self.decode(lane, item)
+            except (DecodeError, ChunkValidationError) as exc:
+                outcome = self._settle(lane, item.payload, exc, exc, attempts=1)
+            else:
+                outcome = self._one(lane, item, functools.partial(handler, record))
+            outcomes.append(outcome)
+            if outcome.kind == "stop" or outcome is SKIPPED:
+                outcomes += [SKIPPED] * (len(items) - index - 1)
+                break
+        return outcomes
+
+    def _run_as_batch(self, lane: Lane, items: list[WorkItem[Message]]) -> list[Outcome]:
+        """A batch handler: every decoded chunk at once; one by one if the batch still fails."""
         outcomes, records = self._decode_all(lane, items)
         if records and self._give_back_if_held(lane, outcomes, records):
             return [outcome or SKIPPED for outcome in outcomes]
         if records:
-            settled = self._batch_handler and self._settled_as_batch(lane, [r for _, r in records])
+            settled = self._settled_as_batch(lane, [r for _, r in records])
             if settled is None:
                 pass  # interrupted by shutdown: every chunk left for redelivery
             elif settled:
                 for index, _ in records:
                     outcomes[index] = OK
             else:
-                handle_one = self._sync_single()
+                batch = cast(BatchHandler, self._handler).handle_batch
                 for index, record in records:
                     if outcomes[index] is not None:
                         continue  # skipped after a stop
-                    outcome = self._one(lane, items[index], functools.partial(handle_one, record))
+                    outcome = self._one(lane, items[index], functools.partial(batch, (record,)))
                     outcomes[index] = outcome
                     if outcome.kind == "stop" or outcome is SKIPPED:
                         _skip_rest(outcomes, index)
                         break
-        self._planner.record(
-            items[0].lane_rank,
-            len(items),
-            time.perf_counter() - started,
-            time.thread_time() - cpu_started,
-            beside=(busy_at_start + self._busy()) / 2,
-        )
         return [outcome or SKIPPED for outcome in outcomes]
-
-    def _sync_single(self) -> Handler:
-        if self._batch_handler:
-            batch = cast(BatchHandler, self._handler).handle_batch
-            return lambda record: batch((record,))
-        return cast(Handler, self._handler)
 
     def _settled_as_batch(self, lane: Lane, records: list[ChunkRecord]) -> bool | None:
         """Hand ``records`` to the batch handler at once, with retries; False (after logging)
@@ -319,15 +350,23 @@ class Pipeline:
                 for index, _ in records:
                     outcomes[index] = OK
             else:
-                for index, record in records:
+                yield_now = self._yield_point(items)
+                for position, (index, record) in enumerate(records):
                     if outcomes[index] is not None:
                         continue
+                    if yield_now is not None and yield_now():
+                        _give_back(outcomes, records[position:])
+                        break
                     outcome = await self._one_async(lane, items[index], record)
                     outcomes[index] = outcome
                     if outcome.kind == "stop" or outcome is SKIPPED:
                         _skip_rest(outcomes, index)
                         break
-        self._planner.record(items[0].lane_rank, len(items), time.perf_counter() - started)
+        self._planner.record(
+            items[0].lane_rank,
+            len(items) - outcomes.count(GIVEN_BACK),
+            time.perf_counter() - started,
+        )
         return [outcome or SKIPPED for outcome in outcomes]
 
     async def _one_async(self, lane: Lane, item: WorkItem[Message], record: ChunkRecord) -> Outcome:
@@ -368,6 +407,17 @@ class Pipeline:
         for index, _ in records:
             outcomes[index] = GIVEN_BACK
         return True
+
+    def _yield_point(self, items: list[WorkItem[Message]]) -> Callable[[], bool] | None:
+        """When a lower lane's batch stops between chunks and gives the rest back: the flow
+        policy holds its lane now, or a more urgent chunk waits for a slot (unless a starvation
+        guard started the batch: see ``WorkItem.yields``). None for the top lane."""
+        rank, urgent, held = items[0].lane_rank, self._urgent, self._held
+        if rank == 0:
+            return None
+        if items[0].yields:
+            return lambda: held(rank) or urgent(rank)
+        return lambda: held(rank)
 
     def _decode_all(
         self, lane: Lane, items: list[WorkItem[Message]]
@@ -448,6 +498,12 @@ class Pipeline:
                 "stop", detail=f"dead letter of {topic}[{partition}]@{offset}: {produce_error}"
             )
         return Outcome("dead_lettered", attempts, reason=reason)
+
+
+def _give_back(outcomes: list[Outcome | None], records: list[tuple[int, ChunkRecord]]) -> None:
+    for index, _ in records:
+        if outcomes[index] is None:
+            outcomes[index] = GIVEN_BACK
 
 
 def _skip_rest(outcomes: list[Outcome | None], index: int) -> None:

@@ -123,6 +123,10 @@ class TurnPlanner:
         """Plan lane ``rank``'s turns for ``factor`` times the budget (1: the budget itself)."""
         self._stretch[rank] = factor
 
+    def turn_s(self, rank: int) -> float:
+        """How long a turn of lane ``rank`` is planned to take (the budget, stretched)."""
+        return self.budget_s * self._stretch[rank]
+
     def wake_s(self, rank: int) -> float:
         """How soon the loop should look again while lane ``rank`` has work in hand: within one
         turn, to queue the next. A stretched lane (working ahead) has its next turn queued

@@ -12,6 +12,7 @@ integration (tests/integration); these prove the loop's decisions in millisecond
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
@@ -38,21 +39,25 @@ class FakeBroker:
     partitions: dict[str, int]
     logs: dict[Key, list[Message | None]] = field(default_factory=dict)
     committed: dict[Key, int] = field(default_factory=dict)
+    # Notified on every produce: a consume() waiting for its first message wakes at once.
+    arrived: threading.Condition = field(default_factory=threading.Condition)
 
     def produce(
         self, topic: str, partition: int, value: bytes | None, key: bytes | None = None
     ) -> None:
-        log = self.logs.setdefault((topic, partition), [])
-        log.append(
-            Message(
-                topic=topic,
-                partition=partition,
-                offset=len(log),
-                key=key,
-                value=value,
-                timestamp=(1, int(time.time() * 1000)),
+        with self.arrived:
+            log = self.logs.setdefault((topic, partition), [])
+            log.append(
+                Message(
+                    topic=topic,
+                    partition=partition,
+                    offset=len(log),
+                    key=key,
+                    value=value,
+                    timestamp=(1, int(time.time() * 1000)),
+                )
             )
-        )
+            self.arrived.notify_all()
 
     def produce_marker(self, topic: str, partition: int) -> None:
         """Append a control record (a transaction's commit or abort marker)."""
@@ -101,6 +106,15 @@ class FakeConsumer:
         while self.pending:
             name, partitions = self.pending.pop(0)
             self.callbacks[name](self, partitions)
+        taken = self._take(num_messages)
+        if not taken and timeout and timeout > 0:
+            # Like librdkafka: wait up to the timeout for a message to arrive.
+            with self.broker.arrived:
+                self.broker.arrived.wait(timeout)
+            taken = self._take(num_messages)
+        return taken
+
+    def _take(self, num_messages: int) -> list[Message]:
         taken: list[Message] = []
         runnable = sorted(self.assigned - self.paused)
         progress = True
@@ -116,8 +130,6 @@ class FakeConsumer:
                     self.positions[key] = position + 1
                     self.app_positions[key] = position + 1
                     progress = True
-        if not taken and timeout and timeout > 0:
-            time.sleep(min(timeout, 0.002))
         return taken
 
     def incremental_assign(self, partitions: list[TopicPartition]) -> None:

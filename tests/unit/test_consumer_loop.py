@@ -11,6 +11,7 @@ import gc
 import itertools
 import logging
 import statistics
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -159,6 +160,30 @@ def test_realtime_arriving_during_bulk_waits_at_most_one_turn() -> None:
     assert realtime_at <= arrived[0] + 1, handler.batches[: realtime_at + 1]
 
 
+def test_a_bulk_turn_yields_between_chunks_to_realtime_that_arrives_meanwhile() -> None:
+    fake = broker(bulk=400, partitions=1)
+    order: list[str] = []  # tracking ids in handling order
+    live_sent_at: list[int] = []
+
+    def handle(record: ChunkRecord) -> None:
+        order.append(record.chunk.tracking_id or "")
+        time.sleep(0.001)
+        if record.context.lane == "bulk" and len(order) == 100:
+            live_sent_at.append(len(order))
+            fake.produce(REALTIME, 0, CODEC.encode(Chunk(tracking_id="live")), key=b"live")
+
+    # 50 ms turns: about 40 chunks each, so a turn that ran to its end would show here.
+    consumer, _ = consumer_on(fake, handle, bulk_turn_ms=50)
+    consumer.subscribe()
+    run_until(consumer, lambda: len(order) == 401, timeout_s=20)
+    consumer.close()
+    # The running chunk finishes; the rest of its turn waits until realtime is handled.
+    assert order.index("live") <= live_sent_at[0] + 1, order[live_sent_at[0] - 2 :][:10]
+    bulk = [tracking_id for tracking_id in order if tracking_id != "live"]
+    assert bulk == [f"{BULK}-{index}" for index in range(400)]  # every one once, in order
+    assert consumer.stats.lanes["bulk"].handled == 400
+
+
 def test_flow_control_pauses_bulk_partitions_while_realtime_lags_and_resumes_when_drained() -> None:
     fake = broker(realtime=600, bulk=100)
     handler = Recorder(cost_s=lambda lane: 0.0002 if lane == "realtime" else 0.0)
@@ -262,20 +287,27 @@ def test_stop_policy_stores_nothing_past_the_failure_and_exits_1() -> None:
     assert fake.committed[(REALTIME, 0)] == 3
 
 
-def test_run_raises_the_young_gc_threshold_while_it_runs_and_restores_it() -> None:
+def test_run_sets_the_gc_threshold_and_switch_interval_while_it_runs_and_restores_them() -> None:
     fake = broker(partitions=1)
     fake.produce(REALTIME, 0, CODEC.encode(Chunk(tracking_id="one")))
     fake.produce(REALTIME, 0, b"garbage")  # the stop policy ends run() here
     handler = Recorder()
-    seen: list[int] = []
-    handler.on_batch = lambda lane, size: seen.append(gc.get_threshold()[0])
-    consumer, _ = consumer_on(
-        fake, handler, error_actions={"undecodable": "stop"}, gc_young_threshold=12_345
+    seen: list[tuple[int, float]] = []
+    handler.on_batch = lambda lane, size: seen.append(
+        (gc.get_threshold()[0], sys.getswitchinterval())
     )
-    before = gc.get_threshold()
+    consumer, _ = consumer_on(
+        fake,
+        handler,
+        error_actions={"undecodable": "stop"},
+        gc_young_threshold=12_345,
+        gil_switch_interval_ms=0.25,
+    )
+    before = gc.get_threshold(), sys.getswitchinterval()
     assert consumer.run(install_signal_handlers=False) == 1
-    assert seen == [12_345]
-    assert gc.get_threshold() == before
+    assert [threshold for threshold, _ in seen] == [12_345]
+    assert [interval for _, interval in seen] == [pytest.approx(0.00025)]
+    assert (gc.get_threshold(), sys.getswitchinterval()) == before
 
 
 def test_undecodable_message_is_parked_and_the_rest_goes_on() -> None:

@@ -1,11 +1,23 @@
-"""Pure parts of the consumer: the pause book and the turn planner."""
+"""Parts of the consumer without the loop: the pause book, the turn planner, the pipeline."""
 
 from __future__ import annotations
 
-import pytest
+import threading
+from collections.abc import Callable
 
+import pytest
+from confluent_kafka import Message
+from fake_kafka import FakeDeadLetters
+
+from streamproc.chunk import Chunk
+from streamproc.codec import ChunkCodec
 from streamproc.consumer.pausebook import PauseBook
+from streamproc.consumer.pipeline import Pipeline
 from streamproc.consumer.turns import TurnPlanner
+from streamproc.dispatch import WorkItem
+from streamproc.handlers import ChunkRecord
+from streamproc.metrics import ConsumerMetrics
+from streamproc.settings import ConsumerSettings
 
 A, B, C = ("chunks.bulk", 0), ("chunks.bulk", 1), ("chunks.bulk", 2)
 
@@ -151,3 +163,84 @@ def test_empty_measurements_are_ignored() -> None:
 def test_invalid_planner_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="budget_s"):
         TurnPlanner(2, budget_s=0, most=10)
+
+
+# -- the pipeline: a lower lane's batch yields between chunks ----------------------------------
+
+
+class _CountingCodec(ChunkCodec):
+    def __init__(self) -> None:
+        super().__init__()
+        self.decoded = 0
+
+    def decode(self, data: bytes) -> Chunk:
+        self.decoded += 1
+        return super().decode(data)
+
+
+def _bulk_batch(codec: ChunkCodec, count: int, *, yields: bool) -> list[WorkItem[Message]]:
+    items = []
+    for offset in range(count):
+        value = codec.encode(Chunk(tracking_id=f"b{offset}", low_priority=True))
+        message = Message(topic="chunks.bulk", partition=0, offset=offset, value=value)
+        item: WorkItem[Message] = WorkItem(1, "chunks.bulk", 0, offset, None, message)
+        item.yields = yields
+        items.append(item)
+    return items
+
+
+def _pipeline(
+    codec: ChunkCodec,
+    handler: Callable[[ChunkRecord], None],
+    *,
+    held: Callable[[int], bool] = lambda rank: False,
+    urgent: Callable[[int], bool] = lambda rank: False,
+) -> Pipeline:
+    settings = ConsumerSettings(bootstrap_servers="fake:9092")
+    return Pipeline(
+        settings,
+        settings.topology.all,
+        codec,
+        handler,
+        FakeDeadLetters(),
+        ConsumerMetrics(["realtime", "bulk"]),
+        TurnPlanner(2, budget_s=0.005, most=100),
+        threading.Event(),
+        held=held,
+        urgent=urgent,
+    )
+
+
+@pytest.mark.parametrize("reason", ["urgent", "held"])
+def test_a_bulk_batch_gives_the_rest_back_undecoded_once_it_must_yield(reason: str) -> None:
+    codec = _CountingCodec()
+    items = _bulk_batch(codec, 5, yields=True)
+    handled: list[str | None] = []
+    pipeline = _pipeline(
+        codec,
+        lambda record: handled.append(record.chunk.tracking_id),
+        held=lambda rank: reason == "held" and len(handled) >= 2,
+        urgent=lambda rank: reason == "urgent" and len(handled) >= 2,
+    )
+    outcomes = pipeline.run(items)
+    assert handled == ["b0", "b1"]
+    assert [o.kind for o in outcomes] == ["ok", "ok", "given_back", "given_back", "given_back"]
+    assert codec.decoded == 2
+
+
+def test_a_batch_a_starvation_guard_started_runs_to_its_end_but_not_past_a_hold() -> None:
+    codec = _CountingCodec()
+    handled: list[str | None] = []
+    hold = False
+    pipeline = _pipeline(
+        codec,
+        lambda record: handled.append(record.chunk.tracking_id),
+        held=lambda rank: hold,
+        urgent=lambda rank: True,  # realtime waits all along: the guard let this batch go first
+    )
+    assert [o.kind for o in pipeline.run(_bulk_batch(codec, 3, yields=False))] == ["ok"] * 3
+    hold = True
+    assert [o.kind for o in pipeline.run(_bulk_batch(codec, 2, yields=False))] == [
+        "given_back",
+        "given_back",
+    ]

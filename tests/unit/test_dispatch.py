@@ -245,6 +245,27 @@ def test_a_lower_lane_waiting_longer_than_overdue_starts_next() -> None:
     assert [i.payload for i in dispatcher.take_batch(10.15, lambda rank: 5)] == ["b0"]
 
 
+def test_a_lower_lane_batch_yields_unless_a_guard_started_it_ahead_of_waiting_chunks() -> None:
+    dispatcher: Dispatcher[str] = Dispatcher(2, concurrency=1, ordering="unordered", overdue_s=0.1)
+    dispatcher.add(WorkItem(BULK, "chunks.bulk", 0, 0, None, "b0", taken_at=10.0))
+    dispatcher.add(WorkItem(BULK, "chunks.bulk", 0, 1, None, "b1", taken_at=10.0))
+    first = dispatcher.take_batch(10.0, lambda rank: 1)
+    assert [(i.payload, i.yields) for i in first] == [("b0", True)]  # nothing more urgent waits
+    dispatcher.add(WorkItem(REALTIME, "chunks.realtime", 0, 0, None, "r0", taken_at=10.01))
+    assert dispatcher.waiting_ahead_of(BULK) and not dispatcher.waiting_ahead_of(REALTIME)
+    dispatcher.hold_lanes([REALTIME])  # a held lane's chunks cannot start: nothing to yield to
+    assert not dispatcher.waiting_ahead_of(BULK)
+    dispatcher.hold_lanes([])
+    dispatcher.add(WorkItem(REALTIME, "chunks.realtime", 0, 1, None, "r1", taken_at=10.01))
+    dispatcher.done(first[0])
+    realtime = dispatcher.take_batch(10.02, lambda rank: 1)
+    assert [(i.payload, i.yields) for i in realtime] == [("r0", False)]  # nothing to yield to
+    dispatcher.done(realtime[0])
+    # b1 is overdue: it starts ahead of r1, on purpose, and runs to its end.
+    overdue = dispatcher.take_batch(10.2, lambda rank: 1)
+    assert [(i.payload, i.yields) for i in overdue] == [("b1", False)]
+
+
 def test_an_overdue_lane_gets_every_other_batch_at_most() -> None:
     dispatcher: Dispatcher[str] = Dispatcher(2, concurrency=1, ordering="unordered", overdue_s=0.1)
     for offset in range(3):  # a backlog of old bulk chunks (say, held through a pause)

@@ -222,6 +222,7 @@ data). Unset optional values (null) are left out so streamproc's own defaults ap
   "STREAMPROC_TRANSACTION_HOLD_WARN_S" $c.transactionHoldWarnS
   "STREAMPROC_BULK_TURN_MS" $c.bulkTurnMs
   "STREAMPROC_GC_YOUNG_THRESHOLD" $c.gcYoungThreshold
+  "STREAMPROC_GIL_SWITCH_INTERVAL_MS" $c.gilSwitchIntervalMs
   "STREAMPROC_STATISTICS_INTERVAL_S" $c.statisticsIntervalS
   "STREAMPROC_PAUSE_DELAY_S" $f.pauseDelayS
   "STREAMPROC_MAX_PAUSE_S" $f.maxPauseS
