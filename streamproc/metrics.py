@@ -218,7 +218,7 @@ class ConsumerMetrics:
         )
         self.queue_wait = Histogram(
             "streamproc_queue_wait_seconds",
-            "From taken off Kafka to handed to a worker (concurrency > 1 or async handlers).",
+            "From taken off Kafka to handed to a worker slot.",
             ["lane"],
             buckets=HANDLER_BUCKETS,
             registry=r,

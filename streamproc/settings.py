@@ -282,7 +282,7 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
         ),
     )
     gil_switch_interval_ms: float = Field(
-        0.5,
+        2.0,
         ge=0,
         description=(
             "While the consumer runs, how long a thread that computes keeps the GIL while another"
@@ -367,8 +367,9 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
         gt=0,
         description=(
             "Time budget of one lower-lane turn: a bulk batch is sized (from the measured"
-            " handling time per chunk) to end within it, so a realtime chunk arriving meanwhile"
-            " waits at most about this long for a worker slot."
+            " handling time per chunk) to end within it. A per-chunk handler's turn yields to a"
+            " realtime chunk arriving meanwhile after the chunk it is handling; a batch handler's"
+            " turn runs to its end, so there realtime waits at most about this long for a slot."
         ),
     )
     ordering: Ordering = Field(
