@@ -26,7 +26,8 @@ time (:mod:`streamproc.dispatch`), and the loop only polls, decides and stores. 
 6. Wait, without holding the GIL: for realtime on the top lane's consumer (up to
    ``poll_timeout_s``, or until the next lower-lane turn is due), also while lower-lane batches
    fill every slot (a realtime chunk taken then makes the running batch yield); for a free slot
-   only while realtime fills every slot or reached its in-flight bound. ``run()`` shortens the
+   only while realtime fills every slot or reached its in-flight bound, or a lower lane works
+   ahead. ``run()`` shortens the
    interpreter's GIL switch interval (``gil_switch_interval_ms``): the loop thread waking for
    realtime gets the GIL from a computing handler within that interval.
 
@@ -578,7 +579,9 @@ class PriorityConsumer:
         realtime chunk is taken the moment it arrives, the running batch yields to it between
         chunks (:class:`~streamproc.consumer.pipeline.Pipeline`), and the pool starts it as soon
         as the slot is free, without waiting for the loop. The loop still wakes in time to queue
-        the next lower-lane turn.
+        the next lower-lane turn. A lane working ahead (realtime idle) is the exception: there
+        the loop waits for the running batch to end, so the slot never idles between turns, and
+        the first realtime chunk after the idle spell waits for the running and the queued turn.
         """
         poll_timeout = timeout = self.settings.poll_timeout_s
         sizes = self._pool.sizes()
@@ -586,7 +589,9 @@ class PriorityConsumer:
         busy = self._pool.free_slots() <= 0
         if busy:
             running = self._pool.most_urgent_running()
-            if room <= 0 or running is None or running == 0:
+            if room <= 0 or running is None or running == 0 or self._planner.stretched(running):
+                # Realtime fills the slots, or is idle and a lower lane works ahead: the loop
+                # is needed when a batch ends (to queue the next turn at once), not before.
                 self._pool.wait_for_slot(poll_timeout)
                 return
         for rank in range(1, len(sizes)):

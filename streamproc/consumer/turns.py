@@ -123,6 +123,10 @@ class TurnPlanner:
         """Plan lane ``rank``'s turns for ``factor`` times the budget (1: the budget itself)."""
         self._stretch[rank] = factor
 
+    def stretched(self, rank: int) -> bool:
+        """Lane ``rank``'s turns are planned longer than the budget (it works ahead)."""
+        return self._stretch[rank] > 1.0
+
     def turn_s(self, rank: int) -> float:
         """How long a turn of lane ``rank`` is planned to take (the budget, stretched)."""
         return self.budget_s * self._stretch[rank]

@@ -160,6 +160,17 @@ def test_empty_measurements_are_ignored() -> None:
     assert planner.cost(1) == (0.0, 0.001)
 
 
+def test_a_stretched_lane_plans_longer_turns_and_says_so() -> None:
+    planner = TurnPlanner(2, budget_s=0.005, most=1000, first_guess_s=0.0005)
+    assert not planner.stretched(1) and planner.turn_s(1) == pytest.approx(0.005)
+    base = planner.turn_size(1)
+    planner.stretch(1, 8.0)
+    assert planner.stretched(1) and planner.turn_s(1) == pytest.approx(0.04)
+    assert planner.turn_size(1) == 8 * base
+    planner.stretch(1, 1.0)
+    assert not planner.stretched(1)
+
+
 def test_invalid_planner_settings_are_refused() -> None:
     with pytest.raises(ValueError, match="budget_s"):
         TurnPlanner(2, budget_s=0, most=10)
