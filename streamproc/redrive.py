@@ -702,6 +702,7 @@ class DeadLetterReplayer:
         self._flush_timeout_s = flush_timeout_s
         self._timeout_s = timeout_s
         self._consumer: Consumer | None = None
+        self._admin: AdminClient | None = None  # one for every target topic of a replay
         self._known_targets: set[str] = set()
         self._retention_ms: dict[str, int | None] = {}
         self._restamp_warned: set[str] = set()
@@ -750,6 +751,7 @@ class DeadLetterReplayer:
                 producer.flush(0)
             consumer.close()
             self._consumer = None
+            self._admin = None
         return result
 
     def _check_target(self, topic: str) -> None:
@@ -774,7 +776,9 @@ class DeadLetterReplayer:
         """``retention.ms`` of a topic that deletes by time; None if it keeps records forever
         (or its configuration cannot be read: then original timestamps are kept, with a
         warning)."""
-        admin = AdminClient(self._settings.admin_config())
+        if self._admin is None:
+            self._admin = AdminClient(self._settings.admin_config())
+        admin = self._admin
         resource = ConfigResource(ConfigResource.Type.TOPIC, topic)
         try:
             entries = admin.describe_configs([resource])[resource].result(self._timeout_s)

@@ -278,7 +278,8 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
             " value; Python's own is 700). Decoding allocates many short-lived objects per chunk:"
             " at 700 the collector ran every few dozen chunks and took about a quarter of the"
             " consumer's CPU."
-            " Raised only, restored when the consumer stops; 0 leaves the interpreter's setting."
+            " Raised only, by run() and until it returns (an application calling tick() itself"
+            " keeps its own); 0 leaves the interpreter's setting."
         ),
     )
     gil_switch_interval_ms: float = Field(
@@ -289,7 +290,8 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
             " waits for it (sys.setswitchinterval; Python's own is 5 ms). The loop thread waits"
             " for realtime without the GIL: when a chunk arrives while a CPU-bound handler runs,"
             " this is how long the loop may wait to take it."
-            " Shortened only, restored when the consumer stops; 0 leaves the interpreter's setting."
+            " Shortened only, by run() and until it returns (an application calling tick() itself"
+            " keeps its own); 0 leaves the interpreter's setting."
         ),
     )
     prefetch_kbytes: int = Field(

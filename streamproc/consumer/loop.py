@@ -27,9 +27,8 @@ time (:mod:`streamproc.dispatch`), and the loop only polls, decides and stores. 
    ``poll_timeout_s``, or until the next lower-lane turn is due), also while lower-lane batches
    fill every slot (a realtime chunk taken then makes the running batch yield); for a free slot
    only while realtime fills every slot or reached its in-flight bound, or a lower lane works
-   ahead. ``run()`` shortens the
-   interpreter's GIL switch interval (``gil_switch_interval_ms``): the loop thread waking for
-   realtime gets the GIL from a computing handler within that interval.
+   ahead. ``run()`` shortens the interpreter's GIL switch interval (``gil_switch_interval_ms``):
+   the loop thread waking for realtime gets the GIL from a computing handler within it.
 
 Offsets are stored only after a chunk is handled or parked; librdkafka's auto-commit commits
 stored offsets on an interval. Rebalances: :mod:`streamproc.consumer.rebalance`.
