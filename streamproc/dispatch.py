@@ -174,7 +174,10 @@ class Dispatcher(Generic[T]):
         is read at once, and a stale answer only delays a yield by one chunk.
         """
         ready, held = self._ready, self._held_lanes
-        return any(ready[r] and r not in held for r in range(rank))
+        for r in range(rank):  # noqa: SIM110  # any() over a generator: twice the cost
+            if ready[r] and r not in held:
+                return True
+        return False
 
     def size(self, rank: int) -> int:
         """Items of a lane taken and not finished (waiting or running)."""
