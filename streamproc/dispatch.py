@@ -23,18 +23,20 @@ Pure policy: no threads, no Kafka. The consumer adds every message it takes as a
    partition at a time (today's sequential semantics, concurrent across partitions), ``unordered``
    has no constraint.
 
-An item whose order key is busy waits in that key's queue, not in its lane's ready heap, so taking
-the next item costs O(log n) however many items wait behind a hot key.
+An item whose order key is busy waits in that key's queue, not in its lane's ready queue, so taking
+the next item costs O(1) however many items wait behind a hot key. A lane's ready queue is a deque
+kept in the order taken: a taken item goes to its end, a given-back one to its front, and only a
+key's next item, released when the earlier one ends, is put in its place by bisection.
 """
 
 from __future__ import annotations
 
-import heapq
+import bisect
 import itertools
 from collections import deque
 from collections.abc import Callable, Hashable, Iterable
 from dataclasses import dataclass, field
-from typing import Generic, Literal, TypeVar
+from typing import Any, Generic, Literal, TypeVar
 
 from streamproc.messages import PartitionKey
 
@@ -83,6 +85,10 @@ class WorkItem(Generic[T]):
         return (self.topic, self.partition)
 
 
+def _sequence_of(item: WorkItem[Any]) -> int:
+    return item.sequence
+
+
 def default_reserved(concurrency: int) -> int:
     """Workers kept for the top lane by default: an eighth of them (none below 8 workers)."""
     return concurrency // 8
@@ -124,12 +130,15 @@ class Dispatcher(Generic[T]):
         self.reserved = max(0, min(wanted, concurrency - 1))
         self.reserve_window_s = reserve_window_s
         self.overdue_s = overdue_s
-        # Per lane, the items allowed to start, as a heap by the order they were taken.
-        self._ready: list[list[tuple[int, WorkItem[T]]]] = [[] for _ in range(lanes)]
+        # Per lane, the items allowed to start, in the order they were taken (by sequence): a
+        # deque, as nearly every item arrives after all the others (taken, or given back ahead
+        # of them); a key's later item released when its earlier one ends is put in its place.
+        self._ready: list[deque[WorkItem[T]]] = [deque() for _ in range(lanes)]
         self._sequence = itertools.count()
         # An order key is held from the moment one of its items is ready or running until the
-        # last of its items finished; the deque holds its later items, in the order taken.
-        self._held: dict[Hashable, deque[WorkItem[T]]] = {}
+        # last of its items finished; the deque holds its later items, in the order taken (an
+        # empty tuple until it has one: most keys never do, and a deque each costs).
+        self._held: dict[Hashable, deque[WorkItem[T]] | tuple[()]] = {}
         self._running: set[WorkItem[T]] = set()
         # How many items of each running batch (by ``WorkItem.batch``) still run: a worker slot
         # is busy until the last item of its batch is done.
@@ -188,13 +197,6 @@ class Dispatcher(Generic[T]):
 
     # -- policy ----------------------------------------------------------------------------------
 
-    def order_key(self, item: WorkItem[T]) -> Hashable | None:
-        if self.ordering == "partition":
-            return item.partition_key
-        if self.ordering == "key" and item.key is not None:
-            return (item.topic, item.partition, item.key)
-        return None
-
     @property
     def held_lanes(self) -> frozenset[int]:
         return self._held_lanes
@@ -219,28 +221,41 @@ class Dispatcher(Generic[T]):
 
     def add_many(self, items: Iterable[WorkItem[T]]) -> None:
         """Queue taken items, in the order given (items of one partition in offset order)."""
-        order_key_of, sizes, last_taken_at = (
-            self.order_key,
-            self._size_per_lane,
-            self._last_taken_at,
-        )
-        held, sequence, make_ready = self._held, self._sequence, self._make_ready
+        sizes, last_taken_at, ready = self._size_per_lane, self._last_taken_at, self._ready
+        held, sequence = self._held, self._sequence
+        by_partition, by_key = self.ordering == "partition", self.ordering == "key"
         for item in items:
-            item.order_key = order_key = order_key_of(item)
             rank = item.lane_rank
             sizes[rank] += 1
             last_taken_at[rank] = item.taken_at
-            item.sequence = next(sequence)
-            if order_key is None:
-                make_ready(item)
-            elif (waiting := held.get(order_key)) is not None:
-                waiting.append(item)
+            item.sequence = next(sequence)  # after every item taken so far: last in its lane
+            if by_key and item.key is not None:
+                order_key: Hashable | None = (item.topic, item.partition, item.key)
+            elif by_partition:
+                order_key = (item.topic, item.partition)
             else:
-                held[order_key] = deque()
-                make_ready(item)
+                ready[rank].append(item)
+                continue
+            item.order_key = order_key
+            waiting = held.get(order_key)
+            if waiting is None:
+                held[order_key] = ()
+                ready[rank].append(item)
+            elif isinstance(waiting, tuple):
+                held[order_key] = deque((item,))
+            else:
+                waiting.append(item)
 
     def _make_ready(self, item: WorkItem[T]) -> None:
-        heapq.heappush(self._ready[item.lane_rank], (item.sequence, item))
+        """Put ``item`` among its lane's ready items in its place (the order it was taken)."""
+        ready = self._ready[item.lane_rank]
+        sequence = item.sequence
+        if not ready or ready[-1].sequence < sequence:
+            ready.append(item)
+        elif ready[0].sequence > sequence:
+            ready.appendleft(item)  # given back: ahead of everything taken after it
+        else:
+            ready.insert(bisect.bisect(ready, sequence, key=_sequence_of), item)
 
     def take(self, now: float) -> WorkItem[T] | None:
         """The next item to start now as a batch of its own, marked running; None when nothing
@@ -279,14 +294,12 @@ class Dispatcher(Generic[T]):
                         continue  # the lanes in their usual order may still start
                     return []
             batch_id = next(self._batch_ids)
-            batch: list[WorkItem[T]] = []
-            heappop = heapq.heappop
+            popleft = ready.popleft
+            batch = [popleft() for _ in range(min(max(1, limit(rank)), len(ready)))]
             yields = rank > 0 and not self.waiting_ahead_of(rank)
-            for _ in range(min(max(1, limit(rank)), len(ready))):
-                item = heappop(ready)[1]
+            for item in batch:
                 item.batch = batch_id
                 item.yields = yields
-                batch.append(item)
             self._running.update(batch)
             self._batch_left[batch_id] = len(batch)
             self._last_batch_rank = rank
@@ -304,7 +317,7 @@ class Dispatcher(Generic[T]):
             for rank in range(1, len(self._ready))
             if self._ready[rank]
             and rank not in self._held_lanes
-            and now - self._ready[rank][0][1].taken_at > self.overdue_s
+            and now - self._ready[rank][0].taken_at > self.overdue_s
         ]
 
     def _reserve_for(self, rank: int, now: float) -> int:
@@ -328,12 +341,27 @@ class Dispatcher(Generic[T]):
         self.done_many((item,))
 
     def done_many(self, items: Iterable[WorkItem[T]]) -> None:
-        """:meth:`done` for each of ``items``."""
-        stop_running, sizes, release = self._stop_running, self._size_per_lane, self._release
+        """:meth:`done` for each of ``items`` (inlined: it runs once per handled chunk)."""
+        running, batch_left, sizes = self._running, self._batch_left, self._size_per_lane
+        held, make_ready = self._held, self._make_ready
         for item in items:
-            if stop_running(item):  # else already dropped with its partition
-                sizes[item.lane_rank] -= 1
-                release(item.order_key)
+            if item not in running:
+                continue  # already dropped with its partition
+            running.discard(item)
+            batch_id = item.batch
+            item.batch = -1
+            left = batch_left[batch_id] - 1
+            if left:
+                batch_left[batch_id] = left
+            else:
+                del batch_left[batch_id]
+            sizes[item.lane_rank] -= 1
+            order_key = item.order_key
+            if order_key is not None and (waiting := held.get(order_key)) is not None:
+                if isinstance(waiting, deque) and waiting:
+                    make_ready(waiting.popleft())
+                else:
+                    del held[order_key]
 
     def give_back(self, item: WorkItem[T]) -> None:
         """Put a running item back where it was, not done (its lane was held after it was
@@ -357,17 +385,6 @@ class Dispatcher(Generic[T]):
             del self._batch_left[batch_id]
         return True
 
-    def _release(self, order_key: Hashable | None) -> None:
-        if order_key is None:
-            return
-        waiting = self._held.get(order_key)
-        if waiting is None:
-            return
-        if waiting:
-            self._make_ready(waiting.popleft())
-        else:
-            del self._held[order_key]
-
     def drop_partitions(self, partitions: Iterable[PartitionKey]) -> list[WorkItem[T]]:
         """Remove the waiting items of ``partitions`` (revoked or lost): they come back to the
         next owner. Running items stay until :meth:`done` or :meth:`abandon`.
@@ -380,10 +397,8 @@ class Dispatcher(Generic[T]):
             return []
         dropped: list[WorkItem[T]] = []
         for rank, ready in enumerate(self._ready):
-            kept = [entry for entry in ready if entry[1].partition_key not in gone]
-            dropped += [item for _, item in ready if item.partition_key in gone]
-            heapq.heapify(kept)
-            self._ready[rank] = kept
+            dropped += [item for item in ready if item.partition_key in gone]
+            self._ready[rank] = deque(item for item in ready if item.partition_key not in gone)
         running_keys = {item.order_key for item in self._running}
         for order_key, waiting in list(self._held.items()):
             # Every order key starts with its partition: (topic, partition[, message key]).
@@ -391,7 +406,7 @@ class Dispatcher(Generic[T]):
                 continue
             dropped += waiting
             if order_key in running_keys:
-                waiting.clear()
+                self._held[order_key] = ()
             else:
                 del self._held[order_key]
         for item in dropped:
@@ -407,7 +422,7 @@ class Dispatcher(Generic[T]):
         """
         keys: set[PartitionKey] = set()
         for rank in self._held_lanes:
-            keys.update(item.partition_key for _, item in self._ready[rank])
+            keys.update(item.partition_key for item in self._ready[rank])
         for waiting in self._held.values():
             keys.update(
                 item.partition_key for item in waiting if item.lane_rank in self._held_lanes
@@ -423,7 +438,7 @@ class Dispatcher(Generic[T]):
     def pending_in(self, partitions: Iterable[PartitionKey]) -> int:
         """Items of ``partitions`` taken and not finished (ready, waiting for a key, running)."""
         gone = set(partitions)
-        ready = sum(1 for heap in self._ready for _, item in heap if item.partition_key in gone)
+        ready = sum(1 for queue in self._ready for item in queue if item.partition_key in gone)
         waiting = sum(
             1 for queue in self._held.values() for item in queue if item.partition_key in gone
         )

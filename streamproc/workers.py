@@ -39,8 +39,9 @@ class WorkerPool(Generic[T, R]):
         run_async: Handles one batch as a coroutine on the pool's event loop thread.
         on_start: Called (under the lock, on whichever thread starts it) as a batch starts.
         batch_limit: Most items of a batch of the lane of this rank (default 1).
-        given_back: True for an outcome that means "not run, the lane was held meanwhile": the
-            item goes back to the dispatcher where it was (:meth:`Dispatcher.give_back`).
+        given_back: The outcome (one object, compared by identity) that means "not run, it
+            gives way": the item goes back to the dispatcher where it was
+            (:meth:`Dispatcher.give_back`).
     """
 
     def __init__(
@@ -51,7 +52,7 @@ class WorkerPool(Generic[T, R]):
         run_async: Callable[[list[WorkItem[T]]], Awaitable[list[R]]] | None = None,
         on_start: Callable[[list[WorkItem[T]], float], None] | None = None,
         batch_limit: Callable[[int], int] = lambda rank: 1,
-        given_back: Callable[[R], bool] = lambda outcome: False,
+        given_back: R | None = None,
     ) -> None:
         if (run_sync is None) == (run_async is None):
             raise ValueError("give exactly one of run_sync and run_async")
@@ -240,15 +241,18 @@ class WorkerPool(Generic[T, R]):
             if not outcomes:  # cancelled at shutdown: never ran, never stored
                 self._dispatcher.done_many(batch)
             else:
-                given_back, results = self._given_back, self._results
-                ended: list[WorkItem[T]] = []
-                for item, outcome in zip(batch, outcomes, strict=True):
-                    if not isinstance(outcome, BaseException) and given_back(outcome):
-                        self._dispatcher.give_back(item)
-                    else:
-                        results.append((item, outcome))
-                        ended.append(item)
-                self._dispatcher.done_many(ended)
+                given_back = self._given_back
+                ended = list(zip(batch, outcomes, strict=True))
+                if given_back is not None and any(outcome is given_back for outcome in outcomes):
+                    kept = []
+                    for item, outcome in ended:
+                        if outcome is given_back:
+                            self._dispatcher.give_back(item)
+                        else:
+                            kept.append((item, outcome))
+                    ended = kept
+                self._results += ended
+                self._dispatcher.done_many(item for item, _ in ended)
             self._launch()
             self._lock.notify_all()
 

@@ -61,7 +61,7 @@ from streamproc.access import denial_message, is_denied
 from streamproc.codec import ChunkCodec
 from streamproc.consumer.clients import ClientFactory, KafkaClients, LaneConsumer
 from streamproc.consumer.pausebook import PauseBook
-from streamproc.consumer.pipeline import OK, Outcome, Pipeline
+from streamproc.consumer.pipeline import GIVEN_BACK, OK, Outcome, Pipeline
 from streamproc.consumer.rebalance import Rebalancer
 from streamproc.consumer.shutdown import ShutdownBudget
 from streamproc.consumer.turns import TurnPlanner
@@ -271,7 +271,7 @@ class PriorityConsumer:
             run_async=self._pipeline.run_async if self._pipeline.is_async else None,
             on_start=self._on_work_start,
             batch_limit=self._planner.batch_limit,
-            given_back=lambda outcome: outcome.kind == "given_back",
+            given_back=GIVEN_BACK,
         )
         self._rebalancer = Rebalancer(
             cooperative=settings.incremental_rebalances,
