@@ -110,6 +110,19 @@ class ChunkRecord:
     context: MessageContext
 
 
+_set_chunk, _set_context = (
+    ChunkRecord.__dict__[field.name].__set__ for field in fields(ChunkRecord)
+)
+
+
+def chunk_record(chunk: Chunk, context: MessageContext) -> ChunkRecord:
+    """``ChunkRecord(chunk, context)`` at half the cost (see :func:`message_context`)."""
+    record: ChunkRecord = _new_object(ChunkRecord)
+    _set_chunk(record, chunk)
+    _set_context(record, context)
+    return record
+
+
 Handler = Callable[[ChunkRecord], None]
 AsyncHandler = Callable[[ChunkRecord], Coroutine[Any, Any, None]]
 

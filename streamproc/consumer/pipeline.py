@@ -50,6 +50,7 @@ from streamproc.handlers import (
     BatchHandler,
     ChunkRecord,
     Handler,
+    chunk_record,
     is_async,
     message_context,
 )
@@ -273,6 +274,8 @@ class Pipeline:
             settled = self._settled_as_batch(lane, [r for _, r in records])
             if settled is None:
                 pass  # interrupted by shutdown: every chunk left for redelivery
+            elif settled and len(records) == len(items):
+                return [OK] * len(items)  # the usual batch: every chunk decoded and handled
             elif settled:
                 for index, _ in records:
                     outcomes[index] = OK
@@ -454,7 +457,7 @@ class Pipeline:
             item.key,
             tuple(headers(message)) if message.headers() else (),
         )
-        return ChunkRecord(chunk, context)
+        return chunk_record(chunk, context)
 
     def _interrupted(self, exc: BaseException) -> bool:
         """A retriable failure cut short by shutdown: neither handled nor parked. Its offset is
