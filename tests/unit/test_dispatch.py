@@ -66,6 +66,23 @@ def test_key_mode_never_runs_one_key_twice_and_keeps_its_order() -> None:
     assert [s.offset for s in take_all(dispatcher)] == [1]
 
 
+def test_a_released_key_item_and_a_given_back_one_start_in_the_order_taken() -> None:
+    dispatcher: Dispatcher[str] = Dispatcher(2, concurrency=1, ordering="key")
+    for offset, key in enumerate((b"a", b"b", b"a", b"c")):
+        dispatcher.add(item(BULK, 0, offset, key))
+    first = dispatcher.take(0.0)
+    assert first is not None and first.offset == 0
+    dispatcher.done(first)  # offset 2 (key a) is released between 1 and 3, not after 3
+    second = dispatcher.take(0.0)
+    assert second is not None and second.offset == 1
+    dispatcher.give_back(second)  # not run: ahead of everything taken after it again
+    order = []
+    while (next_item := dispatcher.take(0.0)) is not None:
+        order.append(next_item.offset)
+        dispatcher.done(next_item)
+    assert order == [1, 2, 3]
+
+
 def test_same_key_in_another_partition_is_another_key() -> None:
     dispatcher: Dispatcher[str] = Dispatcher(2, concurrency=8, ordering="key", reserved=0)
     dispatcher.add(item(BULK, 0, 0, b"a"))
