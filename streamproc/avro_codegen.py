@@ -117,7 +117,9 @@ def truncated(length: int, pos: int, size: int) -> AvroBodyError:
 
 
 _new_object = object.__new__
-_set_slot = object.__setattr__
+# UUID's slots, set through their descriptors: half the cost of object.__setattr__ by name.
+_set_uuid_int = uuid.UUID.__dict__["int"].__set__
+_set_uuid_is_safe = uuid.UUID.__dict__["is_safe"].__set__
 _SAFE_UNKNOWN = uuid.SafeUUID.unknown
 
 
@@ -138,8 +140,8 @@ def uuid_from_text(text: str) -> uuid.UUID:
             else:
                 if value >= 0:  # int() takes a sign; UUID() refuses a negative value
                     instance: uuid.UUID = _new_object(uuid.UUID)
-                    _set_slot(instance, "int", value)
-                    _set_slot(instance, "is_safe", _SAFE_UNKNOWN)
+                    _set_uuid_int(instance, value)
+                    _set_uuid_is_safe(instance, _SAFE_UNKNOWN)
                     return instance
     return uuid.UUID(text)
 
