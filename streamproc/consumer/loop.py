@@ -527,7 +527,8 @@ class PriorityConsumer:
         epochs = self._epochs
         items: list[WorkItem[Message]] = []
         append = items.append
-        taken: dict[int, list[int]] = {}  # offsets by partition, in the order taken
+        # Per partition: its offsets in the order taken, and its assignment epoch.
+        taken: dict[int, tuple[list[int], int]] = {}
         for message in messages:
             error = message.error()
             if error is not None:
@@ -537,26 +538,15 @@ class PriorityConsumer:
             offset: int = message.offset()  # type: ignore[assignment]
             run = taken.get(partition)
             if run is None:
-                run = taken[partition] = []
-            run.append(offset)
+                run = taken[partition] = ([], epochs.get((topic, partition), 0))
+            run[0].append(offset)
             message_key = message.key()
             if isinstance(message_key, str):
                 message_key = message_key.encode()
-            append(
-                WorkItem(
-                    rank,
-                    topic,
-                    partition,
-                    offset,
-                    message_key,
-                    message,
-                    now,
-                    epochs.get((topic, partition), 0),
-                )
-            )
+            append(WorkItem(rank, topic, partition, offset, message_key, message, now, run[1]))
         if not items:
             return False
-        for partition, offsets in taken.items():
+        for partition, (offsets, _) in taken.items():
             self._offsets.taken_run((topic, partition), offsets)
         self._last_taken[rank] = now
         self._broker_down_since = None
@@ -665,9 +655,17 @@ class PriorityConsumer:
         epochs = self._epochs
         tally = _Tally()
         tally_rank = -1
+        # Results come batch by batch, in runs of one partition: its key, epoch and finished
+        # run are looked up once per run, not once per chunk.
+        key: PartitionKey = ("", -1)
+        epoch = -1
+        run: list[int] = []
         for item, result in finished:
-            key = (item.topic, item.partition)
-            if epochs.get(key, 0) != item.epoch:
+            if item.partition != key[1] or item.topic != key[0]:
+                key = (item.topic, item.partition)
+                epoch = epochs.get(key, 0)
+                run = finished_offsets.setdefault(key, [])
+            if item.epoch != epoch:
                 continue  # the partition was revoked or lost meanwhile: someone else redoes it
             outcome = (
                 result  # OK, the usual one, is the only outcome not looked into further
@@ -687,13 +685,11 @@ class PriorityConsumer:
                 tally.unusual(outcome)
             _, produced_ms = item.payload.timestamp()
             tally.latencies_s.append(max(0.0, now - produced_ms / 1000.0))
-            run = finished_offsets.get(key)
-            if run is None:
-                run = finished_offsets[key] = []
             run.append(item.offset)
             last_timestamp[key] = produced_ms
         for key, offsets in finished_offsets.items():
-            self._offsets.finished_run(key, offsets)
+            if offsets:
+                self._offsets.finished_run(key, offsets)
         for rank, tally in tallies.items():
             self._count(self.lanes.all[rank].name, tally)
         sizes = self._pool.sizes()
