@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import math
 import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
@@ -71,11 +72,18 @@ def observe_many(histogram: Histogram, values: Iterable[float]) -> None:
     bounds = histogram._upper_bounds
     counts: dict[int, int] = {}
     total = 0.0
+    # A batch's values often repeat (its chunks were taken, started or produced in the same
+    # millisecond): the bucket of the previous value is reused.
+    last = math.nan
+    index = 0
     for value in values:
         total += value
-        if value == value:  # not NaN
+        if value != last:
+            if value != value:  # NaN: in no bucket
+                continue
             index = bisect_left(bounds, value)
-            counts[index] = counts.get(index, 0) + 1
+            last = value
+        counts[index] = counts.get(index, 0) + 1
     if not counts and total == 0.0:
         return
     histogram._sum.inc(total)

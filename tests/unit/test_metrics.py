@@ -329,6 +329,7 @@ def _histogram_samples(histogram: Histogram) -> dict[str, float]:
         [float("inf"), float("-inf"), 0.25, 0.25, 0.25],
         [i / 997 for i in range(2000)],
         [0.1, float("nan"), 0.3],
+        [0.3, float("nan"), 0.3, float("nan"), float("nan"), 0.3, 0.001, 0.001],
     ],
 )
 def test_observe_many_equals_observing_one_by_one(values: list[float]) -> None:
