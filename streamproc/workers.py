@@ -136,10 +136,23 @@ class WorkerPool(Generic[T, R]):
                 lambda: bool(self._results) or self._dispatcher.free_slots > 0, timeout_s
             )
 
-    def drop_partitions(self, partitions: Iterable[PartitionKey]) -> list[WorkItem[T]]:
-        """Remove waiting items of ``partitions``; running ones go on (see :meth:`abandon`)."""
+    def release_partitions(
+        self, partitions: Iterable[PartitionKey]
+    ) -> tuple[list[WorkItem[T]], int]:
+        """Let go of ``partitions`` (revoked or lost): remove their waiting items and stop
+        counting their running ones, whose results will be stale. One step under the lock, so a
+        running batch that gives items back afterwards gives back nothing (they no longer run).
+
+        Returns:
+            The waiting items removed, and how many running items were abandoned.
+        """
+        keys = set(partitions)
         with self._lock:
-            return self._dispatcher.drop_partitions(partitions)
+            dropped = self._dispatcher.drop_partitions(keys)
+            running = self._dispatcher.running_in(keys)
+            self._dispatcher.abandon(running)
+            self._launch()
+            return dropped, len(running)
 
     def wait_partitions(self, partitions: Iterable[PartitionKey], timeout_s: float) -> bool:
         """Wait until no item of ``partitions`` runs; True if so within ``timeout_s``."""
@@ -164,14 +177,6 @@ class WorkerPool(Generic[T, R]):
             running = self._dispatcher.running
             return running if keys is None else len(self._dispatcher.running_in(keys))
         return len(self._dispatcher) if keys is None else self._dispatcher.pending_in(keys)
-
-    def abandon_partitions(self, partitions: Iterable[PartitionKey]) -> int:
-        """Stop counting still-running items of ``partitions``; their results will be stale."""
-        with self._lock:
-            running = self._dispatcher.running_in(partitions)
-            self._dispatcher.abandon(running)
-            self._launch()
-            return len(running)
 
     def halt(self) -> None:
         """Start nothing more (shutdown or stop): running items finish, waiting ones stay."""

@@ -775,8 +775,7 @@ class PriorityConsumer:
         revoking = {topic for topic, _ in keys}
         while not self._pool.drain(keys, min(HOLD_POLL_S, max(0.0, deadline - time.monotonic()))):
             if time.monotonic() >= deadline:
-                dropped = self._pool.drop_partitions(keys)
-                abandoned = self._pool.abandon_partitions(keys)
+                dropped, abandoned = self._pool.release_partitions(keys)
                 log.warning(
                     "revoke: %d chunks still running and %d waiting after %.0fs: not committed",
                     abandoned,
@@ -800,8 +799,7 @@ class PriorityConsumer:
             self._settling = False
 
     def _drop_lost(self, keys: list[PartitionKey]) -> None:
-        self._pool.drop_partitions(keys)
-        self._pool.abandon_partitions(keys)
+        self._pool.release_partitions(keys)
 
     def _forget(self, keys: list[PartitionKey]) -> None:
         for key in keys:

@@ -165,12 +165,40 @@ def test_revoked_partitions_are_dropped_waited_for_and_abandoned() -> None:
     partition = [("chunks.bulk", 0)]
     try:
         pool.add(items(3, keys=3))
-        assert len(pool.drop_partitions(partition)) == 2
         assert not pool.wait_partitions(partition, timeout_s=0.05)
-        assert pool.abandon_partitions(partition) == 1
+        dropped, abandoned = pool.release_partitions(partition)
+        assert (len(dropped), abandoned) == (2, 1)
         assert pool.wait_partitions(partition, timeout_s=0)
         release.set()
         assert len(wait_for_results(pool, 1)) == 1, "the abandoned item still reports"
+    finally:
+        pool.close()
+
+
+def test_an_item_given_back_after_its_partition_was_released_never_comes_back() -> None:
+    release = threading.Event()
+    given_back = "given back"
+    runs: list[str] = []
+
+    def run(item: WorkItem[str]) -> str:
+        runs.append(item.payload)
+        if item.payload == "fence":
+            return "fence"
+        release.wait(5)
+        return given_back  # its lane was held meanwhile, say
+
+    dispatcher: Dispatcher[str] = Dispatcher(2, concurrency=1, ordering="unordered", reserved=0)
+    pool: WorkerPool[str, str] = WorkerPool(dispatcher, run_sync=each(run), given_back=given_back)
+    try:
+        pool.add(items(2, keys=2))
+        dropped, abandoned = pool.release_partitions([("chunks.bulk", 0)])
+        assert ([item.payload for item in dropped], abandoned) == (["k1"], 1)
+        # One worker thread: the fence runs after the released batch ended and gave back k0.
+        pool.add([WorkItem(1, "chunks.bulk", 1, 0, b"fence", "fence")])
+        release.set()
+        assert [outcome for _, outcome in wait_for_results(pool, 1)] == ["fence"]
+        assert pool.sizes() == [0, 0], "the released item went back to wait"
+        assert runs == ["k0", "fence"]
     finally:
         pool.close()
 
