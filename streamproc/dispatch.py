@@ -341,7 +341,8 @@ class Dispatcher(Generic[T]):
         self.done_many((item,))
 
     def done_many(self, items: Iterable[WorkItem[T]]) -> None:
-        """:meth:`done` for each of ``items`` (inlined: it runs once per handled chunk)."""
+        """:meth:`done` for each of ``items``: :meth:`_stop_running` and the release of the
+        item's order key, inlined (this runs once per handled chunk)."""
         running, batch_left, sizes = self._running, self._batch_left, self._size_per_lane
         held, make_ready = self._held, self._make_ready
         for item in items:

@@ -88,6 +88,7 @@ class Outcome:
 
 OK = Outcome("ok")
 SKIPPED = Outcome("skipped")
+# The one given-back outcome: the worker pool recognises it by identity.
 GIVEN_BACK = Outcome("given_back")
 
 
