@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 import pytest
-from kafka_helpers import Cluster, ThreadedConsumer
+from kafka_helpers import Cluster, ThreadedConsumer, kill_children
 
 from streamproc.consumer import PriorityConsumer
 
@@ -29,3 +29,9 @@ def run_consumer() -> Iterator[Callable[[PriorityConsumer], ThreadedConsumer]]:
     for threaded in started:
         if threaded.alive:
             threaded.stop()
+
+
+@pytest.fixture(autouse=True)
+def _no_child_consumer_outlives_its_test() -> Iterator[None]:
+    yield
+    kill_children()

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Any
 
 from confluent_kafka import (
@@ -208,3 +211,41 @@ def stop(process: subprocess.Popen[bytes], sig: int = signal.SIGTERM, timeout_s:
     """Signal a child consumer and wait for its exit code."""
     process.send_signal(sig)
     return process.wait(timeout_s)
+
+
+HERE = Path(__file__).resolve().parent
+# Every child consumer started by start_ledger_consumer; the integration conftest kills those
+# still running after each test, so a failed test leaves none running into the next one.
+CHILDREN: list[subprocess.Popen[bytes]] = []
+
+
+def start_ledger_consumer(
+    cluster: Cluster, group: str, ledger: Path, *args: str, **env: str
+) -> subprocess.Popen[bytes]:
+    """``streamproc consume`` in a child process, with the ledger handler of ``ledger_handler``.
+
+    ``args`` are extra CLI flags, ``env`` extra environment (``STREAMPROC_*`` settings and the
+    handler's ``STREAMPROC_TEST_HANDLER_SLEEP_S``). Its output goes to a log beside the ledger.
+    """
+    command = [
+        sys.executable, "-m", "streamproc", "consume",
+        "--bootstrap-servers", cluster.bootstrap, "--topic-prefix", cluster.prefix,
+        "--group", group, "--handler", "ledger_handler:LedgerHandler",
+        "--metrics-port", "0", "--log-level", "INFO", *args,
+    ]  # fmt: skip
+    environment = {**os.environ, "PYTHONPATH": str(HERE), "STREAMPROC_TEST_LEDGER": str(ledger)}
+    with (ledger.parent / f"{group}-{time.monotonic_ns()}.log").open("wb") as log:
+        child = subprocess.Popen(
+            command, env={**environment, **env}, stdout=log, stderr=subprocess.STDOUT
+        )
+    CHILDREN.append(child)
+    return child
+
+
+def kill_children() -> None:
+    """Kill the child consumers still running (after a failed test)."""
+    while CHILDREN:
+        child = CHILDREN.pop()
+        if child.poll() is None:
+            child.kill()
+        child.wait(10)

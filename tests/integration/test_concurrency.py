@@ -12,9 +12,8 @@ order: within one process, the offsets of one key are handled in increasing orde
 from __future__ import annotations
 
 import asyncio
-import os
+import itertools
 import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -26,6 +25,7 @@ from kafka_helpers import (
     Cluster,
     ThreadedConsumer,
     check_committed_at_high_watermarks,
+    start_ledger_consumer,
     stop,
     wait_until,
 )
@@ -41,7 +41,6 @@ from streamproc.settings import ProducerSettings
 
 pytestmark = pytest.mark.integration
 
-HERE = Path(__file__).resolve().parent
 KEYS = 60
 Coordinates = tuple[str, int, int]
 RunConsumer = Callable[[PriorityConsumer], ThreadedConsumer]
@@ -53,7 +52,7 @@ def keyed_chunks(count: int, *, seed: int = 11) -> Iterator[Chunk]:
         yield chunk.model_copy(update={"tracking_id": f"key-{index % KEYS}"})
 
 
-def produce_acked(cluster: Cluster, count: int) -> set[Coordinates]:
+def produce_acked(cluster: Cluster, count: int, *, seed: int = 11) -> set[Coordinates]:
     acked: set[Coordinates] = set()
 
     def record(delivery: Delivery) -> None:
@@ -64,7 +63,7 @@ def produce_acked(cluster: Cluster, count: int) -> set[Coordinates]:
         ProducerSettings(bootstrap_servers=cluster.bootstrap, topic_prefix=cluster.prefix),
         on_delivery=record,
     )
-    producer.produce_many(keyed_chunks(count))
+    producer.produce_many(keyed_chunks(count, seed=seed))
     producer.flush()
     assert len(acked) == count
     return acked
@@ -73,23 +72,13 @@ def produce_acked(cluster: Cluster, count: int) -> set[Coordinates]:
 def start_consumer(
     cluster: Cluster, group: str, ledger: Path, *, sleep_s: float, concurrency: int = 16
 ) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(HERE),
-        "STREAMPROC_TEST_LEDGER": str(ledger),
-        "STREAMPROC_TEST_HANDLER_SLEEP_S": str(sleep_s),
-        "STREAMPROC_CONCURRENCY": str(concurrency),
+    return start_ledger_consumer(
+        cluster, group, ledger, "--ordering", "key",
+        STREAMPROC_TEST_HANDLER_SLEEP_S=str(sleep_s),
+        STREAMPROC_CONCURRENCY=str(concurrency),
         # A killed member holds its partitions until its session times out: keep that short.
-        "STREAMPROC_SESSION_TIMEOUT_MS": "6000",
-    }
-    command = [
-        sys.executable, "-m", "streamproc", "consume",
-        "--bootstrap-servers", cluster.bootstrap, "--topic-prefix", cluster.prefix,
-        "--group", group, "--handler", "ledger_handler:LedgerHandler",
-        "--ordering", "key", "--metrics-port", "0", "--log-level", "INFO",
-    ]  # fmt: skip
-    with (ledger.parent / f"{group}-{time.monotonic_ns()}.log").open("wb") as log:
-        return subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        STREAMPROC_SESSION_TIMEOUT_MS="6000",
+    )  # fmt: skip
 
 
 def handled(ledger: Path) -> set[Coordinates]:
@@ -168,10 +157,15 @@ def test_member_joins_with_16_in_flight_no_loss_no_duplicates(
     first = start_consumer(cluster, "cjoin", ledger, sleep_s=0.01)
     wait_until(lambda: len(read_ledger(ledger)) >= 500, what="the first member to progress")
     second = start_consumer(cluster, "cjoin", ledger, sleep_s=0.01)
-    wait_until(
-        lambda: second.pid in {e.pid for e in read_ledger(ledger)},
-        what="the second member to get partitions",
-    )
+    # Keep the first member busy (chunks in flight) until the rebalance gives the second one
+    # work: the first would otherwise finish the backlog alone while the second starts and joins.
+    deadline = time.monotonic() + 60
+    for seed in itertools.count(12):
+        if second.pid in {e.pid for e in read_ledger(ledger)}:
+            break
+        assert time.monotonic() < deadline, "timed out waiting for the second member to get work"
+        acked |= produce_acked(cluster, 100, seed=seed)
+        time.sleep(0.1)
     wait_until(lambda: acked <= handled(ledger), what="every acknowledged chunk to be handled")
     assert stop(second) == 0
     assert stop(first) == 0

@@ -9,24 +9,26 @@ offset never maps to two chunks.
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
-import sys
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kafka_helpers import Cluster, check_committed_at_high_watermarks, stop, wait_until
+from kafka_helpers import (
+    Cluster,
+    check_committed_at_high_watermarks,
+    start_ledger_consumer,
+    stop,
+    wait_until,
+)
 from ledger_handler import Processed, read_ledger
 
 from streamproc.producer import ChunkProducer, Delivery
 from streamproc.samples import sample_chunks
 from streamproc.settings import ProducerSettings
 
-HERE = Path(__file__).resolve().parent
 # A SIGKILLed member leaves the group only when its session times out: 6 s (the broker's least)
 # instead of the default 45 s keeps the restart test's wait about the restart, not the timeout.
 SESSION_TIMEOUT_MS = 6_000
@@ -49,41 +51,15 @@ def produce_acked(cluster: Cluster, count: int) -> set[str]:
     return acked
 
 
-_children: list[subprocess.Popen[bytes]] = []
-
-
-@pytest.fixture(autouse=True)
-def _kill_leftover_children() -> Iterator[None]:
-    """A failed test leaves no consumer running into the next one."""
-    yield
-    while _children:
-        child = _children.pop()
-        if child.poll() is None:
-            child.kill()
-            child.wait(10)
-
-
 def start_consumer(
     cluster: Cluster, group: str, ledger: Path, *, sleep_s: float = 0.0, batch: int = 50
 ) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(HERE),
-        "STREAMPROC_TEST_LEDGER": str(ledger),
-        "STREAMPROC_TEST_HANDLER_SLEEP_S": str(sleep_s),
-        "STREAMPROC_MAX_BATCH_MESSAGES": str(batch),
-        "STREAMPROC_SESSION_TIMEOUT_MS": str(SESSION_TIMEOUT_MS),
-    }
-    command = [
-        sys.executable, "-m", "streamproc", "consume",
-        "--bootstrap-servers", cluster.bootstrap, "--topic-prefix", cluster.prefix,
-        "--group", group, "--handler", "ledger_handler:LedgerHandler",
-        "--metrics-port", "0", "--log-level", "INFO",
-    ]  # fmt: skip
-    with (ledger.parent / f"{group}-{time.monotonic_ns()}.log").open("wb") as log:
-        child = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
-    _children.append(child)
-    return child
+    return start_ledger_consumer(
+        cluster, group, ledger,
+        STREAMPROC_TEST_HANDLER_SLEEP_S=str(sleep_s),
+        STREAMPROC_MAX_BATCH_MESSAGES=str(batch),
+        STREAMPROC_SESSION_TIMEOUT_MS=str(SESSION_TIMEOUT_MS),
+    )  # fmt: skip
 
 
 def check_no_loss_and_consistency(processed: list[Processed], acked: set[str]) -> None:
