@@ -72,13 +72,14 @@ def produce_acked(cluster: Cluster, count: int, *, seed: int = 11) -> set[Coordi
 def start_consumer(
     cluster: Cluster, group: str, ledger: Path, *, sleep_s: float, concurrency: int = 16
 ) -> subprocess.Popen[bytes]:
-    return start_ledger_consumer(
+    child: subprocess.Popen[bytes] = start_ledger_consumer(
         cluster, group, ledger, "--ordering", "key",
         STREAMPROC_TEST_HANDLER_SLEEP_S=str(sleep_s),
         STREAMPROC_CONCURRENCY=str(concurrency),
         # A killed member holds its partitions until its session times out: keep that short.
         STREAMPROC_SESSION_TIMEOUT_MS="6000",
     )  # fmt: skip
+    return child
 
 
 def handled(ledger: Path) -> set[Coordinates]:

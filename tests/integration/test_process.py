@@ -54,12 +54,13 @@ def produce_acked(cluster: Cluster, count: int) -> set[str]:
 def start_consumer(
     cluster: Cluster, group: str, ledger: Path, *, sleep_s: float = 0.0, batch: int = 50
 ) -> subprocess.Popen[bytes]:
-    return start_ledger_consumer(
+    child: subprocess.Popen[bytes] = start_ledger_consumer(
         cluster, group, ledger,
         STREAMPROC_TEST_HANDLER_SLEEP_S=str(sleep_s),
         STREAMPROC_MAX_BATCH_MESSAGES=str(batch),
         STREAMPROC_SESSION_TIMEOUT_MS=str(SESSION_TIMEOUT_MS),
     )  # fmt: skip
+    return child
 
 
 def check_no_loss_and_consistency(processed: list[Processed], acked: set[str]) -> None:
