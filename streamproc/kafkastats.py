@@ -78,3 +78,26 @@ def parse_statistics(text: Statistics) -> ClientStatistics:
             )
         )
     return ClientStatistics(messages, size, tuple(sorted(brokers, key=lambda b: b.broker)))
+
+
+# librdkafka's fetch states of a partition whose fetcher is not running: never started, or
+# stopped by an unassign. Paused partitions stay "active" (a pause only skips their fetches).
+NOT_FETCHING = frozenset({"none", "stopped"})
+
+
+def unstarted_partitions(statistics: Statistics, topic: str) -> frozenset[int]:
+    """Partitions of ``topic`` in the document whose fetcher is not running (``fetch_state``
+    ``none`` or ``stopped``), assigned or not: the caller intersects with its assignment.
+
+    Raises:
+        ValueError: not a statistics document.
+    """
+    document: Any = statistics_document(statistics)
+    if not isinstance(document, dict):
+        raise ValueError("librdkafka statistics must be a JSON object")
+    partitions = ((document.get("topics") or {}).get(topic) or {}).get("partitions") or {}
+    return frozenset(
+        int(partition_id)
+        for partition_id, partition in partitions.items()
+        if partition_id != "-1" and partition.get("fetch_state") in NOT_FETCHING
+    )

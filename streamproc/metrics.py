@@ -212,6 +212,14 @@ class ConsumerMetrics:
             ["kind"],
             registry=r,
         )
+        self.fetch_restarts = Counter(
+            "streamproc_fetch_restarts",
+            "Assigned partitions that were never fetched (librdkafka lost their committed offset"
+            " lookup, as when the group coordinator moves), unassigned and assigned again, per"
+            " lane.",
+            ["lane"],
+            registry=r,
+        )
         self.commits = Counter(
             "streamproc_commits", "Offset commits by outcome (ok, failed).", ["outcome"], registry=r
         )
@@ -277,6 +285,8 @@ class ConsumerMetrics:
             self.commits.labels(outcome=outcome)
         for kind in ("assign", "revoke", "lost"):
             self.rebalances.labels(kind=kind)
+        for lane in self.lanes:
+            self.fetch_restarts.labels(lane=lane)
         self._partition_lag_keys: set[tuple[str, str, str]] = set()
         self._lso_held_keys: set[tuple[str, str, str]] = set()
         self._partition_lag_lock = threading.Lock()

@@ -22,7 +22,9 @@ time (:mod:`streamproc.dispatch`), and the loop only polls, decides and stores. 
 5. Keep every lane consumer alive: one polled less recently than ``poll_timeout_s`` is polled now
    (its rebalance callbacks run, ``max.poll.interval.ms`` never runs out), even while realtime
    saturates the slots or a handler runs for minutes. A lane holding its in-flight bound has its
-   partitions paused first (backpressure), so such a poll takes nothing more.
+   partitions paused first (backpressure), so such a poll takes nothing more. Partitions assigned
+   but never fetched (their committed offset lookup was lost) are assigned again
+   (:mod:`streamproc.consumer.fetchwatch`).
 6. Wait, without holding the GIL: for realtime on the top lane's consumer (up to
    ``poll_timeout_s``, or until the next lower-lane turn is due), also while lower-lane batches
    fill every slot (a realtime chunk taken then makes the running batch yield); for a free slot
@@ -60,6 +62,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 from streamproc.access import denial_message, is_denied
 from streamproc.codec import ChunkCodec
 from streamproc.consumer.clients import ClientFactory, KafkaClients, LaneConsumer
+from streamproc.consumer.fetchwatch import FetchWatchdog
 from streamproc.consumer.pausebook import PauseBook
 from streamproc.consumer.pipeline import GIVEN_BACK, OK, Outcome, Pipeline
 from streamproc.consumer.rebalance import Rebalancer
@@ -70,7 +73,7 @@ from streamproc.errors import SchemaRegistryUnavailableError, StreamprocError
 from streamproc.flow import FlowController
 from streamproc.handlers import AnyHandler
 from streamproc.interpreter import gil_switch_interval, young_gc_threshold
-from streamproc.kafkastats import Statistics, statistics_document
+from streamproc.kafkastats import Statistics, statistics_document, unstarted_partitions
 from streamproc.lag import PAUSED_METADATA, RUNNING_METADATA, LagMonitor, LagSnapshot
 from streamproc.messages import PartitionKey
 from streamproc.metrics import ConsumerMetrics, observe_many
@@ -193,6 +196,9 @@ class PriorityConsumer:
         self._offsets: OffsetTracker[PartitionKey] = OffsetTracker()
         self._epochs: dict[PartitionKey, int] = {}
         self._pauses = PauseBook()
+        # Per lane topic: its watchdog, and the stuck partitions it found for the loop to restart.
+        self._fetch_watch = {lane.topic: FetchWatchdog() for lane in self.lanes}
+        self._stuck: dict[str, list[PartitionKey]] = {}
         self._flow = FlowController([lane.name for lane in self.lanes], settings.flow_settings())
 
         self._lane_consumers = [
@@ -203,7 +209,7 @@ class PriorityConsumer:
                         self._on_error,
                         self._on_commit,
                         lane=lane.name,
-                        stats_cb=self._statistics_of(lane.name),
+                        stats_cb=self._statistics_of(lane.name, lane.topic),
                     )
                 ),
             )
@@ -409,6 +415,8 @@ class PriorityConsumer:
         if now - self._last_flow_tick >= FLOW_TICK_S:
             self._apply_flow(now)
         self._keep_alive(now)
+        if self._stuck:
+            self._restart_stuck()
         self._probe_broker()
         self._last_tick = time.monotonic()
         self.metrics.last_poll.set_to_current_time()
@@ -962,12 +970,13 @@ class PriorityConsumer:
             return
         log.warning("kafka: %s", error.str())
 
-    def _statistics_of(self, lane: str) -> Callable[[str], None]:
-        """The ``stats_cb`` of a lane consumer: client metrics, and the LSO and its holds."""
+    def _statistics_of(self, lane: str, topic: str) -> Callable[[str], None]:
+        """The ``stats_cb`` of a lane consumer: client metrics, the LSO and its holds, and the
+        partitions whose fetching never started."""
         record = self.metrics.librdkafka_statistics(lane)
 
         def on_statistics(statistics_json: str) -> None:
-            # Decoded once for both readers (about 10 KB every 250 ms under read_committed).
+            # Decoded once for every reader (about 10 KB every 250 ms under read_committed).
             try:
                 document = statistics_document(statistics_json)
             except ValueError as exc:
@@ -975,8 +984,45 @@ class PriorityConsumer:
                 return
             record(document)
             self._on_statistics(document)
+            self._watch_fetches(topic, document)
 
         return on_statistics
+
+    def _watch_fetches(self, topic: str, document: Statistics) -> None:
+        """Note the lane's stuck partitions; the loop restarts them outside the callback."""
+        try:
+            not_fetching = unstarted_partitions(document, topic)
+        except (ValueError, TypeError, AttributeError):
+            return  # logged by the metrics' reader of the same document
+        epochs = self._epochs
+        assigned = {key: epochs.get(key, 0) for key in self._lag.assignment if key[0] == topic}
+        stuck = self._fetch_watch[topic].report(
+            time.monotonic(), ((topic, p) for p in not_fetching), assigned
+        )
+        if stuck:
+            self._stuck[topic] = stuck
+
+    def _restart_stuck(self) -> None:
+        """Assign again the stuck partitions still assigned (classic group protocol only).
+
+        One a chunk was taken from in this assignment was fetched: whatever librdkafka says of
+        it, assigning it again would fetch that chunk again, so it is left alone.
+        """
+        stuck, self._stuck = self._stuck, {}
+        assigned = set(self._lag.assignment)
+        for topic, keys in stuck.items():
+            keys = [
+                key for key in keys if key in assigned and self._offsets.store_offset(key) is None
+            ]
+            if not keys:
+                continue
+            if self.settings.group_protocol != "classic":
+                # The consumer protocol reconciles the assignment with the coordinator: an
+                # unassign outside its callbacks could be taken for giving the partitions up.
+                named = ", ".join(f"{t}[{p}]" for t, p in keys)
+                log.warning("assigned but never fetched: %s", named)
+                continue
+            self._rebalancer.restart(self._consumer_of_topic[topic], keys)
 
     def _on_statistics(self, statistics_json: Statistics) -> None:
         """librdkafka's statistics of a lane consumer (read_committed): LSO and its holds."""

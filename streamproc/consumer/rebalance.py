@@ -11,6 +11,10 @@ Each lane consumer is its own member of the group and gets its own callbacks, in
   paused of them (librdkafka keeps a pause flag across unassign), unassign, forget them.
 * lost: drop their taken chunks and forget them without committing (another member may own them
   already).
+* restart (not a rebalance): partitions assigned whose fetching never started
+  (:mod:`~streamproc.consumer.fetchwatch`) are unassigned and assigned again, which makes
+  librdkafka ask for their committed offsets anew. Nothing of theirs was taken, so the loop's
+  bookkeeping stays as it is.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import TopicPartition
+from confluent_kafka import OFFSET_INVALID, TopicPartition
 
 from streamproc.consumer.clients import LaneConsumer
 from streamproc.consumer.pausebook import PauseBook
@@ -130,6 +134,41 @@ class Rebalancer:
         self._drop(keys)
         self._release(lane_consumer, partitions, keys)
         log.warning("lost %s (not committed)", describe(partitions))
+
+    def restart(self, lane_consumer: LaneConsumer, keys: list[PartitionKey]) -> None:
+        """Unassign and assign again ``keys`` of ``lane_consumer``: assigned, never fetched.
+
+        Incremental: ``incremental_unassign`` then ``incremental_assign`` of those partitions
+        only (their pause flags survive both). Eager: librdkafka allows only a whole
+        ``assign()``, so every other partition of the consumer is assigned again from its
+        position (the next offset after the last one taken) and its prefetched messages are
+        fetched again, never taken twice; the pause book is then re-applied.
+        """
+        consumer = lane_consumer.consumer
+        partitions = [TopicPartition(topic, partition) for topic, partition in keys]
+        if self._cooperative:
+            consumer.incremental_unassign(partitions)
+            consumer.incremental_assign(partitions)
+        else:
+            restarting = set(keys)
+            consumer.assign(
+                [
+                    tp
+                    if (tp.topic, tp.partition) not in restarting
+                    else TopicPartition(tp.topic, tp.partition, OFFSET_INVALID)
+                    for tp in consumer.position(consumer.assignment())
+                ]
+            )
+            self._pauses.unapplied(
+                key for key in self._pauses.paused if key[0] == lane_consumer.lane.topic
+            )
+            self._apply_pauses()
+        self._metrics.fetch_restarts.labels(lane=lane_consumer.lane.name).inc(len(keys))
+        log.warning(
+            "assigned but never fetched, assigned again: %s (librdkafka lost the committed"
+            " offset lookup, as when the group coordinator moves)",
+            describe(partitions),
+        )
 
     def _release(
         self,

@@ -5,13 +5,17 @@ member per consumer, which gets every partition of its subscribed topics on its 
 ``consume()``; positions start at the group's committed offset; ``consume()`` takes from assigned,
 unpaused partitions in turn. A log entry ``None`` is a control record (a transaction marker): never
 returned, but taken past like librdkafka does, so ``position()`` (the application position) moves
-past it. Every call that matters is recorded in ``calls`` so tests can check
+past it. A partition in ``stuck`` is assigned but never fetched (librdkafka after a lost committed
+offset lookup) until it is assigned again; ``report_statistics()`` delivers a statistics event
+with each partition's fetch state inside the next ``consume()``. Every call that matters is
+recorded in ``calls`` so tests can check
 the order of a protocol (store, commit, resume, unassign). The real broker proves the
 integration (tests/integration); these prove the loop's decisions in milliseconds.
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -87,6 +91,8 @@ class FakeConsumer:
         self.calls: list[tuple[str, Any]] = []
         self.polls: list[float] = []
         self.pending: list[tuple[str, list[TopicPartition]]] = []
+        self.stuck: set[Key] = set()
+        self.statistics_due = 0
         self.closed = False
 
     # -- what the consumer calls ------------------------------------------------------------
@@ -106,6 +112,9 @@ class FakeConsumer:
         while self.pending:
             name, partitions = self.pending.pop(0)
             self.callbacks[name](self, partitions)
+        while self.statistics_due:
+            self.statistics_due -= 1
+            self.config["stats_cb"](json.dumps(self.statistics()))
         taken = self._take(num_messages)
         if not taken and timeout and timeout > 0:
             # Like librdkafka: wait up to the timeout for a message to arrive.
@@ -116,7 +125,7 @@ class FakeConsumer:
 
     def _take(self, num_messages: int) -> list[Message]:
         taken: list[Message] = []
-        runnable = sorted(self.assigned - self.paused)
+        runnable = sorted(self.assigned - self.paused - self.stuck)
         progress = True
         while len(taken) < num_messages and progress:
             progress = False
@@ -134,17 +143,31 @@ class FakeConsumer:
 
     def incremental_assign(self, partitions: list[TopicPartition]) -> None:
         self.calls.append(("assign", _keys(partitions)))
-        for key in _keys(partitions):
+        for tp in partitions:
+            key = (tp.topic, tp.partition)
+            assert key not in self.assigned, f"{key} is already part of the current assignment"
             self.assigned.add(key)
-            self.positions[key] = max(0, self.broker.committed.get(key, 0))
+            start = tp.offset if tp.offset >= 0 else self.broker.committed.get(key, 0)
+            self.positions[key] = max(0, start)
             self.app_positions.pop(key, None)
 
-    assign = incremental_assign
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        """Eager: the whole assignment replaced, pause flags included."""
+        self.calls.append(("assign_all", _keys(partitions)))
+        self.paused.clear()
+        self.stuck.clear()
+        self.assigned.clear()
+        self.positions.clear()
+        self.app_positions.clear()
+        self.stored.clear()
+        self.incremental_assign(partitions)
+        self.calls.pop()
 
     def incremental_unassign(self, partitions: list[TopicPartition]) -> None:
         self.calls.append(("unassign", _keys(partitions)))
         for key in _keys(partitions):
             self.assigned.discard(key)
+            self.stuck.discard(key)
             self.positions.pop(key, None)
             self.app_positions.pop(key, None)
             self.stored.pop(key, None)
@@ -217,11 +240,30 @@ class FakeConsumer:
         partitions = dict.fromkeys(range(self.broker.partitions[topic]))
         return SimpleNamespace(topics={topic: SimpleNamespace(partitions=partitions, error=None)})
 
+    def assignment(self) -> list[TopicPartition]:
+        return [TopicPartition(t, p) for t, p in sorted(self.assigned)]
+
+    def statistics(self) -> dict[str, Any]:
+        """A statistics document with each partition's fetch state, like librdkafka's."""
+        topics: dict[str, Any] = {}
+        for topic in self.topics:
+            partitions: dict[str, Any] = {"-1": {"fetch_state": "none"}}
+            for partition in range(self.broker.partitions[topic]):
+                key = (topic, partition)
+                fetching = key in self.assigned and key not in self.stuck
+                partitions[str(partition)] = {"fetch_state": "active" if fetching else "none"}
+            topics[topic] = {"partitions": partitions}
+        return {"topics": topics}
+
     def close(self) -> None:
         self.calls.append(("close", None))
         self.closed = True
 
     # -- what tests do --------------------------------------------------------------------------
+
+    def report_statistics(self) -> None:
+        """Deliver a statistics event inside the next ``consume()``."""
+        self.statistics_due += 1
 
     def revoke(self, keys: list[Key], *, lost: bool = False) -> None:
         """Deliver a revoke (or lost) of ``keys`` inside the next ``consume()``."""

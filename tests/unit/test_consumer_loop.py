@@ -22,7 +22,7 @@ from fake_kafka import FakeBroker, FakeClients, FakeConsumer
 
 from streamproc.chunk import Chunk
 from streamproc.codec import ChunkCodec
-from streamproc.consumer import PriorityConsumer
+from streamproc.consumer import PriorityConsumer, fetchwatch
 from streamproc.consumer.loop import AHEAD_AFTER_IDLE_S
 from streamproc.errors import SinkUnavailableError
 from streamproc.handlers import ChunkRecord
@@ -659,3 +659,117 @@ def test_under_the_consumer_protocol_one_assigned_partition_is_ready_enough() ->
     lane_consumer(clients, "realtime").consume(0, 0)
     assert consumer.ready() == (True, "1 partitions assigned")
     consumer.close()
+
+
+def report_twice(consumer: PriorityConsumer, fake: FakeConsumer) -> None:
+    """Two statistics reports of one lane consumer, delivered in its next polls."""
+    for _ in range(2):
+        fake.report_statistics()
+        run_until(consumer, lambda: fake.statistics_due == 0)
+
+
+def test_a_partition_assigned_but_never_fetched_is_assigned_again(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(fetchwatch, "STUCK_AFTER_S", 0.0)
+    fake = broker(realtime=40)
+    handler = Recorder()
+    consumer, clients = consumer_on(fake, handler)
+    realtime = lane_consumer(clients, "realtime")
+    # Like librdkafka after a lost committed offset lookup: assigned, never fetched.
+    realtime.stuck = {(REALTIME, 0)}
+    consumer.subscribe()
+    run_until(consumer, lambda: handler.handled["realtime"] == 20)
+    for _ in range(20):
+        consumer.tick()
+    assert handler.handled["realtime"] == 20, "partition 0 is stuck"
+    realtime.report_statistics()
+    run_until(consumer, lambda: realtime.statistics_due == 0)
+    assert ("unassign", [(REALTIME, 0)]) not in realtime.calls, "one report proves nothing"
+    report_twice(consumer, realtime)
+    run_until(consumer, lambda: handler.handled["realtime"] == 40)
+    consumer.close()
+    restart = realtime.calls.index(("unassign", [(REALTIME, 0)]))
+    assert realtime.calls[restart + 1] == ("assign", [(REALTIME, 0)])
+    restarts = consumer.metrics.fetch_restarts
+    assert restarts.labels(lane="realtime")._value.get() == 1
+    assert restarts.labels(lane="bulk")._value.get() == 0
+    assert "assigned but never fetched, assigned again: chunks.realtime[0]" in caplog.text
+
+
+def test_an_eager_restart_assigns_everything_again_from_the_positions_taken(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(fetchwatch, "STUCK_AFTER_S", 0.0)
+    fake = broker()
+    handler = Recorder()
+    consumer, clients = consumer_on(fake, handler, assignor="range")
+    realtime = lane_consumer(clients, "realtime")
+    consumer.subscribe()
+    run_until(consumer, lambda: len(realtime.assigned) == 2)
+    realtime.stuck = {(REALTIME, 0)}
+    for index in range(40):
+        fake.produce(REALTIME, index % 2, CODEC.encode(Chunk(tracking_id=f"r-{index}")))
+    run_until(consumer, lambda: handler.handled["realtime"] == 20)
+    report_twice(consumer, realtime)
+    run_until(consumer, lambda: handler.handled["realtime"] == 40)
+    for _ in range(20):
+        consumer.tick()
+    consumer.close()
+    assert ("assign_all", [(REALTIME, 0), (REALTIME, 1)]) in realtime.calls
+    # Partition 1 went on from its position, not from its committed offset: nothing twice.
+    assert handler.handled["realtime"] == 40
+
+
+def test_an_eager_restart_of_a_held_lane_pauses_its_partitions_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(fetchwatch, "STUCK_AFTER_S", 0.0)
+    fake = broker(realtime=600)
+    handler = Recorder(cost_s=lambda lane: 0.01)
+    consumer, clients = consumer_on(fake, handler, assignor="range", pause_lag=100)
+    bulk = lane_consumer(clients, "bulk")
+    consumer.subscribe()
+    run_until(consumer, lambda: bulk.paused == {(BULK, 0), (BULK, 1)})
+    bulk.stuck = {(BULK, 1)}
+    report_twice(consumer, bulk)
+    run_until(consumer, lambda: any(name == "assign_all" for name, _ in bulk.calls))
+    assert "bulk" in consumer.paused_lanes, "realtime still lags"
+    assert bulk.paused == {(BULK, 0), (BULK, 1)}
+    assert consumer.paused_partitions == {(BULK, 0), (BULK, 1)}
+    consumer.close()
+
+
+def test_under_the_consumer_protocol_a_stuck_partition_is_reported_not_reassigned(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(fetchwatch, "STUCK_AFTER_S", 0.0)
+    fake = broker(realtime=4)
+    consumer, clients = consumer_on(fake, Recorder(), group_protocol="consumer")
+    realtime = lane_consumer(clients, "realtime")
+    realtime.stuck = {(REALTIME, 0)}
+    consumer.subscribe()
+    report_twice(consumer, realtime)
+    consumer.tick()
+    consumer.close()
+    assert ("unassign", [(REALTIME, 0)]) not in realtime.calls
+    assert "assigned but never fetched: chunks.realtime[0]" in caplog.text
+
+
+def test_a_partition_something_was_taken_from_is_never_assigned_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(fetchwatch, "STUCK_AFTER_S", 0.0)
+    fake = broker(realtime=10)
+    handler = Recorder()
+    consumer, clients = consumer_on(fake, handler)
+    realtime = lane_consumer(clients, "realtime")
+    consumer.subscribe()
+    run_until(consumer, lambda: handler.handled["realtime"] == 10)
+    # Statistics that say "not fetching" of partitions it took chunks from: not believed.
+    realtime.stuck = {(REALTIME, 0), (REALTIME, 1)}
+    report_twice(consumer, realtime)
+    consumer.tick()
+    consumer.close()
+    assert not any(name == "unassign" for name, _ in realtime.calls)
+    assert consumer.metrics.fetch_restarts.labels(lane="realtime")._value.get() == 0
