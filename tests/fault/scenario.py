@@ -19,7 +19,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from confluent_kafka import Consumer, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # NewTopic: public, untyped
+    AdminClient,
+    NewTopic,
+)
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamproc.chunk import Chunk
@@ -71,6 +75,7 @@ class PrivateBroker:
             self.bootstrap = self.run("start", "--keep-data")
         else:
             self.bootstrap = self.run("start", "--external-advertised-port", str(self.proxy_port))
+            warm_up(self.bootstrap)
         state = json.loads((self.home / "state.json").read_text())
         if self.proxy is None:
             self.proxy = TcpProxy(self.proxy_port, state["external_port"]).start()
@@ -99,6 +104,39 @@ class PrivateBroker:
         if self.proxy is not None:
             self.proxy.close()
         self.run("stop")
+
+
+def warm_up(bootstrap: str, timeout_s: float = 60.0) -> None:
+    """Do once, on a broker just formatted, what its first clients would: the scenarios test a
+    restart of a broker in use, not one of a broker seconds old.
+
+    A first idempotent producer waits for the broker's first block of producer ids
+    (InitProducerId answers "coordinator load in progress" meanwhile), and a first consumer group
+    creates ``__consumer_offsets`` and loads its coordinator. A restart in the middle of either
+    is a scenario of its own (and left librdkafka clients stuck for minutes).
+    """
+    topic = "warm-up"
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(topic, 1, 1)]).values():
+        future.result(timeout_s)
+    delivered: list[KafkaError | None] = []
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    producer.produce(topic, b"warm-up", on_delivery=lambda error, _: delivered.append(error))
+    producer.flush(timeout_s)
+    assert delivered == [None], f"the warm-up message was not delivered: {delivered}"
+    consumer = Consumer(
+        {"bootstrap.servers": bootstrap, "group.id": "warm-up", "auto.offset.reset": "earliest"}
+    )
+    try:
+        consumer.subscribe([topic])
+        deadline = time.monotonic() + timeout_s
+        message = None
+        while message is None or message.error() is not None:
+            assert time.monotonic() < deadline, "the warm-up consumer got nothing"
+            message = consumer.poll(0.5)
+        consumer.commit(message=message, asynchronous=False)
+    finally:
+        consumer.close()
 
 
 def producer_for(
