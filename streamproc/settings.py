@@ -422,9 +422,11 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
         gt=0,
         description=(
             "On shutdown, after the chunks in hand are finished: how long the synchronous commits"
-            " and the closing of the Kafka clients may take altogether. With the broker gone"
-            " they would wait for minutes; what still waits at this deadline is given up and the"
-            " process exits, and offsets it could not commit are redelivered."
+            " and the closing of the Kafka clients may take altogether. A commit failing because"
+            " the group coordinator is away (a broker restarting) is tried again every 0.5 s"
+            " within it. With the broker gone they would wait for minutes; what still waits at"
+            " this deadline is given up and the process exits, and offsets it could not commit"
+            " are redelivered."
         ),
     )
     group_instance_id: str | None = Field(

@@ -25,6 +25,21 @@ from streamproc.messages import PartitionKey
 
 RebalanceCallback = Callable[[Any, list[TopicPartition]], None]
 
+# Commit errors that mean the group coordinator is away for now (a broker restarting, the
+# coordinator moving or loading its offsets): the same commit succeeds once it is back.
+COORDINATOR_AWAY = frozenset(
+    {
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.REQUEST_TIMED_OUT,
+        KafkaError._TRANSPORT,
+        KafkaError._TIMED_OUT,
+        KafkaError._WAIT_COORD,
+    }
+)
+COMMIT_RETRY_S = 0.5
+
 
 class ClientFactory(Protocol):
     """Builds the Kafka clients a :class:`~streamproc.consumer.PriorityConsumer` uses."""
@@ -105,16 +120,31 @@ class LaneConsumer:
     def seek(self, topic: str, partition: int, offset: int) -> None:
         self.consumer.seek(TopicPartition(topic, partition, offset))
 
-    def commit_sync(self) -> bool | None:
+    def commit_sync(self, retry_until: float | None = None) -> bool | None:
         """Commit stored offsets now: True when committed, None when nothing was stored since
-        the last commit, False when the commit failed (raises nothing)."""
-        try:
-            self.consumer.commit(asynchronous=False)
-        except KafkaException as exc:
-            if exc.args[0].code() == KafkaError._NO_OFFSET:
-                return None
-            return False
-        return True
+        the last commit, False when the commit failed (raises nothing).
+
+        Args:
+            retry_until: A ``time.monotonic()`` deadline: until then, a commit failing because
+                the group coordinator is away (moving, loading, unreachable: a broker restart)
+                is tried again every ``COMMIT_RETRY_S``. None: one attempt.
+        """
+        while True:
+            try:
+                self.consumer.commit(asynchronous=False)
+            except KafkaException as exc:
+                code = exc.args[0].code()
+                if code == KafkaError._NO_OFFSET:
+                    return None
+                if (
+                    code in COORDINATOR_AWAY
+                    and retry_until is not None
+                    and time.monotonic() + COMMIT_RETRY_S < retry_until
+                ):
+                    time.sleep(COMMIT_RETRY_S)
+                    continue
+                return False
+            return True
 
     def commit_metadata(self, offsets: list[TopicPartition]) -> None:
         """Commit positions with metadata asynchronously (the published pause state)."""

@@ -37,7 +37,8 @@ stored offsets on an interval. Rebalances: :mod:`streamproc.consumer.rebalance`.
 
 Shutdown on SIGTERM/SIGINT: take nothing more, finish every taken chunk (up to
 ``drain_timeout_s``), store, flush dead letters, then within ``close_timeout_s`` altogether commit
-each lane consumer synchronously and close them (leaving the group), return 0. A commit or close
+each lane consumer synchronously (again while the group coordinator is away, as during a broker
+restart) and close them (leaving the group), return 0. A commit or close
 the broker holds past that deadline is given up (:mod:`streamproc.consumer.shutdown`): what it
 did not commit is logged and redelivered. A second signal exits at once, also while a commit or a
 close waits. A stop by the error policy starts nothing more, waits for the running chunks, stores
@@ -452,7 +453,11 @@ class PriorityConsumer:
             if commit:
                 for lane_consumer in self._lane_consumers:
                     step = f"commit of lane {lane_consumer.lane.name}"
-                    if not budget.run(step, partial(self._commit_sync, lane_consumer)):
+                    # Until the budget is spent, a commit the coordinator's absence fails (a
+                    # broker restarting) is tried again.
+                    retry_until = time.monotonic() + budget.remaining_s
+                    commit_step = partial(self._commit_sync, lane_consumer, retry_until)
+                    if not budget.run(step, commit_step):
                         self._log_uncommitted(lane_consumer, "its commit was given up")
         finally:
             if budget is None:  # the drain failed: the clients still get their bounded close
@@ -817,10 +822,10 @@ class PriorityConsumer:
         self._published_paused -= set(keys)
         self.stats.rebalances = self._rebalancer.count
 
-    def _commit_sync(self, lane_consumer: LaneConsumer) -> None:
+    def _commit_sync(self, lane_consumer: LaneConsumer, retry_until: float | None = None) -> None:
         if self._closing_clients:
             return  # the consumer's close() commits what is stored
-        committed = lane_consumer.commit_sync()
+        committed = lane_consumer.commit_sync(retry_until)
         if committed is None:
             return  # nothing stored since the last commit
         self.metrics.commits.labels(outcome="ok" if committed else "failed").inc()

@@ -93,6 +93,8 @@ class FakeConsumer:
         self.pending: list[tuple[str, list[TopicPartition]]] = []
         self.stuck: set[Key] = set()
         self.statistics_due = 0
+        # Error codes the next synchronous commits fail with, one per commit.
+        self.commit_errors: list[int] = []
         self.closed = False
 
     # -- what the consumer calls ------------------------------------------------------------
@@ -216,6 +218,10 @@ class FakeConsumer:
             return
         if not self.stored_since_commit:
             raise KafkaException(KafkaError(KafkaError._NO_OFFSET))
+        if self.commit_errors:
+            code = self.commit_errors.pop(0)
+            self.calls.append(("commit_failed", code))
+            raise KafkaException(KafkaError(code))
         self.calls.append(("commit", dict(self.stored)))
         self.broker.committed.update(self.stored)
         self.stored_since_commit = False

@@ -18,6 +18,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import pytest
+from confluent_kafka import KafkaError
 from fake_kafka import FakeBroker, FakeClients, FakeConsumer
 
 from streamproc.chunk import Chunk
@@ -464,6 +465,56 @@ def test_close_gives_up_a_commit_nobody_answers_within_close_timeout_and_says_wh
         f"lane realtime: its commit was given up; not committed: {REALTIME}[0] up to offset 9"
         in caplog.text
     )
+
+
+def test_close_tries_a_commit_again_while_the_group_coordinator_is_away() -> None:
+    fake = broker(realtime=10, partitions=1)
+    consumer, clients = consumer_on(fake, Recorder(), close_timeout_s=5)
+    consumer.subscribe()
+    run_until(consumer, lambda: consumer.stats.lanes["realtime"].handled == 10)
+    realtime = lane_consumer(clients, "realtime")
+    # A broker restarting: the coordinator moves, then loads the group's offsets.
+    realtime.commit_errors = [KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS]
+    consumer.close()
+    assert [name for name, _ in realtime.calls if name.startswith("commit")][-3:] == [
+        "commit_failed",
+        "commit_failed",
+        "commit",
+    ]
+    assert fake.committed[(REALTIME, 0)] == 10
+    assert consumer.shutdown_complete
+    assert consumer.metrics.commits.labels(outcome="failed")._value.get() == 0
+
+
+def test_close_gives_up_a_commit_the_coordinator_fails_until_close_timeout(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    fake = broker(realtime=10, partitions=1)
+    consumer, clients = consumer_on(fake, Recorder(), close_timeout_s=1.2)
+    consumer.subscribe()
+    run_until(consumer, lambda: consumer.stats.lanes["realtime"].handled == 10)
+    realtime = lane_consumer(clients, "realtime")
+    realtime.commit_errors = [KafkaError.NOT_COORDINATOR] * 100
+    started = time.monotonic()
+    with caplog.at_level(logging.WARNING):
+        consumer.close()
+    assert time.monotonic() - started < 2.5
+    assert 2 <= 100 - len(realtime.commit_errors) <= 3, "one attempt every 0.5 s"
+    assert (REALTIME, 0) not in fake.committed
+    assert "lane realtime: its synchronous commit failed; not committed" in caplog.text
+
+
+def test_a_commit_failing_for_another_reason_is_not_tried_again() -> None:
+    fake = broker(realtime=10, partitions=1)
+    consumer, clients = consumer_on(fake, Recorder(), close_timeout_s=5)
+    consumer.subscribe()
+    run_until(consumer, lambda: consumer.stats.lanes["realtime"].handled == 10)
+    realtime = lane_consumer(clients, "realtime")
+    realtime.commit_errors = [KafkaError.UNKNOWN_MEMBER_ID]
+    consumer.close()
+    assert [name for name, _ in realtime.calls if name.startswith("commit")][-1] == "commit_failed"
+    assert (REALTIME, 0) not in fake.committed
+    assert consumer.metrics.commits.labels(outcome="failed")._value.get() == 1
 
 
 def test_a_chunk_still_running_at_drain_timeout_leaves_the_shutdown_incomplete() -> None:
