@@ -85,9 +85,25 @@ def parse_statistics(text: Statistics) -> ClientStatistics:
 NOT_FETCHING = frozenset({"none", "stopped"})
 
 
-def unstarted_partitions(statistics: Statistics, topic: str) -> frozenset[int]:
-    """Partitions of ``topic`` in the document whose fetcher is not running (``fetch_state``
-    ``none`` or ``stopped``), assigned or not: the caller intersects with its assignment.
+@dataclass(frozen=True, slots=True)
+class FetchReport:
+    """What one statistics document says of a lane consumer's fetching.
+
+    Attributes:
+        time_s: When librdkafka wrote it (its ``ts``: monotonic seconds of librdkafka's clock).
+        in_steady_group: The consumer is in the group and no rebalance is under way (``cgrp``
+            state ``up``, join state ``steady``): partitions it was assigned should be fetching.
+        not_fetching: Partitions of the topic whose fetcher is not running (``fetch_state``
+            ``none`` or ``stopped``), assigned or not: the caller intersects with its assignment.
+    """
+
+    time_s: float
+    in_steady_group: bool
+    not_fetching: frozenset[int]
+
+
+def fetch_report(statistics: Statistics, topic: str) -> FetchReport:
+    """The :class:`FetchReport` of ``topic`` in a statistics document.
 
     Raises:
         ValueError: not a statistics document.
@@ -95,9 +111,14 @@ def unstarted_partitions(statistics: Statistics, topic: str) -> frozenset[int]:
     document: Any = statistics_document(statistics)
     if not isinstance(document, dict):
         raise ValueError("librdkafka statistics must be a JSON object")
+    group = document.get("cgrp") or {}
     partitions = ((document.get("topics") or {}).get(topic) or {}).get("partitions") or {}
-    return frozenset(
-        int(partition_id)
-        for partition_id, partition in partitions.items()
-        if partition_id != "-1" and partition.get("fetch_state") in NOT_FETCHING
+    return FetchReport(
+        time_s=float(document.get("ts", 0)) / 1e6,
+        in_steady_group=group.get("state") == "up" and group.get("join_state") == "steady",
+        not_fetching=frozenset(
+            int(partition_id)
+            for partition_id, partition in partitions.items()
+            if partition_id != "-1" and partition.get("fetch_state") in NOT_FETCHING
+        ),
     )

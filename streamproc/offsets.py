@@ -145,6 +145,10 @@ class OffsetTracker(Generic[K]):
         if tracked is not None and tracked.finished_run(offsets):
             self._moved.add(partition)
 
+    def tracks(self, partition: K) -> bool:
+        """A chunk of ``partition`` was taken since it was assigned (or last forgotten)."""
+        return partition in self._partitions
+
     def store_offset(self, partition: K) -> int | None:
         offsets = self._partitions.get(partition)
         return offsets.store_offset if offsets is not None else None

@@ -404,9 +404,19 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
         ge=0,
         description=(
             "How often each lane consumer reports librdkafka's statistics (fetch queue depth,"
-            " broker round-trip time) to the metrics (statistics.interval.ms); they also show"
-            " partitions assigned but never fetched, which are then assigned again. 0 turns"
-            " them off."
+            " broker round-trip time) to the metrics (statistics.interval.ms); 0 turns them off"
+            " (under read_committed they still come every 250 ms: they carry the last stable"
+            " offsets)."
+        ),
+    )
+    stuck_fetch_s: float = Field(
+        10.0,
+        ge=0,
+        description=(
+            "How long a partition may stay assigned without being fetched, as librdkafka's"
+            " statistics tell it, before it is unassigned and assigned again (librdkafka can lose"
+            " the committed offset lookup of an assignment while the group coordinator moves);"
+            " 0 turns the watch off. Seen at the statistics' pace."
         ),
     )
     revoke_timeout_s: float = Field(

@@ -26,7 +26,7 @@ from streamproc.messages import PartitionKey
 RebalanceCallback = Callable[[Any, list[TopicPartition]], None]
 
 # Commit errors that mean the group coordinator is away for now (a broker restarting, the
-# coordinator moving or loading its offsets): the same commit succeeds once it is back.
+# coordinator moving or loading the group's offsets): the same commit succeeds once it is back.
 COORDINATOR_AWAY = frozenset(
     {
         KafkaError.NOT_COORDINATOR,
@@ -38,7 +38,6 @@ COORDINATOR_AWAY = frozenset(
         KafkaError._WAIT_COORD,
     }
 )
-COMMIT_RETRY_S = 0.5
 
 
 class ClientFactory(Protocol):
@@ -120,31 +119,19 @@ class LaneConsumer:
     def seek(self, topic: str, partition: int, offset: int) -> None:
         self.consumer.seek(TopicPartition(topic, partition, offset))
 
-    def commit_sync(self, retry_until: float | None = None) -> bool | None:
-        """Commit stored offsets now: True when committed, None when nothing was stored since
-        the last commit, False when the commit failed (raises nothing).
+    def commit_sync(self) -> KafkaError | None:
+        """Commit stored offsets now; raises nothing.
 
-        Args:
-            retry_until: A ``time.monotonic()`` deadline: until then, a commit failing because
-                the group coordinator is away (moving, loading, unreachable: a broker restart)
-                is tried again every ``COMMIT_RETRY_S``. None: one attempt.
+        Returns:
+            None when committed; else librdkafka's error (``_NO_OFFSET``: nothing was stored
+            since the last commit).
         """
-        while True:
-            try:
-                self.consumer.commit(asynchronous=False)
-            except KafkaException as exc:
-                code = exc.args[0].code()
-                if code == KafkaError._NO_OFFSET:
-                    return None
-                if (
-                    code in COORDINATOR_AWAY
-                    and retry_until is not None
-                    and time.monotonic() + COMMIT_RETRY_S < retry_until
-                ):
-                    time.sleep(COMMIT_RETRY_S)
-                    continue
-                return False
-            return True
+        try:
+            self.consumer.commit(asynchronous=False)
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            return error
+        return None
 
     def commit_metadata(self, offsets: list[TopicPartition]) -> None:
         """Commit positions with metadata asynchronously (the published pause state)."""

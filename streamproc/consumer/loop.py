@@ -62,7 +62,12 @@ from confluent_kafka import KafkaError, KafkaException, Message, TopicPartition
 
 from streamproc.access import denial_message, is_denied
 from streamproc.codec import ChunkCodec
-from streamproc.consumer.clients import ClientFactory, KafkaClients, LaneConsumer
+from streamproc.consumer.clients import (
+    COORDINATOR_AWAY,
+    ClientFactory,
+    KafkaClients,
+    LaneConsumer,
+)
 from streamproc.consumer.fetchwatch import FetchWatchdog
 from streamproc.consumer.pausebook import PauseBook
 from streamproc.consumer.pipeline import GIVEN_BACK, OK, Outcome, Pipeline
@@ -74,7 +79,7 @@ from streamproc.errors import SchemaRegistryUnavailableError, StreamprocError
 from streamproc.flow import FlowController
 from streamproc.handlers import AnyHandler
 from streamproc.interpreter import gil_switch_interval, young_gc_threshold
-from streamproc.kafkastats import Statistics, statistics_document, unstarted_partitions
+from streamproc.kafkastats import Statistics, fetch_report, statistics_document
 from streamproc.lag import PAUSED_METADATA, RUNNING_METADATA, LagMonitor, LagSnapshot
 from streamproc.messages import PartitionKey
 from streamproc.metrics import ConsumerMetrics, observe_many
@@ -103,6 +108,8 @@ AHEAD_AFTER_IDLE_S = 0.5
 # 38 us of overhead per chunk at four times, 28 at eight, 21 with 100 ms turns). A more urgent
 # chunk taken brings them back to the budget at the next batch.
 AHEAD_TURN_STRETCH = 8.0
+# On shutdown, how often a commit the group coordinator's absence failed is tried again.
+COMMIT_RETRY_S = 0.5
 
 
 class StopConsumer(StreamprocError):
@@ -198,8 +205,13 @@ class PriorityConsumer:
         self._epochs: dict[PartitionKey, int] = {}
         self._pauses = PauseBook()
         # Per lane topic: its watchdog, and the stuck partitions it found for the loop to restart.
-        self._fetch_watch = {lane.topic: FetchWatchdog() for lane in self.lanes}
-        self._stuck: dict[str, list[PartitionKey]] = {}
+        self._fetch_watch = {
+            lane.topic: FetchWatchdog(lane.topic, settings.stuck_fetch_s) for lane in self.lanes
+        }
+        # Stuck partitions found in statistics reports, with their assignment epoch, for the
+        # loop to restart; and those the consumer protocol only lets us report (once each).
+        self._stuck: dict[PartitionKey, int] = {}
+        self._reported_stuck: set[tuple[PartitionKey, int]] = set()
         self._flow = FlowController([lane.name for lane in self.lanes], settings.flow_settings())
 
         self._lane_consumers = [
@@ -451,11 +463,12 @@ class PriorityConsumer:
             # The figures as they are left, for stats and /metrics.
             budget.run("last lag measurement", lambda: self._apply_flow(time.monotonic()))
             if commit:
-                for lane_consumer in self._lane_consumers:
+                lanes = len(self._lane_consumers)
+                for index, lane_consumer in enumerate(self._lane_consumers):
                     step = f"commit of lane {lane_consumer.lane.name}"
-                    # Until the budget is spent, a commit the coordinator's absence fails (a
-                    # broker restarting) is tried again.
-                    retry_until = time.monotonic() + budget.remaining_s
+                    # Tried again while the coordinator is away, within an even share of what
+                    # is left for this commit, the later ones and the closes (counted as one).
+                    retry_until = time.monotonic() + budget.share_s(lanes - index + 1)
                     commit_step = partial(self._commit_sync, lane_consumer, retry_until)
                     if not budget.run(step, commit_step):
                         self._log_uncommitted(lane_consumer, "its commit was given up")
@@ -823,14 +836,24 @@ class PriorityConsumer:
         self.stats.rebalances = self._rebalancer.count
 
     def _commit_sync(self, lane_consumer: LaneConsumer, retry_until: float | None = None) -> None:
+        """Commit one lane consumer's stored offsets now; until ``retry_until`` (monotonic), a
+        commit failing because the group coordinator is away is tried again."""
         if self._closing_clients:
             return  # the consumer's close() commits what is stored
-        committed = lane_consumer.commit_sync(retry_until)
-        if committed is None:
+        error = lane_consumer.commit_sync()
+        while (
+            error is not None
+            and error.code() in COORDINATOR_AWAY
+            and retry_until is not None
+            and time.monotonic() + COMMIT_RETRY_S < retry_until
+        ):
+            time.sleep(COMMIT_RETRY_S)
+            error = lane_consumer.commit_sync()
+        if error is not None and error.code() == KafkaError._NO_OFFSET:
             return  # nothing stored since the last commit
-        self.metrics.commits.labels(outcome="ok" if committed else "failed").inc()
-        if not committed:
-            self._log_uncommitted(lane_consumer, "its synchronous commit failed")
+        self.metrics.commits.labels(outcome="ok" if error is None else "failed").inc()
+        if error is not None:
+            self._log_uncommitted(lane_consumer, f"its synchronous commit failed ({error.str()})")
 
     def _log_uncommitted(self, lane_consumer: LaneConsumer, why: str) -> None:
         """Say which handled offsets of a lane may have missed their commit: from the group's
@@ -995,39 +1018,62 @@ class PriorityConsumer:
 
     def _watch_fetches(self, topic: str, document: Statistics) -> None:
         """Note the lane's stuck partitions; the loop restarts them outside the callback."""
+        if self.settings.stuck_fetch_s <= 0:
+            return
         try:
-            not_fetching = unstarted_partitions(document, topic)
+            report = fetch_report(document, topic)
         except (ValueError, TypeError, AttributeError):
             return  # logged by the metrics' reader of the same document
         epochs = self._epochs
         assigned = {key: epochs.get(key, 0) for key in self._lag.assignment if key[0] == topic}
-        stuck = self._fetch_watch[topic].report(
-            time.monotonic(), ((topic, p) for p in not_fetching), assigned
-        )
-        if stuck:
-            self._stuck[topic] = stuck
+        self._stuck.update(self._fetch_watch[topic].report(report, assigned))
 
     def _restart_stuck(self) -> None:
-        """Assign again the stuck partitions still assigned (classic group protocol only).
+        """Assign again the stuck partitions still in the assignment they were found stuck in
+        (classic group protocol only).
 
         One a chunk was taken from in this assignment was fetched: whatever librdkafka says of
         it, assigning it again would fetch that chunk again, so it is left alone.
         """
         stuck, self._stuck = self._stuck, {}
+        epochs = self._epochs
         assigned = set(self._lag.assignment)
-        for topic, keys in stuck.items():
-            keys = [
-                key for key in keys if key in assigned and self._offsets.store_offset(key) is None
-            ]
-            if not keys:
-                continue
+        by_topic: dict[str, list[PartitionKey]] = {}
+        for key, epoch in stuck.items():
+            if key in assigned and epochs.get(key, 0) == epoch and not self._offsets.tracks(key):
+                by_topic.setdefault(key[0], []).append(key)
+        for topic, keys in by_topic.items():
             if self.settings.group_protocol != "classic":
                 # The consumer protocol reconciles the assignment with the coordinator: an
                 # unassign outside its callbacks could be taken for giving the partitions up.
-                named = ", ".join(f"{t}[{p}]" for t, p in keys)
-                log.warning("assigned but never fetched: %s", named)
+                if new := [k for k in keys if (k, epochs.get(k, 0)) not in self._reported_stuck]:
+                    self._reported_stuck.update((k, epochs.get(k, 0)) for k in new)
+                    named = ", ".join(f"{t}[{p}]" for t, p in new)
+                    log.warning("assigned but never fetched (restart this member): %s", named)
                 continue
-            self._rebalancer.restart(self._consumer_of_topic[topic], keys)
+            lane_consumer = self._consumer_of_topic[topic]
+            try:
+                self._rebalancer.restart(lane_consumer, sorted(keys))
+            except KafkaException as exc:
+                named = ", ".join(f"{t}[{p}]" for t, p in keys)
+                log.warning(
+                    "could not assign %s again (next try after %.0fs): %s",
+                    named,
+                    self.settings.stuck_fetch_s,
+                    exc,
+                )
+                continue
+            if not self.settings.incremental_rebalances:
+                # The whole assignment was replaced, and librdkafka forgot the offsets stored
+                # for the other partitions: store again what was handled of them.
+                handled = {key: self._offsets.store_offset(key) for key in assigned}
+                lane_consumer.store(
+                    {
+                        k: offset
+                        for k, offset in handled.items()
+                        if k[0] == topic and offset is not None
+                    }
+                )
 
     def _on_statistics(self, statistics_json: Statistics) -> None:
         """librdkafka's statistics of a lane consumer (read_committed): LSO and its holds."""

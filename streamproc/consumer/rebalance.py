@@ -23,7 +23,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import OFFSET_INVALID, TopicPartition
+from confluent_kafka import OFFSET_STORED, TopicPartition
 
 from streamproc.consumer.clients import LaneConsumer
 from streamproc.consumer.pausebook import PauseBook
@@ -109,11 +109,7 @@ class Rebalancer:
         if self._cooperative:
             consumer.incremental_assign(partitions)
         else:
-            consumer.assign(partitions)
-            # An eager assign replaces the consumer's whole assignment, pause flags included.
-            self._pauses.unapplied(
-                key for key in self._pauses.paused if key[0] == lane_consumer.lane.topic
-            )
+            self._assign_all(lane_consumer, partitions)
         self._lag.assigned(partitions)
         self._hold_for_priority()
         self._apply_pauses()
@@ -141,26 +137,28 @@ class Rebalancer:
         Incremental: ``incremental_unassign`` then ``incremental_assign`` of those partitions
         only (their pause flags survive both). Eager: librdkafka allows only a whole
         ``assign()``, so every other partition of the consumer is assigned again from its
-        position (the next offset after the last one taken) and its prefetched messages are
-        fetched again, never taken twice; the pause book is then re-applied.
+        position (the next offset after the last one taken) and what it had prefetched is
+        fetched again, never taken twice; the caller stores their handled offsets again
+        (librdkafka forgets them). Raises ``KafkaException`` when librdkafka refuses.
         """
         consumer = lane_consumer.consumer
         partitions = [TopicPartition(topic, partition) for topic, partition in keys]
         if self._cooperative:
-            consumer.incremental_unassign(partitions)
+            # Those a failed earlier try left unassigned are only assigned.
+            held = {(tp.topic, tp.partition) for tp in consumer.assignment()}
+            if unassign := [tp for tp in partitions if (tp.topic, tp.partition) in held]:
+                consumer.incremental_unassign(unassign)
             consumer.incremental_assign(partitions)
         else:
             restarting = set(keys)
-            consumer.assign(
+            self._assign_all(
+                lane_consumer,
                 [
                     tp
                     if (tp.topic, tp.partition) not in restarting
-                    else TopicPartition(tp.topic, tp.partition, OFFSET_INVALID)
+                    else TopicPartition(tp.topic, tp.partition, OFFSET_STORED)
                     for tp in consumer.position(consumer.assignment())
-                ]
-            )
-            self._pauses.unapplied(
-                key for key in self._pauses.paused if key[0] == lane_consumer.lane.topic
+                ],
             )
             self._apply_pauses()
         self._metrics.fetch_restarts.labels(lane=lane_consumer.lane.name).inc(len(keys))
@@ -168,6 +166,15 @@ class Rebalancer:
             "assigned but never fetched, assigned again: %s (librdkafka lost the committed"
             " offset lookup, as when the group coordinator moves)",
             describe(partitions),
+        )
+
+    def _assign_all(self, lane_consumer: LaneConsumer, partitions: list[TopicPartition]) -> None:
+        """An eager ``assign()``: it replaces the consumer's whole assignment. The lane's
+        partitions count as not paused afterwards, so the next :meth:`PauseBook.plan` pauses
+        again whatever the book holds (a no-op where librdkafka kept the flag)."""
+        lane_consumer.consumer.assign(partitions)
+        self._pauses.unapplied(
+            key for key in self._pauses.paused if key[0] == lane_consumer.lane.topic
         )
 
     def _release(

@@ -18,6 +18,9 @@ so a second signal is still acted on at once), for at most what is left of one b
 3. What was given up or skipped is kept in :attr:`ShutdownBudget.given_up`: offsets it would have
    committed are redelivered (at-least-once holds, since they were never committed), and
    clients it would have closed are left open, for the process to exit past.
+
+A step that tries again (a commit while the group coordinator is away) bounds itself to a share of
+what is left (:meth:`ShutdownBudget.share_s`), so it leaves time for the steps after it.
 """
 
 from __future__ import annotations
@@ -48,6 +51,10 @@ class ShutdownBudget:
     @property
     def remaining_s(self) -> float:
         return max(0.0, self._deadline - self._clock())
+
+    def share_s(self, steps_left: int) -> float:
+        """An even share of what is left for each of ``steps_left`` steps, this one included."""
+        return self.remaining_s / max(1, steps_left)
 
     @property
     def complete(self) -> bool:

@@ -7,7 +7,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import closing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import pytest
@@ -16,7 +16,7 @@ from kafka_helpers import Cluster, ThreadedConsumer, wait_until
 
 from streamproc.chunk import Chunk
 from streamproc.codec import ChunkCodec
-from streamproc.consumer import PriorityConsumer, fetchwatch, loop
+from streamproc.consumer import PriorityConsumer, loop
 from streamproc.deadletter import (
     HEADER_ERROR_CLASS,
     HEADER_ERROR_MESSAGE,
@@ -28,7 +28,7 @@ from streamproc.deadletter import (
     HEADER_TOPIC,
 )
 from streamproc.handlers import ChunkRecord, SqliteSink
-from streamproc.kafkastats import Statistics, unstarted_partitions
+from streamproc.kafkastats import FetchReport, Statistics, fetch_report
 from streamproc.samples import sample_chunks
 
 RunConsumer = Callable[[PriorityConsumer], ThreadedConsumer]
@@ -413,14 +413,19 @@ def test_group_lag_command_shows_pause_state_and_owner(
 
 @pytest.mark.parametrize("assignor", ["cooperative-sticky", "range"], ids=["cooperative", "eager"])
 def test_a_partition_found_not_fetching_is_assigned_again_and_then_consumed_once(
-    cluster: Cluster, run_consumer: RunConsumer, monkeypatch: pytest.MonkeyPatch, assignor: str
+    cluster: Cluster,
+    run_consumer: RunConsumer,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    assignor: str,
 ) -> None:
     # A lost committed offset lookup cannot be caused at will, so the statistics are made to say
     # realtime partition 0 is not fetching until it was restarted once: the restart itself, and
     # the real statistics after it, are librdkafka's.
     cluster.create_topics(partitions=2)
-    monkeypatch.setattr(fetchwatch, "STUCK_AFTER_S", 0.0)
-    settings = cluster.consumer_settings("restart", assignor=assignor, statistics_interval_s=0.2)
+    settings = cluster.consumer_settings(
+        "restart", assignor=assignor, statistics_interval_s=0.2, stuck_fetch_s=1.0
+    )
     handled: list[tuple[str, int, int]] = []
 
     def handler(record: ChunkRecord) -> None:
@@ -430,17 +435,20 @@ def test_a_partition_found_not_fetching_is_assigned_again_and_then_consumed_once
     restarts = consumer.metrics.fetch_restarts.labels(lane="realtime")
     top = cluster.lanes.top.topic
 
-    def unstarted(document: Statistics, topic: str) -> frozenset[int]:
-        found = unstarted_partitions(document, topic)
-        return found | {0} if topic == top and restarts._value.get() == 0 else found
+    def reported(document: Statistics, topic: str) -> FetchReport:
+        report = fetch_report(document, topic)
+        if topic != top or restarts._value.get() > 0:
+            return report
+        return replace(report, not_fetching=report.not_fetching | {0})
 
-    monkeypatch.setattr(loop, "unstarted_partitions", unstarted)
+    monkeypatch.setattr(loop, "fetch_report", reported)
     threaded = run_consumer(consumer)
     wait_until(lambda: restarts._value.get() >= 1, what="realtime partition 0 to be restarted")
     count = cluster.produce(sample_chunks(300, low_priority_ratio=0.3, prefix="after"))
     wait_until(lambda: len(handled) >= count, what="every chunk")
-    time.sleep(1.0)  # five more statistics reports, with the real fetch states
+    time.sleep(2.0)  # ten more statistics reports, with the real fetch states
     assert threaded.stop() == 0
+    assert "assigned but never fetched, assigned again: " + top + "[0] " in caplog.text
     assert sorted(handled) == sorted(set(handled)), "a chunk was handled twice"
     assert len(handled) == count
     assert {p for t, p, _ in handled if t == top} == {0, 1}

@@ -259,7 +259,11 @@ class FakeConsumer:
                 fetching = key in self.assigned and key not in self.stuck
                 partitions[str(partition)] = {"fetch_state": "active" if fetching else "none"}
             topics[topic] = {"partitions": partitions}
-        return {"topics": topics}
+        return {
+            "ts": time.monotonic_ns() // 1000,
+            "cgrp": {"state": "up", "join_state": "steady"},
+            "topics": topics,
+        }
 
     def close(self) -> None:
         self.calls.append(("close", None))

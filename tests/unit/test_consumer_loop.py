@@ -23,7 +23,7 @@ from fake_kafka import FakeBroker, FakeClients, FakeConsumer
 
 from streamproc.chunk import Chunk
 from streamproc.codec import ChunkCodec
-from streamproc.consumer import PriorityConsumer, fetchwatch
+from streamproc.consumer import PriorityConsumer
 from streamproc.consumer.loop import AHEAD_AFTER_IDLE_S
 from streamproc.errors import SinkUnavailableError
 from streamproc.handlers import ChunkRecord
@@ -490,7 +490,7 @@ def test_close_gives_up_a_commit_the_coordinator_fails_until_close_timeout(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     fake = broker(realtime=10, partitions=1)
-    consumer, clients = consumer_on(fake, Recorder(), close_timeout_s=1.2)
+    consumer, clients = consumer_on(fake, Recorder(), close_timeout_s=3.6)
     consumer.subscribe()
     run_until(consumer, lambda: consumer.stats.lanes["realtime"].handled == 10)
     realtime = lane_consumer(clients, "realtime")
@@ -498,10 +498,12 @@ def test_close_gives_up_a_commit_the_coordinator_fails_until_close_timeout(
     started = time.monotonic()
     with caplog.at_level(logging.WARNING):
         consumer.close()
-    assert time.monotonic() - started < 2.5
-    assert 2 <= 100 - len(realtime.commit_errors) <= 3, "one attempt every 0.5 s"
+    assert time.monotonic() - started < 5.0
+    # Its share of the budget: a third (the bulk commit and the closes get the rest).
+    assert 2 <= 100 - len(realtime.commit_errors) <= 3, "one attempt every 0.5 s for 1.2 s"
+    assert all(c.closed for c in clients.consumers.values()), "the closes still had their time"
     assert (REALTIME, 0) not in fake.committed
-    assert "lane realtime: its synchronous commit failed; not committed" in caplog.text
+    assert "lane realtime: its synchronous commit failed (" in caplog.text
 
 
 def test_a_commit_failing_for_another_reason_is_not_tried_again() -> None:
@@ -705,27 +707,32 @@ def test_ready_only_once_every_lane_consumer_has_joined_the_group() -> None:
 def test_under_the_consumer_protocol_one_assigned_partition_is_ready_enough() -> None:
     # KIP-848 announces no empty assignment: a lane consumer without partitions never "joins".
     fake = broker(realtime=5, partitions=1)
-    consumer, clients = consumer_on(fake, Recorder(), group_protocol="consumer")
+    consumer, clients = consumer_on(
+        fake, Recorder(), group_protocol="consumer", stuck_fetch_s=STUCK_FETCH_S
+    )
     consumer.subscribe()
     lane_consumer(clients, "realtime").consume(0, 0)
     assert consumer.ready() == (True, "1 partitions assigned")
     consumer.close()
 
 
+STUCK_FETCH_S = 0.001  # the reports of a test are further apart: the second one finds it stuck
+
+
 def report_twice(consumer: PriorityConsumer, fake: FakeConsumer) -> None:
     """Two statistics reports of one lane consumer, delivered in its next polls."""
     for _ in range(2):
+        time.sleep(2 * STUCK_FETCH_S)
         fake.report_statistics()
         run_until(consumer, lambda: fake.statistics_due == 0)
 
 
 def test_a_partition_assigned_but_never_fetched_is_assigned_again(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setattr(fetchwatch, "STUCK_AFTER_S", 0.0)
     fake = broker(realtime=40)
     handler = Recorder()
-    consumer, clients = consumer_on(fake, handler)
+    consumer, clients = consumer_on(fake, handler, stuck_fetch_s=STUCK_FETCH_S)
     realtime = lane_consumer(clients, "realtime")
     # Like librdkafka after a lost committed offset lookup: assigned, never fetched.
     realtime.stuck = {(REALTIME, 0)}
@@ -748,13 +755,10 @@ def test_a_partition_assigned_but_never_fetched_is_assigned_again(
     assert "assigned but never fetched, assigned again: chunks.realtime[0]" in caplog.text
 
 
-def test_an_eager_restart_assigns_everything_again_from_the_positions_taken(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(fetchwatch, "STUCK_AFTER_S", 0.0)
+def test_an_eager_restart_assigns_everything_again_from_the_positions_taken() -> None:
     fake = broker()
     handler = Recorder()
-    consumer, clients = consumer_on(fake, handler, assignor="range")
+    consumer, clients = consumer_on(fake, handler, assignor="range", stuck_fetch_s=STUCK_FETCH_S)
     realtime = lane_consumer(clients, "realtime")
     consumer.subscribe()
     run_until(consumer, lambda: len(realtime.assigned) == 2)
@@ -772,13 +776,12 @@ def test_an_eager_restart_assigns_everything_again_from_the_positions_taken(
     assert handler.handled["realtime"] == 40
 
 
-def test_an_eager_restart_of_a_held_lane_pauses_its_partitions_again(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(fetchwatch, "STUCK_AFTER_S", 0.0)
+def test_an_eager_restart_of_a_held_lane_pauses_its_partitions_again() -> None:
     fake = broker(realtime=600)
     handler = Recorder(cost_s=lambda lane: 0.01)
-    consumer, clients = consumer_on(fake, handler, assignor="range", pause_lag=100)
+    consumer, clients = consumer_on(
+        fake, handler, assignor="range", pause_lag=100, stuck_fetch_s=STUCK_FETCH_S
+    )
     bulk = lane_consumer(clients, "bulk")
     consumer.subscribe()
     run_until(consumer, lambda: bulk.paused == {(BULK, 0), (BULK, 1)})
@@ -792,33 +795,44 @@ def test_an_eager_restart_of_a_held_lane_pauses_its_partitions_again(
 
 
 def test_under_the_consumer_protocol_a_stuck_partition_is_reported_not_reassigned(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
-    monkeypatch.setattr(fetchwatch, "STUCK_AFTER_S", 0.0)
     fake = broker(realtime=4)
-    consumer, clients = consumer_on(fake, Recorder(), group_protocol="consumer")
+    consumer, clients = consumer_on(
+        fake, Recorder(), group_protocol="consumer", stuck_fetch_s=STUCK_FETCH_S
+    )
     realtime = lane_consumer(clients, "realtime")
     realtime.stuck = {(REALTIME, 0)}
     consumer.subscribe()
     report_twice(consumer, realtime)
+    report_twice(consumer, realtime)
     consumer.tick()
     consumer.close()
     assert ("unassign", [(REALTIME, 0)]) not in realtime.calls
-    assert "assigned but never fetched: chunks.realtime[0]" in caplog.text
+    reported = "assigned but never fetched (restart this member): chunks.realtime[0]"
+    assert caplog.text.count(reported) == 1, "reported once per assignment"
 
 
-def test_a_partition_something_was_taken_from_is_never_assigned_again(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    monkeypatch.setattr(fetchwatch, "STUCK_AFTER_S", 0.0)
+def test_a_partition_something_was_taken_from_is_never_assigned_again() -> None:
     fake = broker(realtime=10)
     handler = Recorder()
-    consumer, clients = consumer_on(fake, handler)
+    handler.gate = threading.Event()  # partition 1's chunks are taken and wait in the handler
+    consumer, clients = consumer_on(fake, handler, stuck_fetch_s=STUCK_FETCH_S)
     realtime = lane_consumer(clients, "realtime")
     consumer.subscribe()
-    run_until(consumer, lambda: handler.handled["realtime"] == 10)
-    # Statistics that say "not fetching" of partitions it took chunks from: not believed.
+    run_until(
+        consumer,
+        lambda: consumer.stats.lanes["realtime"].handled == 0 and bool(realtime.app_positions),
+    )
+    # Statistics that say "not fetching" of partitions chunks were taken from: not believed,
+    # finished or not (assigning them again would fetch those chunks again).
     realtime.stuck = {(REALTIME, 0), (REALTIME, 1)}
+    try:
+        report_twice(consumer, realtime)
+        consumer.tick()
+    finally:
+        handler.gate.set()
+    run_until(consumer, lambda: handler.handled["realtime"] == 10)
     report_twice(consumer, realtime)
     consumer.tick()
     consumer.close()
