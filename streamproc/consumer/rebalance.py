@@ -169,9 +169,10 @@ class Rebalancer:
         )
 
     def _assign_all(self, lane_consumer: LaneConsumer, partitions: list[TopicPartition]) -> None:
-        """An eager ``assign()``: it replaces the consumer's whole assignment. The lane's
-        partitions count as not paused afterwards, so the next :meth:`PauseBook.plan` pauses
-        again whatever the book holds (a no-op where librdkafka kept the flag)."""
+        """An eager ``assign()``: it replaces the consumer's whole assignment. librdkafka keeps
+        a partition's pause flag across it (2.x, checked); the book still counts the lane's
+        partitions as not paused, so the next :meth:`PauseBook.plan` pauses again whatever it
+        holds, whatever a client version does."""
         lane_consumer.consumer.assign(partitions)
         self._pauses.unapplied(
             key for key in self._pauses.paused if key[0] == lane_consumer.lane.topic

@@ -154,9 +154,8 @@ class FakeConsumer:
             self.app_positions.pop(key, None)
 
     def assign(self, partitions: list[TopicPartition]) -> None:
-        """Eager: the whole assignment replaced, pause flags included."""
+        """Eager: the whole assignment replaced (pause flags kept, as librdkafka does)."""
         self.calls.append(("assign_all", _keys(partitions)))
-        self.paused.clear()
         self.stuck.clear()
         self.assigned.clear()
         self.positions.clear()

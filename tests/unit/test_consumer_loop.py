@@ -774,6 +774,8 @@ def test_an_eager_restart_assigns_everything_again_from_the_positions_taken() ->
     assert ("assign_all", [(REALTIME, 0), (REALTIME, 1)]) in realtime.calls
     # Partition 1 went on from its position, not from its committed offset: nothing twice.
     assert handler.handled["realtime"] == 40
+    # The assign forgot what was stored for partition 1: stored again, so the close commits it.
+    assert fake.committed[(REALTIME, 0)] == fake.committed[(REALTIME, 1)] == 20
 
 
 def test_an_eager_restart_of_a_held_lane_pauses_its_partitions_again() -> None:
