@@ -262,6 +262,15 @@ def committed(cluster: Cluster, group: str) -> dict[PartitionKey, int]:
     return found
 
 
+def committed_to_the_end(cluster: Cluster, group: str) -> bool:
+    """The group has committed every lane partition up to its high watermark (False while the
+    group coordinator does not answer, as after a broker restart)."""
+    try:
+        return committed(cluster, group) == high_watermarks(cluster)
+    except KafkaException:
+        return False
+
+
 def partition_owners(cluster: Cluster, group: str) -> dict[PartitionKey, str]:
     """The client id of the group member each lane partition is assigned to, as the coordinator
     tells it (a partition of no member is left out)."""

@@ -33,14 +33,16 @@ from tests.fault.ledger import (
     read_processed,
     record_dead_letters,
 )
-from tests.fault.scenario import committed, high_watermarks, produce, producer_for
+from tests.fault.scenario import (
+    committed,
+    committed_to_the_end,
+    high_watermarks,
+    produce,
+    producer_for,
+)
 from tests.integration.kafka_helpers import Cluster, ThreadedConsumer, read_topic, wait_until
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def drained(cluster: Cluster, group: str) -> bool:
-    return committed(cluster, group) == high_watermarks(cluster)
 
 
 def run_until_drained(
@@ -50,7 +52,9 @@ def run_until_drained(
     (exit 0), and record what it parked in the dead-letter ledger."""
     threaded = ThreadedConsumer(consumer).start()
     try:
-        wait_until(lambda: drained(cluster, group), timeout_s=90, what="the commit to the end")
+        wait_until(
+            lambda: committed_to_the_end(cluster, group), timeout_s=90, what="the commit to the end"
+        )
     finally:
         assert threaded.stop() == 0
     return record_dead_letters(directory, cluster)
@@ -409,7 +413,9 @@ def test_07_sink_outage_outlasting_retries_with_the_retry_action(
         wait_until(lambda: second.attempts_while_down > 10, timeout_s=30, what="retries past 2")
         assert threaded.alive and consumer.healthy()[0], consumer.healthy()
         second.recover()
-        wait_until(lambda: drained(cluster, group), timeout_s=90, what="the commit to the end")
+        wait_until(
+            lambda: committed_to_the_end(cluster, group), timeout_s=90, what="the commit to the end"
+        )
     finally:
         assert threaded.stop() == 0
     parked = record_dead_letters(tmp_path, cluster)

@@ -14,7 +14,6 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from confluent_kafka import KafkaException
 
 from streamproc.consumer import PriorityConsumer
 from streamproc.messages import coordinates
@@ -34,6 +33,7 @@ from tests.fault.scenario import (
     PacedProducer,
     PrivateBroker,
     committed,
+    committed_to_the_end,
     high_watermarks,
     lane_partitions,
     produce,
@@ -45,14 +45,6 @@ from tests.fault.scenario import (
 from tests.integration.kafka_helpers import Cluster, ThreadedConsumer, read_topic, wait_until
 
 pytestmark = pytest.mark.slow
-
-
-def caught_up(cluster: Cluster, group: str) -> bool:
-    """The group has committed every lane partition up to its high watermark."""
-    try:
-        return committed(cluster, group) == high_watermarks(cluster)
-    except KafkaException:
-        return False  # the coordinator is not back yet
 
 
 @pytest.mark.parametrize("concurrency", [1, 8], ids=["concurrency-1", "concurrency-8"])
@@ -82,7 +74,8 @@ def test_01_broker_restart_mid_stream_loses_nothing(
         wait_drained(tmp_path, acks)
         # With the coordinator back, the running consumer's commits catch up on their own.
         wait_until(
-            lambda: caught_up(cluster, group), what="the commits to reach the end of every lane"
+            lambda: committed_to_the_end(cluster, group),
+            what="the commits to reach the end of every lane",
         )
     finally:
         exit_code = threaded.stop()

@@ -21,6 +21,7 @@ from tests.fault.scenario import (
     PRIORITY_GRACE_S,
     PacedProducer,
     committed,
+    committed_to_the_end,
     high_watermarks,
     produce,
     producer_for,
@@ -248,7 +249,7 @@ def test_10_handler_slower_than_max_poll_interval(
     try:
         wait_drained(tmp_path, acks, timeout_s=90)
         wait_until(
-            lambda: committed(cluster, group) == high_watermarks(cluster),
+            lambda: committed_to_the_end(cluster, group),
             what="the commit to the end",
         )
         rebalances = consumer.stats.rebalances
@@ -319,7 +320,7 @@ def test_10_member_joins_while_a_long_batch_holds(
         wait_until(lambda: len(second.assignment) > 0, what="the second member to get partitions")
         wait_drained(tmp_path, acks, timeout_s=90)
         wait_until(
-            lambda: committed(cluster, group) == high_watermarks(cluster),
+            lambda: committed_to_the_end(cluster, group),
             what="the commit to the end",
         )
         revokes = first.metrics.rebalances.labels(kind="revoke")._value.get()
