@@ -140,6 +140,12 @@ class Rebalancer:
         position (the next offset after the last one taken) and what it had prefetched is
         fetched again, never taken twice; the caller stores their handled offsets again
         (librdkafka forgets them). Raises ``KafkaException`` when librdkafka refuses.
+
+        It runs in the tick whose poll delivered a statistics report saying the membership was
+        steady. A rebalance starting between that report and this call would be pending in
+        librdkafka's queue, and librdkafka takes an application's incremental unassign for its
+        answer to a pending revoke; the window is the rest of one tick, and it opens only after a
+        partition went unfetched for ``stuck_fetch_s``.
         """
         consumer = lane_consumer.consumer
         partitions = [TopicPartition(topic, partition) for topic, partition in keys]
