@@ -467,14 +467,23 @@ def test_close_gives_up_a_commit_nobody_answers_within_close_timeout_and_says_wh
     )
 
 
-def test_close_tries_a_commit_again_while_the_group_coordinator_is_away() -> None:
+def ten_handled(
+    commit_errors: list[int], close_timeout_s: float
+) -> tuple[PriorityConsumer, FakeClients, FakeBroker, FakeConsumer]:
+    """Ten realtime chunks handled; the next synchronous commits fail with ``commit_errors``."""
     fake = broker(realtime=10, partitions=1)
-    consumer, clients = consumer_on(fake, Recorder(), close_timeout_s=5)
+    consumer, clients = consumer_on(fake, Recorder(), close_timeout_s=close_timeout_s)
     consumer.subscribe()
     run_until(consumer, lambda: consumer.stats.lanes["realtime"].handled == 10)
     realtime = lane_consumer(clients, "realtime")
+    realtime.commit_errors = commit_errors
+    return consumer, clients, fake, realtime
+
+
+def test_close_tries_a_commit_again_while_the_group_coordinator_is_away() -> None:
     # A broker restarting: the coordinator moves, then loads the group's offsets.
-    realtime.commit_errors = [KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS]
+    away = [KafkaError.NOT_COORDINATOR, KafkaError.COORDINATOR_LOAD_IN_PROGRESS]
+    consumer, _, fake, realtime = ten_handled(away, close_timeout_s=5)
     consumer.close()
     assert [name for name, _ in realtime.calls if name.startswith("commit")][-3:] == [
         "commit_failed",
@@ -489,12 +498,9 @@ def test_close_tries_a_commit_again_while_the_group_coordinator_is_away() -> Non
 def test_close_gives_up_a_commit_the_coordinator_fails_until_close_timeout(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    fake = broker(realtime=10, partitions=1)
-    consumer, clients = consumer_on(fake, Recorder(), close_timeout_s=3.6)
-    consumer.subscribe()
-    run_until(consumer, lambda: consumer.stats.lanes["realtime"].handled == 10)
-    realtime = lane_consumer(clients, "realtime")
-    realtime.commit_errors = [KafkaError.NOT_COORDINATOR] * 100
+    consumer, clients, fake, realtime = ten_handled(
+        [KafkaError.NOT_COORDINATOR] * 100, close_timeout_s=3.6
+    )
     started = time.monotonic()
     with caplog.at_level(logging.WARNING):
         consumer.close()
@@ -507,12 +513,7 @@ def test_close_gives_up_a_commit_the_coordinator_fails_until_close_timeout(
 
 
 def test_a_commit_failing_for_another_reason_is_not_tried_again() -> None:
-    fake = broker(realtime=10, partitions=1)
-    consumer, clients = consumer_on(fake, Recorder(), close_timeout_s=5)
-    consumer.subscribe()
-    run_until(consumer, lambda: consumer.stats.lanes["realtime"].handled == 10)
-    realtime = lane_consumer(clients, "realtime")
-    realtime.commit_errors = [KafkaError.UNKNOWN_MEMBER_ID]
+    consumer, _, fake, realtime = ten_handled([KafkaError.UNKNOWN_MEMBER_ID], close_timeout_s=5)
     consumer.close()
     assert [name for name, _ in realtime.calls if name.startswith("commit")][-1] == "commit_failed"
     assert (REALTIME, 0) not in fake.committed
