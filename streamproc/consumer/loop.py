@@ -1036,43 +1036,38 @@ class PriorityConsumer:
         it, assigning it again would fetch that chunk again, so it is left alone.
         """
         stuck, self._stuck = self._stuck, {}
-        epochs = self._epochs
         assigned = set(self._lag.assignment)
         by_topic: dict[str, list[PartitionKey]] = {}
         for key, epoch in stuck.items():
-            if key in assigned and epochs.get(key, 0) == epoch and not self._offsets.tracks(key):
+            current = key in assigned and self._epochs.get(key, 0) == epoch
+            if current and not self._offsets.tracks(key):
                 by_topic.setdefault(key[0], []).append(key)
         for topic, keys in by_topic.items():
+            named = ", ".join(f"{t}[{p}]" for t, p in sorted(keys))
             if self.settings.group_protocol != "classic":
                 # The consumer protocol reconciles the assignment with the coordinator: an
                 # unassign outside its callbacks could be taken for giving the partitions up.
-                if new := [k for k in keys if (k, epochs.get(k, 0)) not in self._reported_stuck]:
-                    self._reported_stuck.update((k, epochs.get(k, 0)) for k in new)
-                    named = ", ".join(f"{t}[{p}]" for t, p in new)
+                if new := {(key, stuck[key]) for key in keys} - self._reported_stuck:
+                    self._reported_stuck |= new
                     log.warning("assigned but never fetched (restart this member): %s", named)
                 continue
             lane_consumer = self._consumer_of_topic[topic]
             try:
                 self._rebalancer.restart(lane_consumer, sorted(keys))
             except KafkaException as exc:
-                named = ", ".join(f"{t}[{p}]" for t, p in keys)
+                retry_s = self.settings.stuck_fetch_s
                 log.warning(
-                    "could not assign %s again (next try after %.0fs): %s",
-                    named,
-                    self.settings.stuck_fetch_s,
-                    exc,
+                    "could not assign %s again (next try in %.0fs): %s", named, retry_s, exc
                 )
                 continue
             if not self.settings.incremental_rebalances:
                 # The whole assignment was replaced, and librdkafka forgot the offsets stored
                 # for the other partitions: store again what was handled of them.
-                handled = {key: self._offsets.store_offset(key) for key in assigned}
+                handled = {
+                    key: self._offsets.store_offset(key) for key in assigned if key[0] == topic
+                }
                 lane_consumer.store(
-                    {
-                        k: offset
-                        for k, offset in handled.items()
-                        if k[0] == topic and offset is not None
-                    }
+                    {k: offset for k, offset in handled.items() if offset is not None}
                 )
 
     def _on_statistics(self, statistics_json: Statistics) -> None:
