@@ -232,6 +232,7 @@ def test_rules_alert_on_what_operators_asked_for() -> None:
         "StreamprocDeadLettersIncreasing",
         "StreamprocCommitsFailing",
         "StreamprocRebalanceStorm",
+        "StreamprocPartitionsNeverFetched",
         "StreamprocNoProgress",
         "StreamprocOpenTransactionHoldsPartition",
     }

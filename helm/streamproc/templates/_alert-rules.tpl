@@ -196,6 +196,20 @@ Prometheus' own templates ({{ $labels.x }}) sit inside Go string literals, so He
         description: {{ printf "A member of consumer group {{ $labels.consumer_group }} in namespace {{ $labels.namespace }} got partitions assigned (or lost them) more than %v times in %s: members keep joining and leaving, and every rebalance stalls handling." $a.rebalanceStorm.rebalances $a.rebalanceStorm.window | quote }}
         runbook_url: {{ printf "%s#streamprocrebalancestorm" $runbook | quote }}
 
+    - alert: StreamprocPartitionsNeverFetched
+      expr: |
+        max by (namespace, consumer_group) (
+          increase(streamproc_fetch_restarts_total[{{ $a.partitionsNeverFetched.window }}])
+          {{ $join }}
+        ) > {{ $a.partitionsNeverFetched.restarts }}
+      for: {{ $a.partitionsNeverFetched.for }}
+      labels:
+        severity: {{ $a.partitionsNeverFetched.severity }}
+      annotations:
+        summary: {{ printf "{{ $labels.consumer_group }} assigned again {{ $value | humanize }} partitions never fetched in %s" $a.partitionsNeverFetched.window | quote }}
+        description: {{ printf "A member of consumer group {{ $labels.consumer_group }} in namespace {{ $labels.namespace }} found more than %v of its assigned partitions never fetched within %s and assigned them again: the group coordinator keeps moving or failing its offset lookups. Each one stalled for stuck_fetch_s first." $a.partitionsNeverFetched.restarts $a.partitionsNeverFetched.window | quote }}
+        runbook_url: {{ printf "%s#streamprocpartitionsneverfetched" $runbook | quote }}
+
     - alert: StreamprocNoProgress
       expr: |
         (streamproc:lag_messages:sum > 0)
