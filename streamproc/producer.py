@@ -34,12 +34,18 @@ POLL_EVERY = 64
 
 @dataclass(frozen=True, slots=True)
 class Delivery:
-    """The outcome of one produced message, as its delivery report told it."""
+    """The outcome of one produced message, as its delivery report told it.
+
+    ``offset`` is None when librdkafka reports none. A successful report can do so: the
+    idempotent producer resends a message whose acknowledgement was lost (a broker restarting),
+    and the broker answers that it already has it. The message is written once, at an offset
+    the report does not carry.
+    """
 
     lane: str
     topic: str
     partition: int
-    offset: int
+    offset: int | None
     key: bytes | None
     error: str | None
 
@@ -251,7 +257,7 @@ class ChunkProducer:
                     lane=self._lane_of_topic.get(topic, topic),
                     topic=topic,
                     partition=partition,
-                    offset=offset,
+                    offset=offset if offset is not None and offset >= 0 else None,
                     key=key.encode() if isinstance(key := msg.key(), str) else key,
                     error=None if err is None else err.str(),
                 )

@@ -217,7 +217,8 @@ def check(
     ids_at: dict[tuple[str, int, int], set[str]] = defaultdict(set)
     every_entry: list[Acked | Processed | DeadLettered] = [*acked, *processed, *dead]
     for any_entry in every_entry:
-        ids_at[(any_entry.topic, any_entry.partition, any_entry.offset)].add(any_entry.id)
+        if any_entry.offset is not None:  # an ack without its offset says nothing of where
+            ids_at[(any_entry.topic, any_entry.partition, any_entry.offset)].add(any_entry.id)
     for where, ids in ids_at.items():
         if len(ids) > 1:
             violations["I5"].append(f"{where} maps to {sorted(ids)}")

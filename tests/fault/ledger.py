@@ -46,7 +46,7 @@ class Acked:
     id: str
     topic: str
     partition: int
-    offset: int
+    offset: int | None  # None: delivered as a duplicate of a write whose ack was lost
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,7 +117,10 @@ def _rows(path: Path, fields: int) -> list[list[str]]:
 
 
 def read_acked(directory: Path) -> list[Acked]:
-    return [Acked(r[0], r[1], int(r[2]), int(r[3])) for r in _rows(directory / ACKED, 4)]
+    return [
+        Acked(r[0], r[1], int(r[2]), None if r[3] == "None" else int(r[3]))
+        for r in _rows(directory / ACKED, 4)
+    ]
 
 
 def read_processed(directory: Path) -> list[Processed]:
