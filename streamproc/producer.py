@@ -36,10 +36,10 @@ POLL_EVERY = 64
 class Delivery:
     """The outcome of one produced message, as its delivery report told it.
 
-    ``offset`` is None when librdkafka reports none. A successful report can do so: the
-    idempotent producer resends a message whose acknowledgement was lost (a broker restarting),
-    and the broker answers that it already has it. The message is written once, at an offset
-    the report does not carry.
+    ``offset`` is None when librdkafka reports none. A successful report can do so when the
+    idempotent producer resends a batch and the broker answers it has it already (a duplicate
+    sequence number). Such an ack names no offset to check it by: one was seen, once, for a
+    message no partition held (the fault tier's broker-restart scenario, under investigation).
     """
 
     lane: str
