@@ -10,8 +10,11 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # OffsetSpec: public, untyped
+    AdminClient,
+    OffsetSpec,
+)
 from confluent_kafka.cimpl import NewTopic
 
 from streamproc.errors import TopicError
@@ -28,6 +31,58 @@ class TopicInfo:
     exists: bool
     partitions: int = 0
     replication_factor: int = 0
+
+
+def await_writable(
+    admin: AdminClient, topics: Iterable[str], timeout_s: float = ADMIN_TIMEOUT_S
+) -> None:
+    """Wait until the leader of every partition of ``topics`` serves it.
+
+    A broker names a new partition's leader in its metadata a moment before that leader takes
+    the partition on, and produce requests meanwhile fail with ``NOT_LEADER_OR_FOLLOWER``. An
+    idempotent producer that meets this with two requests in flight loses the first one while
+    reporting it delivered (without an offset): the broker accepts the second request's sequence
+    because it has no state for the producer yet (KAFKA-15591, fixed in Apache Kafka 4.5), and
+    librdkafka then takes the failed request as acknowledged by the later one. The leader answers
+    a ListOffsets request only once it has the partition, so producing after every partition has
+    answered one is safe.
+
+    Raises:
+        TopicError: a partition still had no serving leader after ``timeout_s``.
+    """
+    names = list(topics)
+    deadline = time.monotonic() + timeout_s
+    latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]  # unannotated upstream
+    served: set[tuple[str, int]] = set()
+    while True:
+        metadata = admin.list_topics(timeout=timeout_s)
+        unknown = [n for n in names if n not in metadata.topics or metadata.topics[n].error]
+        pending = [
+            TopicPartition(name, partition)
+            for name in names
+            if name not in unknown
+            for partition in metadata.topics[name].partitions
+            if (name, partition) not in served
+        ]
+        if pending:
+            request = dict.fromkeys(pending, latest)
+            for tp, future in admin.list_offsets(request, request_timeout=timeout_s).items():
+                try:
+                    future.result()
+                except KafkaException:
+                    continue
+                served.add((tp.topic, tp.partition))
+        waiting = unknown + [
+            f"{tp.topic}[{tp.partition}]"
+            for tp in pending
+            if (tp.topic, tp.partition) not in served
+        ]
+        if not waiting:
+            return
+        if time.monotonic() > deadline:
+            waited = ", ".join(sorted(waiting))
+            raise TopicError(f"no leader serves {waited} after {timeout_s:.0f}s")
+        time.sleep(0.05)
 
 
 class TopicAdmin:
@@ -94,6 +149,7 @@ class TopicAdmin:
             new_topics.append(NewTopic(name, partitions, replication_factor, config=config))
         created = self._wait([topic.topic for topic in new_topics], new_topics)
         self._await_visible(created)
+        await_writable(self._admin, created)
         self._check_answer(self._describe_with_lanes(), expected_partitions=partitions)
         return created
 

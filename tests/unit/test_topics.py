@@ -7,10 +7,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 
 from streamproc.errors import TopicError
 from streamproc.lanes import Lanes
-from streamproc.topics import TopicAdmin
+from streamproc.topics import TopicAdmin, await_writable
 
 
 @dataclass
@@ -35,10 +36,29 @@ class LaggingBrokers:
     (every other answer, as when requests alternate between an up-to-date and a lagging broker).
     """
 
-    def __init__(self, lagging_answers: int) -> None:
+    def __init__(self, lagging_answers: int, unled_answers: int = 0) -> None:
         self.created: dict[str, int] = {}
         self.lagging_answers = lagging_answers
         self.answers = 0
+        # ListOffsets answers "not leader" for every partition this many times first.
+        self.unled_answers = unled_answers
+        self.offset_requests: list[list[tuple[str, int]]] = []
+
+    def list_offsets(
+        self, request: dict[Any, Any], request_timeout: float
+    ) -> dict[Any, Future[object]]:
+        self.offset_requests.append(sorted((tp.topic, tp.partition) for tp in request))
+        futures: dict[Any, Future[object]] = {}
+        for tp in request:
+            futures[tp] = Future()
+            if self.unled_answers > 0 and tp.partition == 0:
+                futures[tp].set_exception(
+                    KafkaException(KafkaError(KafkaError.NOT_LEADER_FOR_PARTITION))
+                )
+            else:
+                futures[tp].set_result(object())
+        self.unled_answers -= 1
+        return futures
 
     def create_topics(
         self, new_topics: list[Any], request_timeout: float
@@ -79,3 +99,31 @@ def test_check_still_reports_missing_lane_topics() -> None:
 
     with pytest.raises(TopicError, match="lane topics missing"):
         admin.check()
+
+
+def test_create_returns_once_every_new_partition_is_served_by_its_leader() -> None:
+    brokers = LaggingBrokers(lagging_answers=0, unled_answers=2)
+    admin = TopicAdmin(brokers, Lanes("chunks"))  # type: ignore[arg-type]  # a fake admin client
+
+    admin.create(partitions=3)
+
+    every = sorted((topic, p) for topic in admin.topics for p in range(3))
+    assert brokers.offset_requests[0] == every
+    # Partition 0 of each topic was not served twice; only those were asked again.
+    again = sorted((topic, 0) for topic in admin.topics)
+    assert brokers.offset_requests[1:] == [again, again]
+
+
+def test_await_writable_names_the_partitions_no_leader_serves() -> None:
+    brokers = LaggingBrokers(lagging_answers=0, unled_answers=1_000)
+    brokers.created["chunks.realtime"] = 2
+
+    with pytest.raises(TopicError, match=r"no leader serves chunks\.realtime\[0\] after"):
+        await_writable(brokers, ["chunks.realtime"], timeout_s=0.2)  # type: ignore[arg-type]
+
+
+def test_await_writable_waits_for_a_topic_the_metadata_does_not_show_yet() -> None:
+    brokers = LaggingBrokers(lagging_answers=0)
+
+    with pytest.raises(TopicError, match=r"no leader serves chunks\.bulk after"):
+        await_writable(brokers, ["chunks.bulk"], timeout_s=0.2)  # type: ignore[arg-type]
