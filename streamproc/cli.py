@@ -456,6 +456,12 @@ def produce(
         f"{sent:,} chunk(s) sent in {seconds:.1f} s ({sent / seconds if seconds else 0:,.0f}/s)",
         highlight=False,
     )
+    resent = sum(counts.resent for counts in producer.stats.lanes.values())
+    if resent:
+        console.print(
+            f"[yellow]{resent} chunk(s) acknowledged without an offset were sent once more "
+            "(see resend_unconfirmed in docs/configuration.md)[/]"
+        )
     if rejected:
         where = f", kept in {rejects}" if rejects else ""
         console.print(f"[yellow]{rejected} line(s) rejected{where}[/]")

@@ -8,10 +8,12 @@ anything is sent.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
-from typing import Self
+from typing import NamedTuple, Self
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
@@ -25,6 +27,8 @@ from streamproc.settings import ProducerSettings
 
 DeliveryCallback = Callable[["Delivery"], None]
 
+log = logging.getLogger(__name__)
+
 # How long produce() waits for room in librdkafka's queue before trying again.
 _QUEUE_FULL_POLL_S = 0.05
 # Delivery reports are served every this many produce() calls (and by flush()): a poll per
@@ -36,10 +40,12 @@ POLL_EVERY = 64
 class Delivery:
     """The outcome of one produced message, as its delivery report told it.
 
-    ``offset`` is None when librdkafka reports none. A successful report can do so when the
-    idempotent producer resends a batch and the broker answers it has it already (a duplicate
-    sequence number). Such an ack names no offset to check it by: one was seen, once, for a
-    message no partition held (the fault tier's broker-restart scenario, under investigation).
+    ``offset`` is None when librdkafka reports none. librdkafka reports a success without an
+    offset when it infers the ack from a later batch's (an "implicit ack") or when the broker
+    answers a resend with "duplicate sequence number". The first inference can be wrong: see
+    :attr:`~streamproc.settings.ProducerSettings.resend_unconfirmed`, on by default, which sends
+    such a message once more, so that a success without an offset reaches this callback only if
+    the resend's report has none either.
     """
 
     lane: str
@@ -54,6 +60,16 @@ class Delivery:
         return self.error is None
 
 
+class _Resend(NamedTuple):
+    """A message to produce again, as its delivery report gave it."""
+
+    topic: str
+    partition: int
+    key: bytes | None
+    value: bytes | None
+    headers: dict[str, str | bytes | None] | list[tuple[str, str | bytes | None]] | None
+
+
 @dataclass(slots=True)
 class LaneCounts:
     """Per-lane produce counters."""
@@ -61,6 +77,8 @@ class LaneCounts:
     sent: int = 0
     delivered: int = 0
     failed: int = 0
+    # Acked without an offset and sent once more (see ProducerSettings.resend_unconfirmed).
+    resent: int = 0
 
 
 @dataclass(slots=True)
@@ -125,6 +143,12 @@ class ChunkProducer:
         self._poll = self._producer.poll
         self._delivery_callback = self._delivered
         self._unpolled = 0
+        self._resend_unconfirmed = self.settings.resend_unconfirmed
+        # Messages resent for an ack without an offset, by (topic, partition, key, value): a
+        # resend's own offset-less ack is reported, not resent again. Emptied by a full flush.
+        self._resent: set[tuple[str, int, bytes | None, bytes | None]] = set()
+        # Resends librdkafka's full queue refused inside a delivery callback, produced next.
+        self._resend_backlog: list[_Resend] = []
 
     def produce(
         self,
@@ -200,6 +224,8 @@ class ChunkProducer:
         if self._unpolled >= POLL_EVERY:
             self._unpolled = 0
             self._poll(0)
+            if self._resend_backlog:
+                self._produce_backlog()
 
     def produce_many(self, chunks: Iterable[Chunk]) -> int:
         """Produce every chunk of ``chunks``; returns how many were queued."""
@@ -212,6 +238,8 @@ class ChunkProducer:
     def poll(self, timeout_s: float = 0.0) -> int:
         """Serve delivery reports; returns how many were served."""
         served: int = self._producer.poll(timeout_s)
+        if self._resend_backlog:
+            self._produce_backlog()
         return served
 
     def flush(self, timeout_s: float = 60.0) -> None:
@@ -220,9 +248,15 @@ class ChunkProducer:
         Raises:
             ProduceError: messages are still undelivered after ``timeout_s``.
         """
+        deadline = time.monotonic() + timeout_s
         remaining: int = self._producer.flush(timeout_s)
+        # A report served by this flush can queue a resend; flush again until none is left.
+        while not remaining and self._resend_backlog:
+            self._produce_backlog()
+            remaining = self._producer.flush(max(0.0, deadline - time.monotonic()))
         if remaining:
             raise ProduceError(f"{remaining} messages still undelivered after {timeout_s:.0f}s")
+        self._resent.clear()
 
     def close(self, timeout_s: float = 60.0) -> None:
         """Flush and close the registry client; librdkafka's is released when collected."""
@@ -231,6 +265,66 @@ class ChunkProducer:
         finally:
             if self._schema_ids is not None:
                 self._schema_ids.close()
+
+    def _resend(self, msg: Message) -> bool:
+        """Send again a message acknowledged without an offset, unless it is such a resend.
+
+        librdkafka acknowledges a failed batch by inference when a later batch to its partition
+        succeeds, assuming the broker accepts sequence numbers only in order. A broker that has
+        no state for this producer on the partition accepts any sequence (Apache Kafka before
+        4.5, KAFKA-15591), so a batch refused with ``NOT_LEADER_OR_FOLLOWER`` while a newly led
+        partition was taken on is reported delivered and was never written. The report cannot
+        tell that case from a batch that was written but whose answer was lost, so the message
+        is sent again: at worst a duplicate, which at-least-once consumers absorb, never a loss.
+
+        Returns:
+            True when the message was queued again (its next report is the one that counts).
+        """
+        topic = msg.topic() or ""
+        partition = msg.partition()
+        partition = -1 if partition is None else partition  # RD_KAFKA_PARTITION_UA: partitioner
+        identity = (topic, partition, msg.key(), msg.value())
+        if identity in self._resent:
+            log.warning(
+                "%s[%s]: a resent message was acknowledged without an offset again; "
+                "reporting it delivered as librdkafka does",
+                topic,
+                partition,
+            )
+            return False
+        self._resent.add(identity)
+        log.warning(
+            "%s[%s]: message acknowledged without an offset (inferred from a later batch, which "
+            "can be wrong: KAFKA-15591); sending it once more",
+            topic,
+            partition,
+        )
+        self._resend_backlog.append(_Resend(*identity, msg.headers()))
+        if len(self._resend_backlog) == 1:
+            self._produce_backlog(block=False)
+        return True
+
+    def _produce_backlog(self, *, block: bool = True) -> None:
+        """Produce the queued resends, to their first partition; ``block`` waits for room."""
+        while self._resend_backlog:
+            resend = self._resend_backlog[0]
+            try:
+                self._produce(
+                    resend.topic,
+                    resend.value,
+                    resend.key,
+                    partition=resend.partition,
+                    headers=resend.headers,
+                    on_delivery=self._delivery_callback,
+                )
+            except BufferError:
+                if not block:
+                    return  # inside a delivery callback: the next poll or flush produces it
+                self._poll(_QUEUE_FULL_POLL_S)
+                continue
+            except KafkaException as exc:
+                raise ProduceError(f"could not resend to {resend.topic}: {exc}") from exc
+            self._resend_backlog.pop(0)
 
     def __enter__(self) -> Self:
         return self
@@ -247,6 +341,9 @@ class ChunkProducer:
         topic = msg.topic()
         counts = self._counts_of_topic[topic]  # type: ignore[index]  # set on a delivered message
         if err is None:
+            if msg.offset() is None and self._resend_unconfirmed and self._resend(msg):
+                counts.resent += 1
+                return
             counts.delivered += 1
         else:
             counts.failed += 1

@@ -170,6 +170,15 @@ class ProducerSettings(KafkaSettings):
         False,
         description="Register the chunk schema under each lane subject on first use (registry).",
     )
+    resend_unconfirmed: bool = Field(
+        True,
+        description=(
+            "Send once more a chunk acknowledged without an offset: librdkafka infers such an"
+            " ack from a later batch's, which a broker before Apache Kafka 4.5 can make wrong"
+            " (KAFKA-15591: a batch refused while a partition changed leader is reported"
+            " delivered). At worst a duplicate; off trusts the inference."
+        ),
+    )
 
     def to_librdkafka(self) -> dict[str, Any]:
         """The producer configuration. Idempotence and acks=all cannot be overridden.

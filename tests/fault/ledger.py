@@ -46,7 +46,7 @@ class Acked:
     id: str
     topic: str
     partition: int
-    offset: int | None  # None: delivered as a duplicate of a write whose ack was lost
+    offset: int | None  # None: the report had none (librdkafka inferred the ack)
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ other Kafka client sees it: the topic, the key and the bytes.
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from collections import Counter
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from streamproc.lanes import Lanes
 from streamproc.producer import ChunkProducer, Delivery
 from streamproc.samples import sample_chunks
 from streamproc.settings import ProducerSettings
-from streamproc.topics import TopicAdmin
+from streamproc.topics import TopicAdmin, await_writable
 
 CHUNK_COUNT = 10_000
 LOW_PRIORITY_RATIO = 0.3
@@ -258,3 +259,96 @@ def test_existing_lane_topics_with_unexpected_partition_count_are_refused(
         topic_admin.create(partitions=3)
     with pytest.raises(TopicError, match="expected 3"):
         topic_admin.check(expected_partitions=3)
+
+
+# -- partitions a leader has not taken on yet (KAFKA-15591) ----------------------------------------
+
+FRESH_LANES = tuple(f"l{index:02d}" for index in range(25))
+FRESH_CHUNKS = 300
+
+
+def produce_at_once(
+    producer: ChunkProducer, lane_index: int, deliveries: list[Delivery]
+) -> list[str]:
+    """Produce FRESH_CHUNKS to one lane in many small batches; returns the tracking ids sent.
+
+    Sleeping every 20 chunks (with ``linger_ms`` 0) puts several batches of one partition in
+    flight at once, which is what the race needs.
+    """
+    lane = producer.lanes.all[lane_index]
+    ids = [f"{lane.name}-{index}" for index in range(FRESH_CHUNKS)]
+    for index, tracking_id in enumerate(ids):
+        producer.produce(Chunk(chunk_html="<p>fresh</p>", tracking_id=tracking_id), lane=lane)
+        if index % 20 == 0:
+            producer.poll(0)
+            time.sleep(0.002)
+    producer.flush(30)
+    return ids
+
+
+def create_at_once(admin: AdminClient, topic: str, *, wait_writable: bool) -> None:
+    admin.create_topics([NewTopic(topic, PARTITIONS, 1)])[topic].result()
+    if wait_writable:
+        await_writable(admin, [topic])
+
+
+@pytest.fixture
+def fresh_producer(
+    kafka_bootstrap: str, admin: AdminClient, topic_prefix: str
+) -> Iterator[ChunkProducer]:
+    """A producer of 25 lanes whose producer id is already known: only the first lane's topic
+    exists; a test creates each further lane's topic right before producing to it."""
+    settings = ProducerSettings(
+        bootstrap_servers=kafka_bootstrap, topic_prefix=topic_prefix, lanes=FRESH_LANES,
+        linger_ms=0,
+    )  # fmt: skip
+    create_at_once(admin, settings.topology.top.topic, wait_writable=True)
+    producer = ChunkProducer(settings)
+    producer.produce(Chunk(chunk_html="<p>warm</p>", tracking_id="warm"), lane=producer.lanes.top)
+    producer.flush(30)
+    yield producer
+    admin.delete_topics(list(settings.topology.topics))
+
+
+def test_a_chunk_acknowledged_without_an_offset_is_resent_and_lands(
+    kafka_bootstrap: str, admin: AdminClient, fresh_producer: ChunkProducer
+) -> None:
+    """Producing at once to a partition its leader has not taken on yet loses the first batch
+    while librdkafka reports it delivered, without an offset (KAFKA-15591). The producer sends
+    such chunks once more: every chunk lands and every report carries an offset."""
+    deliveries: list[Delivery] = []
+    fresh_producer._on_delivery = deliveries.append
+    sent: dict[str, list[str]] = {}
+    for lane_index in range(1, len(FRESH_LANES)):
+        topic = fresh_producer.lanes.all[lane_index].topic
+        create_at_once(admin, topic, wait_writable=False)
+        sent[topic] = produce_at_once(fresh_producer, lane_index, deliveries)
+        if sum(c.resent for c in fresh_producer.stats.lanes.values()) and len(sent) >= 3:
+            break
+    resent = sum(counts.resent for counts in fresh_producer.stats.lanes.values())
+    if not resent:
+        pytest.skip(f"no ack without an offset in {len(sent)} fresh topics: the race never ran")
+    assert all(d.ok and d.offset is not None for d in deliveries)
+    assert len(deliveries) == sum(len(ids) for ids in sent.values())
+    for topic, ids in sent.items():
+        landed = {message.key().decode() for message in read_topic(kafka_bootstrap, topic)}
+        assert set(ids) <= landed, f"{topic}: {sorted(set(ids) - landed)[:5]} lost"
+
+
+def test_produce_right_after_await_writable_gets_an_offset_for_every_chunk(
+    kafka_bootstrap: str, admin: AdminClient, fresh_producer: ChunkProducer
+) -> None:
+    """Waiting until each new partition's leader serves it (what TopicAdmin.create does) keeps
+    the race from happening at all: no report without an offset, though resends are off."""
+    fresh_producer._resend_unconfirmed = False
+    deliveries: list[Delivery] = []
+    fresh_producer._on_delivery = deliveries.append
+    sent: dict[str, list[str]] = {}
+    for lane_index in range(1, 11):
+        topic = fresh_producer.lanes.all[lane_index].topic
+        create_at_once(admin, topic, wait_writable=True)
+        sent[topic] = produce_at_once(fresh_producer, lane_index, deliveries)
+    assert [d for d in deliveries if not d.ok or d.offset is None] == []
+    for topic, ids in sent.items():
+        landed = {message.key().decode() for message in read_topic(kafka_bootstrap, topic)}
+        assert set(ids) <= landed
