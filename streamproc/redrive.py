@@ -807,9 +807,13 @@ class DeadLetterReplayer:
         failures: list[str] = []
         now_ms = int(time.time() * 1000)
 
-        def delivered(error: KafkaError | None, _message: Message) -> None:
+        def delivered(error: KafkaError | None, message: Message) -> None:
             if error is not None:
                 failures.append(error.str())
+            elif message.offset() is None:
+                # An ack librdkafka inferred from a later batch's, which can be wrong
+                # (KAFKA-15591, see docs/reliability.md): not committed, a rerun sends it again.
+                failures.append(f"{message.topic()}[{message.partition()}] acked without offset")
 
         for message in batch:
             dead_letter = DeadLetter.from_message(message)

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
+from confluent_kafka import OFFSET_INVALID, Message
 
 from streamproc.deadletter import (
     HEADER_ATTEMPTS,
@@ -29,6 +32,9 @@ from streamproc.redrive import (
     HEADER_REPLAY_REASON,
     DeadLetter,
     DeadLetterFilter,
+    DeadLetterReplayer,
+    ReplayError,
+    ReplayResult,
     bytes_text,
     iso_time,
     lanes_named,
@@ -37,6 +43,7 @@ from streamproc.redrive import (
     replay_timestamp,
     summarize,
 )
+from streamproc.settings import KafkaSettings
 
 NOW_MS = 1_800_000_000_000
 HOUR_MS = 3_600_000
@@ -264,3 +271,50 @@ def test_replay_keeps_the_original_timestamp_unless_it_used_up_half_the_retentio
 def test_replay_without_an_original_timestamp_uses_the_current_time() -> None:
     assert replay_timestamp(None, WEEK_MS, now_ms=NOW_MS) is None
     assert replay_timestamp(None, None, now_ms=NOW_MS) is None
+
+
+class AckingProducer:
+    """Stands in for librdkafka's producer: flush() serves one report per produced message,
+    with the given offsets (OFFSET_INVALID: an ack librdkafka inferred, without an offset)."""
+
+    def __init__(self, offsets: list[int]) -> None:
+        self.offsets = offsets
+        self.reports: list[tuple[str, Any]] = []
+
+    def produce(self, topic: str, value: bytes, key: bytes, **kwargs: Any) -> None:
+        self.reports.append((topic, kwargs["on_delivery"]))
+
+    def flush(self, timeout: float) -> int:
+        for (topic, report), offset in zip(self.reports, self.offsets, strict=True):
+            report(None, Message(topic=topic, partition=0, offset=offset, key=b"k", value=b"v"))
+        return 0
+
+
+@pytest.mark.parametrize(
+    ("offsets", "fails"),
+    [([5, 6], False), ([OFFSET_INVALID, 6], True), ([5, OFFSET_INVALID], True)],
+)
+def test_a_replay_batch_with_an_ack_without_an_offset_is_not_done(
+    offsets: list[int], fails: bool
+) -> None:
+    replayer = DeadLetterReplayer(KafkaSettings(), group="g", keep_timestamp=False)
+    replayer._known_targets = {"chunks.realtime"}
+    headers = [
+        (HEADER_TOPIC, b"chunks.realtime"),
+        (HEADER_PARTITION, b"0"),
+        (HEADER_OFFSET, b"41"),
+        (HEADER_LANE, b"realtime"),
+    ]
+    batch = [
+        Message(topic="chunks.realtime.dlq", partition=0, offset=o, key=b"k", value=b"v",
+                headers=headers)  # type: ignore[arg-type]  # bytes header values
+        for o in (3, 4)
+    ]  # fmt: skip
+    producer = AckingProducer(offsets)
+    result = ReplayResult(group="g")
+    if fails:
+        with pytest.raises(ReplayError, match="acked without offset"):
+            replayer._replay_batch(batch, DeadLetterFilter(), producer, result)  # type: ignore[arg-type]
+    else:
+        replayer._replay_batch(batch, DeadLetterFilter(), producer, result)  # type: ignore[arg-type]
+    assert len(producer.reports) == 2
