@@ -9,13 +9,14 @@ anything is sent.
 from __future__ import annotations
 
 import logging
+import math
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import NamedTuple, Self
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import TIMESTAMP_CREATE_TIME, KafkaError, KafkaException, Message, Producer
 
 from streamproc.chunk import Chunk, ChunkLimits
 from streamproc.codec import ChunkCodec, Framing
@@ -42,10 +43,10 @@ class Delivery:
 
     ``offset`` is None when librdkafka reports none. librdkafka reports a success without an
     offset when it infers the ack from a later batch's (an "implicit ack") or when the broker
-    answers a resend with "duplicate sequence number". The first inference can be wrong: see
+    answers a resend with "duplicate sequence number". The inference can be wrong: see
     :attr:`~streamproc.settings.ProducerSettings.resend_unconfirmed`, on by default, which sends
-    such a message once more, so that a success without an offset reaches this callback only if
-    the resend's report has none either.
+    such a message once more and reports only the resend's outcome, so that a success without
+    an offset reaches this callback only if the resend's report has none either.
     """
 
     lane: str
@@ -68,6 +69,7 @@ class _Resend(NamedTuple):
     key: bytes | None
     value: bytes | None
     headers: dict[str, str | bytes | None] | list[tuple[str, str | bytes | None]] | None
+    timestamp_ms: int  # the original create time (a chunk's version); 0: the producer's clock
 
 
 @dataclass(slots=True)
@@ -144,9 +146,7 @@ class ChunkProducer:
         self._delivery_callback = self._delivered
         self._unpolled = 0
         self._resend_unconfirmed = self.settings.resend_unconfirmed
-        # Messages resent for an ack without an offset, by (topic, partition, key, value): a
-        # resend's own offset-less ack is reported, not resent again. Emptied by a full flush.
-        self._resent: set[tuple[str, int, bytes | None, bytes | None]] = set()
+        self._resend_callback = self._resend_delivered
         # Resends librdkafka's full queue refused inside a delivery callback, produced next.
         self._resend_backlog: list[_Resend] = []
 
@@ -239,7 +239,7 @@ class ChunkProducer:
         """Serve delivery reports; returns how many were served."""
         served: int = self._producer.poll(timeout_s)
         if self._resend_backlog:
-            self._produce_backlog()
+            self._produce_backlog(until=None)  # the next poll tries again while the queue is full
         return served
 
     def flush(self, timeout_s: float = 60.0) -> None:
@@ -251,12 +251,12 @@ class ChunkProducer:
         deadline = time.monotonic() + timeout_s
         remaining: int = self._producer.flush(timeout_s)
         # A report served by this flush can queue a resend; flush again until none is left.
-        while not remaining and self._resend_backlog:
-            self._produce_backlog()
+        while not remaining and self._resend_backlog and time.monotonic() < deadline:
+            self._produce_backlog(until=deadline)
             remaining = self._producer.flush(max(0.0, deadline - time.monotonic()))
+        remaining += len(self._resend_backlog)
         if remaining:
             raise ProduceError(f"{remaining} messages still undelivered after {timeout_s:.0f}s")
-        self._resent.clear()
 
     def close(self, timeout_s: float = 60.0) -> None:
         """Flush and close the registry client; librdkafka's is released when collected."""
@@ -266,8 +266,8 @@ class ChunkProducer:
             if self._schema_ids is not None:
                 self._schema_ids.close()
 
-    def _resend(self, msg: Message) -> bool:
-        """Send again a message acknowledged without an offset, unless it is such a resend.
+    def _resend(self, msg: Message) -> None:
+        """Send again a message acknowledged without an offset.
 
         librdkafka acknowledges a failed batch by inference when a later batch to its partition
         succeeds, assuming the broker accepts sequence numbers only in order. A broker that has
@@ -276,36 +276,37 @@ class ChunkProducer:
         partition was taken on is reported delivered and was never written. The report cannot
         tell that case from a batch that was written but whose answer was lost, so the message
         is sent again: at worst a duplicate, which at-least-once consumers absorb, never a loss.
-
-        Returns:
-            True when the message was queued again (its next report is the one that counts).
+        The resend keeps the original timestamp (the chunk's version: a sink must not take the
+        resend for a newer version than one sent after it) and goes to the same partition.
         """
         topic = msg.topic() or ""
         partition = msg.partition()
-        partition = -1 if partition is None else partition  # RD_KAFKA_PARTITION_UA: partitioner
-        identity = (topic, partition, msg.key(), msg.value())
-        if identity in self._resent:
-            log.warning(
-                "%s[%s]: a resent message was acknowledged without an offset again; "
-                "reporting it delivered as librdkafka does",
-                topic,
-                partition,
-            )
-            return False
-        self._resent.add(identity)
         log.warning(
             "%s[%s]: message acknowledged without an offset (inferred from a later batch, which "
             "can be wrong: KAFKA-15591); sending it once more",
             topic,
             partition,
         )
-        self._resend_backlog.append(_Resend(*identity, msg.headers()))
+        timestamp_type, timestamp_ms = msg.timestamp()
+        self._resend_backlog.append(
+            _Resend(
+                topic,
+                -1 if partition is None else partition,  # -1: the partitioner's choice
+                msg.key(),
+                msg.value(),
+                msg.headers(),
+                timestamp_ms if timestamp_type == TIMESTAMP_CREATE_TIME else 0,
+            )
+        )
         if len(self._resend_backlog) == 1:
-            self._produce_backlog(block=False)
-        return True
+            self._produce_backlog(until=None)
 
-    def _produce_backlog(self, *, block: bool = True) -> None:
-        """Produce the queued resends, to their first partition; ``block`` waits for room."""
+    def _produce_backlog(self, *, until: float | None = math.inf) -> None:
+        """Produce the queued resends, to their first partition, waiting for room in
+        librdkafka's queue up to the monotonic time ``until`` (None: not at all).
+
+        A resend librdkafka refuses outright is a failed delivery: counted and reported.
+        """
         while self._resend_backlog:
             resend = self._resend_backlog[0]
             try:
@@ -315,16 +316,36 @@ class ChunkProducer:
                     resend.key,
                     partition=resend.partition,
                     headers=resend.headers,
-                    on_delivery=self._delivery_callback,
+                    timestamp=resend.timestamp_ms,
+                    on_delivery=self._resend_callback,
                 )
             except BufferError:
-                if not block:
-                    return  # inside a delivery callback: the next poll or flush produces it
+                # Inside a delivery callback (until None) the next poll or flush produces it.
+                if until is None or time.monotonic() >= until:
+                    return
                 self._poll(_QUEUE_FULL_POLL_S)
                 continue
             except KafkaException as exc:
-                raise ProduceError(f"could not resend to {resend.topic}: {exc}") from exc
+                self._resend_backlog.pop(0)
+                self._refused(resend, exc)
+                continue
             self._resend_backlog.pop(0)
+
+    def _refused(self, resend: _Resend, exc: KafkaException) -> None:
+        counts = self._counts_of_topic[resend.topic]
+        counts.failed += 1
+        log.error("%s[%s]: the resend was refused: %s", resend.topic, resend.partition, exc)
+        if self._on_delivery is not None:
+            self._on_delivery(
+                Delivery(
+                    lane=self._lane_of_topic.get(resend.topic, resend.topic),
+                    topic=resend.topic,
+                    partition=resend.partition,
+                    offset=None,
+                    key=resend.key,
+                    error=f"resend refused: {exc}",
+                )
+            )
 
     def __enter__(self) -> Self:
         return self
@@ -337,13 +358,28 @@ class ChunkProducer:
     ) -> None:
         self.close()
 
+    def _resend_delivered(self, err: KafkaError | None, msg: Message) -> None:
+        """A resend's report: the final one, whatever its offset."""
+        if err is None and msg.offset() is None:
+            log.warning(
+                "%s[%s]: a resent message was acknowledged without an offset again; reporting "
+                "it delivered as librdkafka does",
+                msg.topic(),
+                msg.partition(),
+            )
+        self._report(err, msg)
+
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:
+        if err is None and msg.offset() is None and self._resend_unconfirmed:
+            self._counts_of_topic[msg.topic()].resent += 1  # type: ignore[index]  # delivered
+            self._resend(msg)
+            return
+        self._report(err, msg)
+
+    def _report(self, err: KafkaError | None, msg: Message) -> None:
         topic = msg.topic()
         counts = self._counts_of_topic[topic]  # type: ignore[index]  # set on a delivered message
         if err is None:
-            if msg.offset() is None and self._resend_unconfirmed and self._resend(msg):
-                counts.resent += 1
-                return
             counts.delivered += 1
         else:
             counts.failed += 1

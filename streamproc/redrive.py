@@ -811,8 +811,9 @@ class DeadLetterReplayer:
             if error is not None:
                 failures.append(error.str())
             elif message.offset() is None:
-                # An ack librdkafka inferred from a later batch's, which can be wrong
-                # (KAFKA-15591, see docs/reliability.md): not committed, a rerun sends it again.
+                # No offset: librdkafka may have inferred the ack from a later batch's, which
+                # can be wrong (KAFKA-15591, see docs/reliability.md). Not committed: a rerun
+                # sends it again.
                 failures.append(f"{message.topic()}[{message.partition()}] acked without offset")
 
         for message in batch:

@@ -11,7 +11,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException, TopicPartition
-from confluent_kafka.admin import (  # type: ignore[attr-defined]  # OffsetSpec: public, untyped
+from confluent_kafka.admin import (  # type: ignore[attr-defined]  # OffsetSpec: not re-exported
     AdminClient,
     OffsetSpec,
 )
@@ -54,31 +54,42 @@ def await_writable(
     deadline = time.monotonic() + timeout_s
     latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]  # unannotated upstream
     served: set[tuple[str, int]] = set()
+    waiting: list[str] = []
     while True:
-        metadata = admin.list_topics(timeout=timeout_s)
-        unknown = [n for n in names if n not in metadata.topics or metadata.topics[n].error]
-        pending = [
-            TopicPartition(name, partition)
-            for name in names
-            if name not in unknown
-            for partition in metadata.topics[name].partitions
-            if (name, partition) not in served
-        ]
-        if pending:
-            request = dict.fromkeys(pending, latest)
-            for tp, future in admin.list_offsets(request, request_timeout=timeout_s).items():
-                try:
-                    future.result()
-                except KafkaException:
-                    continue
-                served.add((tp.topic, tp.partition))
-        waiting = unknown + [
-            f"{tp.topic}[{tp.partition}]"
-            for tp in pending
-            if (tp.topic, tp.partition) not in served
-        ]
-        if not waiting:
-            return
+        left = max(0.1, deadline - time.monotonic())
+        try:
+            metadata = admin.list_topics(timeout=left)
+        except KafkaException as exc:
+            waiting = [f"metadata ({exc.args[0].str()})"]
+        else:
+            known = {
+                name: metadata.topics[name].partitions
+                for name in names
+                if name in metadata.topics
+                and metadata.topics[name].error is None
+                and metadata.topics[name].partitions
+            }
+            pending = [
+                TopicPartition(name, partition)
+                for name, partitions in known.items()
+                for partition in partitions
+                if (name, partition) not in served
+            ]
+            if pending:
+                request = dict.fromkeys(pending, latest)
+                for tp, future in admin.list_offsets(request, request_timeout=left).items():
+                    try:
+                        future.result()
+                    except KafkaException:
+                        continue
+                    served.add((tp.topic, tp.partition))
+            waiting = [name for name in names if name not in known] + [
+                f"{tp.topic}[{tp.partition}]"
+                for tp in pending
+                if (tp.topic, tp.partition) not in served
+            ]
+            if not waiting:
+                return
         if time.monotonic() > deadline:
             waited = ", ".join(sorted(waiting))
             raise TopicError(f"no leader serves {waited} after {timeout_s:.0f}s")
@@ -149,7 +160,8 @@ class TopicAdmin:
             new_topics.append(NewTopic(name, partitions, replication_factor, config=config))
         created = self._wait([topic.topic for topic in new_topics], new_topics)
         self._await_visible(created)
-        await_writable(self._admin, created)
+        # Also those another client created meanwhile (TOPIC_ALREADY_EXISTS): just as new.
+        await_writable(self._admin, [topic.topic for topic in new_topics])
         self._check_answer(self._describe_with_lanes(), expected_partitions=partitions)
         return created
 

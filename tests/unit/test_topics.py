@@ -127,3 +127,30 @@ def test_await_writable_waits_for_a_topic_the_metadata_does_not_show_yet() -> No
 
     with pytest.raises(TopicError, match=r"no leader serves chunks\.bulk after"):
         await_writable(brokers, ["chunks.bulk"], timeout_s=0.2)  # type: ignore[arg-type]
+
+
+def test_await_writable_waits_for_a_topic_listed_without_partitions() -> None:
+    brokers = LaggingBrokers(lagging_answers=0)
+    brokers.created["chunks.bulk"] = 0
+
+    with pytest.raises(TopicError, match=r"no leader serves chunks\.bulk after"):
+        await_writable(brokers, ["chunks.bulk"], timeout_s=0.2)  # type: ignore[arg-type]
+
+
+class FlakyMetadata(LaggingBrokers):
+    """Its first metadata request fails (a broker restarting), the next ones answer."""
+
+    def list_topics(self, timeout: float) -> ClusterMetadata:
+        if self.answers == 0:
+            self.answers += 1
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT))
+        return super().list_topics(timeout)
+
+
+def test_await_writable_asks_again_after_a_failed_metadata_request() -> None:
+    brokers = FlakyMetadata(lagging_answers=0)
+    brokers.created["chunks.bulk"] = 2
+
+    await_writable(brokers, ["chunks.bulk"], timeout_s=5)  # type: ignore[arg-type]
+
+    assert brokers.offset_requests == [[("chunks.bulk", 0), ("chunks.bulk", 1)]]
