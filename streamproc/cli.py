@@ -380,7 +380,9 @@ def produce(
         check_broker(settings)
         try:
             producer = ChunkProducer(
-                settings, on_delivery=lambda d: metrics.delivered(d.lane, ok=d.ok)
+                settings,
+                on_delivery=lambda d: metrics.delivered(d.lane, ok=d.ok),
+                on_resend=metrics.resent,
             )
         except StreamprocError as exc:
             raise fail(str(exc), 2) from exc

@@ -375,6 +375,15 @@ class ProducerMetrics:
         for lane in lanes:
             for outcome in PRODUCE_OUTCOMES:
                 self.produced.labels(lane=lane, outcome=outcome)
+        self.resends = Counter(
+            "streamproc_produce_resends",
+            "Chunks acknowledged without an offset and sent once more, by lane (an ack librdkafka"
+            " inferred, which a broker before Apache Kafka 4.5 can make wrong: KAFKA-15591).",
+            ["lane"],
+            registry=self.registry,
+        )
+        for lane in lanes:
+            self.resends.labels(lane=lane)
         self.producer_info = Info(
             "streamproc_producer",
             "The topic prefix this process produces to (join on job and instance; dashboards"
@@ -389,6 +398,10 @@ class ProducerMetrics:
     def delivered(self, lane: str, *, ok: bool) -> None:
         """Count one delivery report (from the producer's ``on_delivery`` callback)."""
         self.produced.labels(lane=lane, outcome="delivered" if ok else "failed").inc()
+
+    def resent(self, lane: str) -> None:
+        """Count one chunk sent once more (from the producer's ``on_resend`` callback)."""
+        self.resends.labels(lane=lane).inc()
 
     def rejected(self, lane: str | None = None) -> None:
         """Count a chunk refused before sending (invalid or oversized); lane if it had one."""

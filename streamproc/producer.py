@@ -107,6 +107,8 @@ class ChunkProducer:
         codec: The Avro codec (one is built from the bundled schemas if omitted).
         on_delivery: Called with each delivery outcome as reports are served: every
             :data:`POLL_EVERY` :meth:`produce` calls, and in :meth:`poll` and :meth:`flush`.
+        on_resend: Called with the lane's name when a chunk acknowledged without an offset is
+            sent once more (see ``ProducerSettings.resend_unconfirmed``).
 
     Example:
         >>> with ChunkProducer(ProducerSettings(bootstrap_servers="127.0.0.1:9092")) as p:
@@ -119,6 +121,7 @@ class ChunkProducer:
         *,
         codec: ChunkCodec | None = None,
         on_delivery: DeliveryCallback | None = None,
+        on_resend: Callable[[str], None] | None = None,
     ) -> None:
         self.settings = settings or ProducerSettings()
         self.lanes: Lanes = self.settings.topology
@@ -135,6 +138,7 @@ class ChunkProducer:
         self.codec = codec
         self.stats = ProducerStats({lane.name: LaneCounts() for lane in self.lanes})
         self._on_delivery = on_delivery
+        self._on_resend = on_resend
         self._lane_of_topic = {lane.topic: lane.name for lane in self.lanes}
         self._counts_of_topic = {lane.topic: self.stats.lanes[lane.name] for lane in self.lanes}
         self._producer = Producer(self.settings.to_librdkafka())
@@ -371,7 +375,10 @@ class ChunkProducer:
 
     def _delivered(self, err: KafkaError | None, msg: Message) -> None:
         if err is None and msg.offset() is None and self._resend_unconfirmed:
-            self._counts_of_topic[msg.topic()].resent += 1  # type: ignore[index]  # delivered
+            topic: str = msg.topic()  # type: ignore[assignment]  # set on a delivered message
+            self._counts_of_topic[topic].resent += 1
+            if self._on_resend is not None:
+                self._on_resend(self._lane_of_topic.get(topic, topic))
             self._resend(msg)
             return
         self._report(err, msg)

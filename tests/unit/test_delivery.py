@@ -39,10 +39,16 @@ class Sent:
         self.callbacks.append(kwargs["on_delivery"])
 
 
+RESENT_LANES: list[str] = []
+
+
 def producer_with(resend: bool) -> tuple[ChunkProducer, list[Delivery], Sent]:
     deliveries: list[Delivery] = []
+    RESENT_LANES.clear()
     producer = ChunkProducer(
-        ProducerSettings(resend_unconfirmed=resend), on_delivery=deliveries.append
+        ProducerSettings(resend_unconfirmed=resend),
+        on_delivery=deliveries.append,
+        on_resend=RESENT_LANES.append,
     )
     sent = Sent()
     producer._produce = sent  # type: ignore[assignment]  # records instead of producing
@@ -75,7 +81,7 @@ def test_without_resends_an_ack_without_an_offset_is_delivered_with_offset_none(
         report(producer, offset)
     assert [(d.ok, d.partition, d.offset) for d in deliveries] == [(True, 1, None), (True, 1, 7)]
     assert producer.stats.lanes["realtime"].delivered == 2
-    assert sent.calls == []
+    assert sent.calls == [] and RESENT_LANES == []
 
 
 def test_an_ack_without_an_offset_is_sent_once_more_as_it_was_and_not_reported() -> None:
@@ -85,6 +91,7 @@ def test_an_ack_without_an_offset_is_sent_once_more_as_it_was_and_not_reported()
     # Same partition, key, value, headers, and the original timestamp (the chunk's version).
     assert sent.calls == [(topic, 1, b"k", b"v", [("h", b"1")], SENT_MS)]
     assert deliveries == []
+    assert RESENT_LANES == ["realtime"]
     counts = producer.stats.lanes["realtime"]
     counts.sent = 1
     assert (counts.delivered, counts.resent, producer.stats.in_flight) == (0, 1, 1)

@@ -78,7 +78,10 @@ def test_producer_metrics_pass_promtool_check_metrics() -> None:
     metrics.delivered("realtime", ok=True)
     metrics.delivered("bulk", ok=False)
     metrics.rejected()
+    metrics.resent("bulk")
     text = generate_latest(metrics.registry).decode()
+    assert 'streamproc_produce_resends_total{lane="bulk"} 1.0' in text
+    assert 'streamproc_produce_resends_total{lane="realtime"} 0.0' in text
     assert 'streamproc_produced_messages_total{lane="realtime",outcome="delivered"} 1.0' in text
     assert 'streamproc_produced_messages_total{lane="bulk",outcome="failed"} 1.0' in text
     assert 'streamproc_produced_messages_total{lane="unknown",outcome="rejected"} 1.0' in text
