@@ -8,6 +8,7 @@ anything is sent.
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import time
@@ -150,7 +151,7 @@ class ChunkProducer:
         self._delivery_callback = self._delivered
         self._unpolled = 0
         self._resend_unconfirmed = self.settings.resend_unconfirmed
-        self._resend_callback = self._resend_delivered
+        self._resend_callback = functools.partial(self._delivered, resent=True)
         # Resends librdkafka's full queue refused inside a delivery callback, produced next.
         self._resend_backlog: list[_Resend] = []
 
@@ -362,31 +363,25 @@ class ChunkProducer:
     ) -> None:
         self.close()
 
-    def _resend_delivered(self, err: KafkaError | None, msg: Message) -> None:
-        """A resend's report: the final one, whatever its offset."""
-        if err is None and msg.offset() is None:
-            log.warning(
-                "%s[%s]: a resent message was acknowledged without an offset again; reporting "
-                "it delivered as librdkafka does",
-                msg.topic(),
-                msg.partition(),
-            )
-        self._report(err, msg)
-
-    def _delivered(self, err: KafkaError | None, msg: Message) -> None:
-        if err is None and msg.offset() is None and self._resend_unconfirmed:
-            topic: str = msg.topic()  # type: ignore[assignment]  # set on a delivered message
-            self._counts_of_topic[topic].resent += 1
-            if self._on_resend is not None:
-                self._on_resend(self._lane_of_topic.get(topic, topic))
-            self._resend(msg)
-            return
-        self._report(err, msg)
-
-    def _report(self, err: KafkaError | None, msg: Message) -> None:
-        topic = msg.topic()
-        counts = self._counts_of_topic[topic]  # type: ignore[index]  # set on a delivered message
+    def _delivered(self, err: KafkaError | None, msg: Message, resent: bool = False) -> None:
+        """Count and pass on one delivery report; ``resent``: a resend's, the final one."""
+        topic: str = msg.topic()  # type: ignore[assignment]  # set on a delivered message
+        counts = self._counts_of_topic[topic]
         if err is None:
+            if msg.offset() is None:  # rare: one check per report on the common path
+                if not resent and self._resend_unconfirmed:
+                    counts.resent += 1
+                    if self._on_resend is not None:
+                        self._on_resend(self._lane_of_topic.get(topic, topic))
+                    self._resend(msg)
+                    return
+                if resent:
+                    log.warning(
+                        "%s[%s]: a resent message was acknowledged without an offset again; "
+                        "reporting it delivered as librdkafka does",
+                        topic,
+                        msg.partition(),
+                    )
             counts.delivered += 1
         else:
             counts.failed += 1
