@@ -32,7 +32,7 @@ from streamproc.lanes import Lanes
 from streamproc.messages import coordinates
 from streamproc.producer import ChunkProducer
 from streamproc.settings import ConsumerSettings, KafkaSettings, ProducerSettings
-from streamproc.topics import TopicAdmin
+from streamproc.topics import TopicAdmin, await_writable
 
 
 @dataclass
@@ -66,6 +66,7 @@ class Cluster:
             lambda: len(self.admin.list_topics(bulk).topics[bulk].partitions) == bulk_partitions,
             what=f"{bulk} to have {bulk_partitions} partitions",
         )
+        await_writable(self.admin, [bulk])  # as TopicAdmin.create does: see its docstring
 
     def producer(self) -> ChunkProducer:
         return ChunkProducer(
