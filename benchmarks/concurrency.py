@@ -250,8 +250,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             "Every concurrency takes one path: the loop polls one consumer per lane and workers"
             " run the handlers; concurrency 1 is one worker slot, and above 1 every chunk is a"
             " batch of its own, started by a worker as it finishes the previous one.",
-            "Under the flood, bulk keeps every worker but the realtime reserve (concurrency / 8)"
-            " busy; the realtime stream stays under the pause threshold, so bulk is never paused.",
+            "Under the flood, bulk keeps every worker but the realtime reserve (2 at concurrency"
+            " 32) busy; the realtime stream stays under the pause threshold, so bulk is never"
+            " paused.",
             "The latency runs go first, in a fresh process: after the throughput runs the same"
             " process showed a longer realtime tail under the flood (about 120 ms p99 against"
             " 30-40 ms fresh), which a deployed consumer does not carry.",

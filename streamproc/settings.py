@@ -405,7 +405,7 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
         ge=0,
         description=(
             "Workers lower lanes leave free while the realtime lane is active (default:"
-            " concurrency / 8)."
+            " one from 8 workers, concurrency / 16 from 32, none below 8)."
         ),
     )
     statistics_interval_s: float = Field(

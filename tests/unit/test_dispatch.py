@@ -130,6 +130,16 @@ def test_bulk_leaves_reserved_workers_while_realtime_is_active() -> None:
     assert len(take_all(dispatcher, now=12.0)) == 1, "realtime quiet for 1.5 s: all 8 for bulk"
 
 
+@pytest.mark.parametrize(
+    ("concurrency", "reserved"),
+    [(1, 0), (4, 0), (7, 0), (8, 1), (16, 1), (31, 1), (32, 2), (64, 4)],
+)
+def test_the_default_reserve_is_one_from_8_workers_and_a_sixteenth_from_32(
+    concurrency: int, reserved: int
+) -> None:
+    assert Dispatcher(2, concurrency=concurrency, ordering="unordered").reserved == reserved
+
+
 def test_drop_partitions_removes_waiting_items_and_frees_their_keys() -> None:
     dispatcher: Dispatcher[str] = Dispatcher(2, concurrency=1, ordering="key")
     dispatcher.add(item(BULK, 0, 0, b"a"))
