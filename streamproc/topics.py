@@ -6,6 +6,7 @@ its members, and equal counts keep each member's share of realtime and bulk work
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -17,10 +18,13 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # OffsetSpec:
 )
 from confluent_kafka.cimpl import NewTopic
 
+from streamproc.access import is_denied
 from streamproc.errors import TopicError
 from streamproc.lanes import Lanes, dead_letter_topic
 
 ADMIN_TIMEOUT_S = 30.0
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +84,11 @@ def await_writable(
                 for tp, future in admin.list_offsets(request, request_timeout=left).items():
                     try:
                         future.result()
-                    except KafkaException:
-                        continue
+                    except KafkaException as exc:
+                        if not is_denied(exc.args[0]):
+                            continue  # not led yet: asked again
+                        # Allowed to create, not to describe: nothing to wait with.
+                        log.warning("cannot check the leader of %s: %s", tp.topic, exc)
                     served.add((tp.topic, tp.partition))
             waiting = [name for name in names if name not in known] + [
                 f"{tp.topic}[{tp.partition}]"

@@ -154,3 +154,24 @@ def test_await_writable_asks_again_after_a_failed_metadata_request() -> None:
     await_writable(brokers, ["chunks.bulk"], timeout_s=5)  # type: ignore[arg-type]
 
     assert brokers.offset_requests == [[("chunks.bulk", 0), ("chunks.bulk", 1)]]
+
+
+class DescribeDenied(LaggingBrokers):
+    """A principal allowed to create topics but not to describe them: ListOffsets is refused."""
+
+    def list_offsets(
+        self, request: dict[Any, Any], request_timeout: float
+    ) -> dict[Any, Future[object]]:
+        futures: dict[Any, Future[object]] = {}
+        for tp in request:
+            futures[tp] = Future()
+            futures[tp].set_exception(
+                KafkaException(KafkaError(KafkaError.TOPIC_AUTHORIZATION_FAILED))
+            )
+        return futures
+
+
+def test_create_does_not_wait_for_leaders_it_may_not_ask_about() -> None:
+    admin = TopicAdmin(DescribeDenied(lagging_answers=0), Lanes("chunks"))  # type: ignore[arg-type]
+
+    assert sorted(admin.create(partitions=3)) == sorted(admin.topics)
