@@ -9,11 +9,16 @@ time (:mod:`streamproc.dispatch`), and the loop only polls, decides and stores. 
    contiguous finished run (never past an unfinished chunk).
 2. Take realtime: whatever the top lane's consumer has ready, without waiting, up to the lane's
    in-flight bound. It goes ahead of every lower-lane chunk waiting for a slot.
-3. Only when a slot is free and no more urgent chunk waits, give the next lane a turn: a batch
-   sized so it ends within ``bulk_turn_ms`` (a moving average of its per-chunk handling time;
-   :mod:`streamproc.consumer.turns`), one per free slot. A lane the flow policy holds gets no
-   turn, unless a starvation guard grants it a slice (then it gets every other batch). A turn
-   handed to a per-chunk handler yields between chunks to a more urgent chunk taken meanwhile
+3. Give the next lane a turn whenever none of its turns waits for a slot: a batch sized so it
+   ends within ``bulk_turn_ms`` (a moving average of its per-chunk handling time;
+   :mod:`streamproc.consumer.turns`). It waits in the pool behind every more urgent chunk, and
+   while every slot is busy it waits behind the running batches: the slot that frees first and
+   finds nothing more urgent starts it at once, without waiting for the loop to wake (at
+   concurrency 1 under a CPU-bound handler, the slot idled over a tenth of its time for that
+   wake). A lane the flow policy holds gets no turn, unless a starvation guard grants it a
+   slice (then it gets every other batch); a turn that waited ``OVERDUE_TURNS`` budgets starts
+   before a more urgent lane that keeps every slot busy. A turn handed to a per-chunk handler
+   yields between chunks to a more urgent chunk taken meanwhile
    (:mod:`streamproc.consumer.pipeline`); one a starvation guard started does not.
 4. Flow control (every ``FLOW_TICK_S``): measure lag, run the :class:`~streamproc.flow.
    FlowController`, pause or resume the held lanes' partitions (:mod:`streamproc.consumer.
@@ -28,7 +33,8 @@ time (:mod:`streamproc.dispatch`), and the loop only polls, decides and stores. 
 6. Wait, without holding the GIL: for realtime on the top lane's consumer (up to
    ``poll_timeout_s``, or until the next lower-lane turn is due), also while lower-lane batches
    fill every slot (a realtime chunk taken then makes the running batch yield); for a free slot
-   only while realtime fills every slot or reached its in-flight bound, or a lower lane works
+   only while realtime reached its in-flight bound, or has every slot or waits for one with no
+   lower-lane turn queued (the loop then queues one as a batch ends), or a lower lane works
    ahead. ``run()`` shortens the interpreter's GIL switch interval (``gil_switch_interval_ms``):
    the loop thread waking for realtime gets the GIL from a computing handler within it.
 
@@ -97,7 +103,8 @@ FLOW_TICK_S = 0.01
 HOLD_POLL_S = 0.05
 # How long a lane at its in-flight bound goes unpolled before it is paused and polled.
 FULL_LANE_POLL_S = 1.0
-# A running lower lane gets at least one turn per this many turns' time (bulk_turn_ms each).
+# A lower-lane turn waiting this many turns' time (bulk_turn_ms each) starts before a more urgent
+# lane that keeps every slot busy (the dispatcher's overdue_s).
 OVERDUE_TURNS = 20
 # A lower lane whose more urgent lanes have taken nothing for this long works one turn ahead: its
 # next turn waits in the pool while the current one runs, so the slot never idles between turns
@@ -261,7 +268,6 @@ class PriorityConsumer:
         # A running lower lane gets a turn at least this often, however busy realtime keeps the
         # slots: resumed means running, not starving behind back-to-back realtime batches.
         self._overdue_s = OVERDUE_TURNS * settings.bulk_turn_ms / 1000
-        self._last_turn = [time.monotonic()] * len(self.lanes.all)
         self._last_taken = [time.monotonic()] * len(self.lanes.all)
         dispatcher: Dispatcher[Message] = Dispatcher(
             len(self.lanes.all),
@@ -515,18 +521,11 @@ class PriorityConsumer:
             self._planner.stretch(rank, AHEAD_TURN_STRETCH if ahead else 1.0)
             if self._pool.ready(rank):
                 break  # its last turn still waits for a slot
-            if (
-                self._turn_blocked(rank)
-                and rank not in self._slice_ranks
-                and now - self._last_turn[rank] < self._overdue_s
-                and not ahead
-            ):
-                # Every slot is taken or a more urgent chunk waits: no turn yet. A lane that
-                # has waited a whole overdue_s takes its turn anyway; it starts once overdue.
-                break
+            # No turn queued: queue one now, also while every slot is busy or a more urgent
+            # chunk waits. The dispatcher starts it only when nothing more urgent waits (or it
+            # is overdue), in the slot that frees first, without waiting for the loop to wake.
             wanted = min(limit - sizes[rank], self._planner.turn_size(rank))
             if wanted > 0 and self._enqueue(lane_consumer, lane_consumer.take(wanted, 0)):
-                self._last_turn[rank] = now
                 # Look again at once only while a slot is left: a turn queued behind a running
                 # batch waits for its slot, and so can the loop (a finished batch wakes it).
                 took = took or self._pool.free_slots() > 0
@@ -542,7 +541,11 @@ class PriorityConsumer:
 
     def _turn_blocked(self, rank: int) -> bool:
         """Every slot is busy, or a chunk of a more urgent lane waits for one."""
-        return self._pool.free_slots() <= 0 or any(self._pool.ready(r) for r in range(rank))
+        return self._pool.free_slots() <= 0 or self._urgent_waiting(rank)
+
+    def _urgent_waiting(self, rank: int) -> bool:
+        """A chunk of a more urgent lane than ``rank`` waits for a slot."""
+        return any(self._pool.ready(r) for r in range(rank))
 
     def _enqueue(self, lane_consumer: LaneConsumer, messages: list[Message]) -> bool:
         if not messages:
@@ -590,11 +593,12 @@ class PriorityConsumer:
     def _wait(self) -> None:
         """Sleep until there is something to do, without holding the GIL.
 
-        While only lower-lane batches run, the loop waits for realtime, not for a slot: a
-        realtime chunk is taken the moment it arrives, the running batch yields to it between
-        chunks (:class:`~streamproc.consumer.pipeline.Pipeline`), and the pool starts it as soon
-        as the slot is free, without waiting for the loop. The loop still wakes in time to queue
-        the next lower-lane turn. A lane working ahead (realtime idle) is the exception: there
+        While only lower-lane batches run, or a lower-lane turn is queued behind the running
+        batches, the loop waits for realtime, not for a slot: a realtime chunk is taken the
+        moment it arrives, the running batch yields to it between chunks
+        (:class:`~streamproc.consumer.pipeline.Pipeline`), and the pool starts it as soon as the
+        slot is free, without waiting for the loop. The loop still wakes in time to queue the
+        next lower-lane turn. A lane working ahead (realtime idle) is the exception: there
         the loop waits for the running batch to end, so the slot never idles between turns, and
         the first realtime chunk after the idle spell waits for the running and the queued turn.
         """
@@ -604,9 +608,17 @@ class PriorityConsumer:
         busy = self._pool.free_slots() <= 0
         if busy:
             running = self._pool.most_urgent_running()
-            if room <= 0 or running is None or running == 0 or self._planner.stretched(running):
-                # Realtime fills the slots, or is idle and a lower lane works ahead: the loop
-                # is needed when a batch ends (to queue the next turn at once), not before.
+            turn_queued = any(self._pool.ready(rank) for rank in range(1, len(sizes)))
+            if (
+                room <= 0
+                or running is None
+                or (not turn_queued and (running == 0 or self._pool.ready(0)))
+                or self._planner.stretched(running)
+            ):
+                # Realtime has the slots or waits for one (a running lower-lane batch yields
+                # to it) with no lower-lane turn queued behind, or realtime is idle and a
+                # lower lane works ahead: the loop is needed when a batch ends (to queue the
+                # next turn at once), not before.
                 self._pool.wait_for_slot(poll_timeout)
                 return
         for rank in range(1, len(sizes)):

@@ -1,7 +1,7 @@
 """How much a lower lane may take in one turn: a time budget over measured handling time.
 
-Pure, no Kafka, no threads. Realtime is always taken first and in whole batches. A lower lane
-gets a turn only when a worker slot is free and no more urgent chunk waits, and a turn is sized so
+Pure, no Kafka, no threads. Realtime is always taken first and in whole batches. A lower lane's
+turn starts only when a worker slot is free and no more urgent chunk waits, and a turn is sized so
 it ends within ``budget_s``: a realtime chunk arriving meanwhile waits for at most that long.
 
 A batch costs a fixed part (a sink's transaction and commit, an fsync) plus a part per chunk

@@ -609,6 +609,45 @@ def test_with_realtime_idle_bulk_works_one_turn_ahead_and_realtime_still_goes_fi
     assert handler.batches.index(("realtime", 1)) <= live_sent_after + 2, handler.batches
 
 
+def test_while_realtime_streams_the_next_bulk_turn_waits_queued_behind_it() -> None:
+    """With a bulk backlog, a bulk turn is queued while realtime runs: when the realtime batch
+    ends, the slot starts it at once instead of idling until the loop wakes, takes a turn and
+    hands it over (at concurrency 1 under a CPU-bound handler that idle gap cost a tenth of the
+    capacity realtime leaves)."""
+    fake = broker(bulk=400)
+    consumer: PriorityConsumer | None = None
+    queued_at_realtime_end: list[int] = []
+
+    class QueueRecorder(Recorder):
+        def handle_batch(self, records: Sequence[ChunkRecord]) -> None:
+            super().handle_batch(records)
+            if records[0].context.lane == "realtime" and consumer is not None:
+                queued_at_realtime_end.append(consumer._pool.ready(1))
+
+    handler = QueueRecorder(cost_s=lambda lane: 0.003 if lane == "realtime" else 0.001)
+
+    def realtime_keeps_coming(lane: str, size: int) -> None:
+        if lane == "bulk":
+            fake.produce(REALTIME, 0, CODEC.encode(Chunk(tracking_id="live")), key=b"live")
+
+    handler.on_batch = realtime_keeps_coming
+    consumer, _ = consumer_on(fake, handler, bulk_turn_ms=5)
+    consumer.subscribe()
+    run_until(consumer, lambda: handler.handled["bulk"] == 400, timeout_s=20)
+    consumer.close()
+    realtime_ends = queued_at_realtime_end[2:-2]  # not the first (before any measurement)
+    assert len(realtime_ends) >= 20, handler.batches
+    assert sum(1 for queued in realtime_ends if queued) >= 0.8 * len(realtime_ends), realtime_ends
+    # Realtime still goes first: the chunk produced as a bulk batch starts runs next, ahead of
+    # the bulk turn queued meanwhile.
+    after_bulk = [
+        handler.batches[i + 1][0]
+        for i, (lane, _) in enumerate(handler.batches[:-1])
+        if lane == "bulk"
+    ]
+    assert after_bulk.count("realtime") >= 0.9 * len(after_bulk), handler.batches
+
+
 def test_working_ahead_the_loop_wakes_once_per_turn() -> None:
     """A turn queued behind the running batch leaves the loop nothing to do until that batch
     ends: it waits for it (each wake costs GIL time the handlers want) instead of ticking again
