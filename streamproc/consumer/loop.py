@@ -541,11 +541,7 @@ class PriorityConsumer:
 
     def _turn_blocked(self, rank: int) -> bool:
         """Every slot is busy, or a chunk of a more urgent lane waits for one."""
-        return self._pool.free_slots() <= 0 or self._urgent_waiting(rank)
-
-    def _urgent_waiting(self, rank: int) -> bool:
-        """A chunk of a more urgent lane than ``rank`` waits for a slot."""
-        return any(self._pool.ready(r) for r in range(rank))
+        return self._pool.free_slots() <= 0 or any(self._pool.ready(r) for r in range(rank))
 
     def _enqueue(self, lane_consumer: LaneConsumer, messages: list[Message]) -> bool:
         if not messages:
