@@ -63,6 +63,17 @@ class Recorder:
         self.handled[lane] += len(records)
 
 
+def produce_live_on_bulk_batches(fake: FakeBroker, handler: Recorder, every: int = 1) -> None:
+    """As a bulk batch starts (one in ``every``, counted by the batches handled), one realtime
+    chunk arrives."""
+
+    def produce_live(lane: str, size: int) -> None:
+        if lane == "bulk" and len(handler.batches) % every == 0:
+            fake.produce(REALTIME, 0, CODEC.encode(Chunk(tracking_id="live")), key=b"live")
+
+    handler.on_batch = produce_live
+
+
 def consumer_on(
     fake: FakeBroker, handler: Any, **overrides: Any
 ) -> tuple[PriorityConsumer, FakeClients]:
@@ -122,13 +133,8 @@ def test_realtime_is_handled_before_a_bulk_backlog_taken_at_the_same_time() -> N
 def test_bulk_turns_are_sized_by_the_time_budget() -> None:
     fake = broker(bulk=300)
     handler = Recorder(cost_s=lambda lane: 0.002)  # 2 ms a chunk, budget 10 ms: 5 a turn
-
-    def keep_realtime_active(lane: str, size: int) -> None:
-        # Realtime that took nothing for a while lets bulk plan longer turns: not here.
-        if lane == "bulk" and len(handler.batches) % 10 == 0:
-            fake.produce(REALTIME, 0, CODEC.encode(Chunk(tracking_id="live")), key=b"live")
-
-    handler.on_batch = keep_realtime_active
+    # Realtime that took nothing for a while lets bulk plan longer turns: not here.
+    produce_live_on_bulk_batches(fake, handler, every=10)
     consumer, _ = consumer_on(fake, handler, bulk_turn_ms=10)
     consumer.subscribe()
     run_until(consumer, lambda: handler.handled["bulk"] == 300, timeout_s=20)
@@ -629,12 +635,7 @@ def test_while_realtime_streams_the_next_bulk_turn_waits_queued_behind_it() -> N
                 queued_at_realtime_end.append(consumer._pool.ready(1))
 
     handler = QueueRecorder(cost_s=lambda lane: 0.003 if lane == "realtime" else 0.001)
-
-    def realtime_keeps_coming(lane: str, size: int) -> None:
-        if lane == "bulk":
-            fake.produce(REALTIME, 0, CODEC.encode(Chunk(tracking_id="live")), key=b"live")
-
-    handler.on_batch = realtime_keeps_coming
+    produce_live_on_bulk_batches(fake, handler)
     consumer, _ = consumer_on(fake, handler, bulk_turn_ms=5)
     consumer.subscribe()
     run_until(consumer, lambda: handler.handled["bulk"] == 400, timeout_s=20)
