@@ -16,7 +16,9 @@ Pure policy: no threads, no Kafka. The consumer adds every message it takes as a
    leave ``reserved`` workers free for it, so an urgent message never waits behind a full house of
    slow bulk work; a lane whose handlers are CPU-bound (:meth:`Dispatcher.solo_lanes`) starts a
    batch then only when no other batch runs, overdue or not (only a starvation slice lets it run
-   beside).
+   beside). A lane whose handlers compute nearly all the time (:meth:`Dispatcher.serial_lanes`)
+   starts a batch only when no other batch runs, whatever lane and however idle the others: its
+   threads would only hand the GIL to each other.
 4. Ordering (``key`` by default): items with the same order key never run at the same time and
    start in the order taken. ``key`` orders by message key within a partition (where Kafka itself
    orders them; a message without a key has no order constraint), ``partition`` runs one item per
@@ -155,6 +157,7 @@ class Dispatcher(Generic[T]):
         self._held_lanes: frozenset[int] = frozenset()
         self._favoured_lanes: frozenset[int] = frozenset()
         self._solo_lanes: frozenset[int] = frozenset()
+        self._serial_lanes: frozenset[int] = frozenset()
         self._last_batch_rank = 0
 
     # -- figures ---------------------------------------------------------------------------------
@@ -176,7 +179,12 @@ class Dispatcher(Generic[T]):
 
     @property
     def free_slots(self) -> int:
-        return self.concurrency - len(self._batch_left)
+        """Slots a batch could start in now: none while a batch runs and every lane is serial
+        (the pool then runs as one slot)."""
+        busy = len(self._batch_left)
+        if busy and len(self._serial_lanes) == self.lanes:
+            return 0
+        return self.concurrency - busy
 
     def ready(self, rank: int) -> int:
         """Items of a lane allowed to start now (waiting for a slot only)."""
@@ -216,6 +224,12 @@ class Dispatcher(Generic[T]):
         batches starts only when no other batch runs. Threads share the GIL, so a CPU-bound
         batch beside an urgent one only slows the urgent one down."""
         self._solo_lanes = frozenset(ranks)
+
+    def serial_lanes(self, ranks: Iterable[int]) -> None:
+        """Lanes whose handlers compute nearly all the time: one of their batches starts only when
+        no other batch runs, whatever lane, at any time. Under the GIL their batches side by side
+        run no faster than one after the other and each waits for the others' hand-overs."""
+        self._serial_lanes = frozenset(ranks)
 
     def favour_lanes(self, ranks: Iterable[int]) -> None:
         """Lanes in a starvation slice: every other batch is theirs while they have work."""
@@ -290,6 +304,10 @@ class Dispatcher(Generic[T]):
             ready = self._ready[rank]
             if not ready or rank in self._held_lanes:
                 continue
+            if busy and rank in self._serial_lanes:
+                if rank in first:
+                    continue  # the lanes in their usual order may still start
+                return []  # it waits for the running batch, and nothing less urgent passes it
             if rank > 0 and rank not in favoured:
                 if rank not in first and busy >= self.concurrency - self._reserve_for(rank, now):
                     return []

@@ -303,6 +303,17 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
             " keeps its own); 0 leaves the interpreter's setting."
         ),
     )
+    serial_cpu_share: float = Field(
+        0.8,
+        ge=0,
+        description=(
+            "With concurrency above 1: once the handler's batches (every lane's) spend more than"
+            " this share of their time on the CPU, they run one at a time, each as large as with"
+            " one slot, until the share measured alone falls 0.3 below it. Python threads share"
+            " one GIL: such a handler gains nothing from threads, only the GIL's hand-overs"
+            " between them (see docs/concurrency.md). Above 1: never."
+        ),
+    )
     prefetch_kbytes: int = Field(
         256,
         gt=0,

@@ -124,6 +124,11 @@ class WorkerPool(Generic[T, R]):
         with self._lock:
             self._dispatcher.solo_lanes(ranks)
 
+    def serial_lanes(self, ranks: Iterable[int]) -> None:
+        with self._lock:
+            self._dispatcher.serial_lanes(ranks)
+            self._launch()
+
     def favour_lanes(self, ranks: Iterable[int]) -> None:
         with self._lock:
             self._dispatcher.favour_lanes(ranks)

@@ -195,6 +195,8 @@ class PriorityConsumer:
         self._closing_clients = False
         self._shutdown_complete = False
         self._last_tick = time.monotonic()
+        # The loop thread's CPU time at its last tick's end (read by the handlers' threads).
+        self._loop_cpu_s = 0.0
         self._last_flow_tick = 0.0
         self._last_finish = time.monotonic()
         self._broker_down_since: float | None = None
@@ -206,6 +208,8 @@ class PriorityConsumer:
         self._slice_ranks: frozenset[int] = frozenset()
         # Lower lanes whose handlers are CPU-bound: run alone while a more urgent lane is active.
         self._solo_ranks: frozenset[int] = frozenset()
+        # Lanes whose handlers compute nearly all the time: one batch at a time, any lane.
+        self._serial_ranks: frozenset[int] = frozenset()
         # Inside a revoke's wait, which polls the other lane consumers (not recursively).
         self._settling = False
         self._offsets: OffsetTracker[PartitionKey] = OffsetTracker()
@@ -264,6 +268,7 @@ class PriorityConsumer:
             budget_s=settings.bulk_turn_ms / 1000,
             most=settings.max_batch_messages,
             slots=settings.concurrency,
+            serial_share=settings.serial_cpu_share,
         )
         # A running lower lane gets a turn at least this often, however busy realtime keeps the
         # slots: resumed means running, not starving behind back-to-back realtime batches.
@@ -289,6 +294,7 @@ class PriorityConsumer:
             held=lambda rank: rank in dispatcher.held_lanes,
             busy=lambda: dispatcher.busy_slots,
             urgent=dispatcher.waiting_ahead_of,
+            loop_cpu=lambda: self._loop_cpu_s,
         )
         self._pool: WorkerPool[Message, Outcome] = WorkerPool(
             dispatcher,
@@ -441,6 +447,7 @@ class PriorityConsumer:
         self.metrics.last_poll.set_to_current_time()
         if not took:
             self._wait()
+        self._loop_cpu_s = time.thread_time()
 
     def close(self, *, commit: bool = True) -> None:
         """Finish taken chunks, flush dead letters, commit synchronously, leave the group.
@@ -900,6 +907,10 @@ class PriorityConsumer:
         if solo != self._solo_ranks:
             self._solo_ranks = solo
             self._pool.solo_lanes(solo)
+        serial = frozenset(range(len(self.lanes.all))) if self._planner.serial() else frozenset()
+        if serial != self._serial_ranks:
+            self._serial_ranks = serial
+            self._pool.serial_lanes(serial)
         if decision.paused != self._paused_lanes:
             # Hold first (nothing of the lane starts from here on), then say so.
             self._pool.hold_lanes(lane.rank for lane in self.lanes if lane.name in decision.paused)

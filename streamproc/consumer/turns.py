@@ -19,7 +19,12 @@ one and only slows it down (the loop then runs it alone, :meth:`TurnPlanner.cpu_
 ``k - 1`` other batches a CPU-bound batch gets about ``1/k`` of the GIL, so its own share of the
 CPU is scaled by the batches it ran beside: eight CPU-bound batches at once are each on the CPU an
 eighth of the time, and still CPU-bound. A CPU-bound lane runs one batch at a time while a more
-urgent lane is active, so its turn is one slot's budget, not a budget for every slot.
+urgent lane is active, so its turn is one slot's budget, not a budget for every slot. A handler
+on the CPU nearly all the time, over the batches of every lane (:meth:`TurnPlanner.serial`),
+gains nothing from threads at all: every batch then runs alone, sized as with one slot (a whole
+turn, or whatever the top lane has), so several slots cost it no more than one. The share is
+measured under the GIL, so it wavers: a handler becomes serial above ``serial_share`` and stops
+being so only ``SERIAL_HYSTERESIS`` below it.
 """
 
 from __future__ import annotations
@@ -30,6 +35,14 @@ import math
 _MIN_SIZE_VARIANCE = 0.25
 # A lane whose batches spend more than this share of their time on the CPU counts as CPU-bound.
 CPU_BOUND_SHARE = 0.5
+# A serial handler runs with threads again once its share, measured alone, is this much below
+# the share that made it serial. Alone on a loaded machine a handler computing all the time
+# measures 0.7 to 0.9 (its thread is preempted); side by side the share is scaled by the batches
+# beside, which overstates it for a handler that also waits (the GIL is saturated either way).
+SERIAL_HYSTERESIS = 0.3
+# Weight of a batch in that decision's moving sums (about the last 40 batches): a thread the
+# shared machine preempts for a moment looks idle for a batch, and must not turn the pool over.
+POOL_WEIGHT = 0.05
 
 
 class BatchCost:
@@ -78,6 +91,8 @@ class TurnPlanner:
         slots: Worker slots (``concurrency``).
         first_guess_s: Per-chunk handling time assumed before anything was measured.
         weight: Weight of a new measurement in the moving fit (0 < weight <= 1).
+        serial_share: With several slots, batches run one at a time once the handler's share of
+            time on the CPU is above this (above 1: never).
     """
 
     def __init__(
@@ -89,6 +104,7 @@ class TurnPlanner:
         slots: int = 1,
         first_guess_s: float = 0.001,
         weight: float = 0.2,
+        serial_share: float = 0.8,
     ) -> None:
         if budget_s <= 0 or most < 1 or not 0 < weight <= 1:
             raise ValueError("budget_s > 0, most >= 1 and 0 < weight <= 1 are required")
@@ -99,6 +115,12 @@ class TurnPlanner:
         self._weight = weight
         # Moving share of handling time spent on the CPU (0 until measured: I/O-bound).
         self._cpu_share = [0.0] * lanes
+        # The same over the batches of every lane, weighted by their time and moving slowly
+        # (a decision for the whole pool), and whether batches run one at a time.
+        self._pool_cpu_s = 0.0
+        self._pool_s = 0.0
+        self._serial = False
+        self._serial_share = serial_share
         self._stretch = [1.0] * lanes
 
     def record(
@@ -109,15 +131,26 @@ class TurnPlanner:
         cpu_seconds: float | None = None,
         *,
         beside: float = 1.0,
+        handling_seconds: float | None = None,
     ) -> None:
         """A batch of ``chunks`` of lane ``rank`` took ``seconds`` to handle, ``cpu_seconds`` of
         them on the CPU of the handling thread (None when not measured), running among
-        ``beside`` batches on average (itself included)."""
+        ``beside`` batches on average (itself included). ``handling_seconds``: ``seconds``
+        without the time the GIL was held by threads other than the handlers' (the CPU
+        share is measured against it)."""
         if chunks >= 1 and seconds >= 0:
             self._costs[rank].record(chunks, seconds)
-            if cpu_seconds is not None and seconds > 0:
-                share = min(1.0, max(0.0, cpu_seconds * max(1.0, beside) / seconds))
+            wall = seconds if handling_seconds is None else handling_seconds
+            if cpu_seconds is not None and wall > 0:
+                share = min(1.0, max(0.0, cpu_seconds * max(1.0, beside) / wall))
                 self._cpu_share[rank] += self._weight * (share - self._cpu_share[rank])
+                self._pool_cpu_s += POOL_WEIGHT * (share * wall - self._pool_cpu_s)
+                self._pool_s += POOL_WEIGHT * (wall - self._pool_s)
+                pool_share = self._pool_cpu_s / self._pool_s
+                if pool_share > self._serial_share:
+                    self._serial = True
+                elif pool_share < self._serial_share - SERIAL_HYSTERESIS:
+                    self._serial = False
 
     def stretch(self, rank: int, factor: float) -> None:
         """Plan lane ``rank``'s turns for ``factor`` times the budget (1: the budget itself)."""
@@ -142,6 +175,11 @@ class TurnPlanner:
         handling thread): running them beside each other gains nothing under the GIL."""
         return self._cpu_share[rank] > CPU_BOUND_SHARE
 
+    def serial(self) -> bool:
+        """The handler is on the CPU nearly all the time (see the module docstring): with several
+        slots, batches still run one at a time, sized as with one."""
+        return self.slots > 1 and self._serial
+
     def cost(self, rank: int) -> tuple[float, float]:
         """The fitted ``(fixed_s, per_chunk_s)`` of a batch of lane ``rank``."""
         return self._costs[rank].fit()
@@ -153,7 +191,7 @@ class TurnPlanner:
         if rank == 0:
             return self.most
         fixed, per_chunk = self.cost(rank)
-        slots = 1 if self.cpu_bound(rank) else self.slots
+        slots = 1 if self.cpu_bound(rank) or self.serial() else self.slots
         if slots > 1:
             fixed = 0.0  # one chunk a batch: the fixed part is part of every chunk's cost
             per_chunk = sum(self.cost(rank))
@@ -168,6 +206,6 @@ class TurnPlanner:
         return max(1, min(self.most, math.floor(chunks * slots + 1e-6)))
 
     def batch_limit(self, rank: int) -> int:
-        """Most chunks of lane ``rank`` one slot runs at once: a whole turn with one slot, one
-        chunk with several (they run side by side)."""
-        return self.turn_size(rank) if self.slots == 1 else 1
+        """Most chunks of lane ``rank`` one slot runs at once: a whole turn with one slot or
+        a serial handler, one chunk otherwise (they run side by side)."""
+        return self.turn_size(rank) if self.slots == 1 or self.serial() else 1

@@ -562,6 +562,52 @@ def test_async_and_threaded_handlers_take_the_same_path(concurrency: int) -> Non
     assert fake.committed[(BULK, 0)] == fake.committed[(BULK, 1)] == 25
 
 
+class Computing:
+    """A batch handler that computes 1 ms per chunk and notes, per batch, its size and whether
+    another batch ran beside it."""
+
+    def __init__(self) -> None:
+        self.batches: list[tuple[int, bool]] = []
+        self._lock = threading.Lock()
+        self._running = 0
+        self._overlapped = False
+
+    def handle_batch(self, records: Sequence[ChunkRecord]) -> None:
+        with self._lock:
+            self._running += 1
+            beside = self._running > 1
+            self._overlapped = self._overlapped or beside
+        end = time.thread_time() + 0.001 * len(records)
+        while time.thread_time() < end:
+            pass
+        with self._lock:
+            self._running -= 1
+            self.batches.append((len(records), beside))
+
+
+@pytest.mark.parametrize("serial_cpu_share", [0.8, 2.0])
+def test_a_handler_that_only_computes_runs_one_batch_at_a_time_in_whole_turns(
+    serial_cpu_share: float,
+) -> None:
+    fake = broker(bulk=1500, partitions=4)
+    handler = Computing()
+    consumer, _ = consumer_on(
+        fake, handler, concurrency=8, ordering="unordered", serial_cpu_share=serial_cpu_share
+    )
+    consumer.subscribe()
+    run_until(consumer, lambda: sum(size for size, _ in handler.batches) >= 1500, timeout_s=30)
+    consumer.close()
+    settled = handler.batches[60:]  # once about 40 batches were measured
+    beside = sum(1 for _, was_beside in settled if was_beside) / len(settled)
+    mean_size = sum(size for size, _ in settled) / len(settled)
+    if serial_cpu_share <= 1:
+        assert beside < 0.1, settled[:40]
+        assert mean_size > 2, settled[:40]  # a turn, not a chunk per batch
+    else:  # eight threads, a chunk each, side by side
+        assert beside > 0.5, settled[:40]
+        assert mean_size == 1
+
+
 def test_a_running_bulk_lane_gets_turns_while_realtime_keeps_the_slot_busy() -> None:
     fake = broker(realtime=600, bulk=100, partitions=1)
     handler = Recorder()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 import pytest
@@ -147,10 +148,57 @@ def test_a_cpu_bound_lane_plans_one_slot_budget_not_one_per_slot() -> None:
     planner = TurnPlanner(2, budget_s=0.01, most=500, slots=4, first_guess_s=0.001)
     assert planner.turn_size(1) == 40
     for _ in range(20):
-        planner.record(1, 1, 0.001, 0.001)
-    assert planner.cpu_bound(1)
+        planner.record(1, 1, 0.001, 0.0007)  # computing 70% of its time: not serial
+    assert planner.cpu_bound(1) and not planner.serial()
     assert planner.turn_size(1) == 10  # it runs alone beside realtime: one budget in all
     assert planner.batch_limit(1) == 1
+
+
+def test_a_handler_computing_nearly_all_the_time_runs_serial_in_whole_turns() -> None:
+    planner = TurnPlanner(2, budget_s=0.01, most=500, slots=8, first_guess_s=0.001)
+    assert not planner.serial() and planner.batch_limit(0) == planner.batch_limit(1) == 1
+    for _ in range(20):  # eight at once, each on the CPU an eighth of the time
+        planner.record(0, 1, 0.008, 0.001, beside=8)
+    assert planner.serial()
+    # Every lane is batched as with one slot: realtime whole, a lower lane one budget.
+    assert planner.batch_limit(0) == 500
+    assert planner.batch_limit(1) == planner.turn_size(1) == 10
+
+
+def test_a_serial_handler_stays_serial_through_preempted_batches_and_leaves_when_it_waits() -> None:
+    planner = TurnPlanner(2, budget_s=0.01, most=500, slots=8, first_guess_s=0.001)
+    for _ in range(40):
+        planner.record(1, 10, 0.010, 0.010)
+    assert planner.serial()
+    for _ in range(10):  # the machine preempts its thread for a while: it looks 60% busy
+        planner.record(1, 10, 0.010, 0.006)
+    assert planner.serial()
+    for _ in range(60):  # it now waits on I/O most of the time, measured alone
+        planner.record(1, 10, 0.010, 0.002)
+    assert not planner.serial()
+    assert planner.batch_limit(1) == 1
+
+
+def test_a_serial_share_above_one_never_runs_serial_nor_does_one_slot() -> None:
+    never = TurnPlanner(2, budget_s=0.01, most=500, slots=8, serial_share=1.5)
+    single = TurnPlanner(2, budget_s=0.01, most=500, slots=1)
+    for _ in range(40):
+        never.record(1, 1, 0.001, 0.001, beside=8)
+        single.record(1, 1, 0.001, 0.001)
+    assert not never.serial() and never.batch_limit(1) == 1
+    assert not single.serial()
+
+
+def test_the_cpu_share_leaves_out_the_time_other_threads_held_the_gil() -> None:
+    # 10 ms on the CPU over 13 ms: 77%, but 2.5 ms of it the loop held the GIL. Counted
+    # against the whole 13 ms it would never be serial; without the loop's time it is (95%).
+    plain = TurnPlanner(2, budget_s=0.01, most=500, slots=8)
+    fair = TurnPlanner(2, budget_s=0.01, most=500, slots=8)
+    for _ in range(40):
+        plain.record(1, 10, 0.013, 0.010)
+        fair.record(1, 10, 0.013, 0.010, handling_seconds=0.0105)
+    assert not plain.serial()
+    assert fair.serial()
 
 
 def test_empty_measurements_are_ignored() -> None:
@@ -220,6 +268,47 @@ def _pipeline(
         held=held,
         urgent=urgent,
     )
+
+
+def test_the_pipeline_measures_a_batch_without_the_time_the_loop_held_the_gil() -> None:
+    codec = ChunkCodec()
+    loop_cpu = [0.0]
+
+    def handler(record: ChunkRecord) -> None:
+        time.sleep(0.02)
+        loop_cpu[0] += 0.01  # meanwhile the loop thread computed for 10 ms (as it would say)
+
+    recorded: list[tuple[float, float | None]] = []
+
+    class Recording(TurnPlanner):
+        def record(
+            self,
+            rank: int,
+            chunks: int,
+            seconds: float,
+            cpu_seconds: float | None = None,
+            *,
+            beside: float = 1.0,
+            handling_seconds: float | None = None,
+        ) -> None:
+            recorded.append((seconds, handling_seconds))
+
+    settings = ConsumerSettings(bootstrap_servers="fake:9092")
+    pipeline = Pipeline(
+        settings,
+        settings.topology.all,
+        codec,
+        handler,
+        FakeDeadLetters(),
+        ConsumerMetrics(["realtime", "bulk"]),
+        Recording(2, budget_s=0.005, most=100),
+        threading.Event(),
+        loop_cpu=lambda: loop_cpu[0],
+    )
+    pipeline.run(_bulk_batch(codec, 2, yields=False))
+    [(seconds, handling)] = recorded
+    assert seconds >= 0.04
+    assert handling == pytest.approx(seconds - 0.02, abs=1e-9)
 
 
 @pytest.mark.parametrize("reason", ["urgent", "held"])

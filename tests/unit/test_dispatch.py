@@ -329,3 +329,37 @@ def test_an_overdue_solo_lane_starts_ahead_of_realtime_once_nothing_runs() -> No
     dispatcher.add(WorkItem(REALTIME, "chunks.realtime", 0, 0, None, "r0", taken_at=10.1))
     assert [i.payload for i in dispatcher.take_batch(10.3, lambda rank: 1)] == ["b0"]
     assert [i.payload for i in dispatcher.take_batch(10.3, lambda rank: 1)] == ["r0"]
+
+
+def test_a_serial_pool_starts_one_batch_at_a_time_whatever_its_lane() -> None:
+    dispatcher: Dispatcher[str] = Dispatcher(2, concurrency=8, ordering="unordered")
+    dispatcher.serial_lanes([REALTIME, BULK])
+    for offset in range(3):
+        dispatcher.add(item(BULK, 0, offset))
+    assert dispatcher.free_slots == 8
+    bulk = dispatcher.take_batch(0.0, lambda rank: 2)
+    assert [i.payload for i in bulk] == ["1/0@0", "1/0@1"]
+    assert dispatcher.free_slots == 0  # it runs as one slot
+    dispatcher.add(item(REALTIME, 0, 0))
+    dispatcher.add(item(REALTIME, 1, 0))
+    # Realtime waits for the running batch (which yields to it), and bulk waits behind realtime.
+    assert dispatcher.take_batch(0.0, lambda rank: 2) == []
+    dispatcher.done_many(bulk)
+    assert dispatcher.free_slots == 8
+    realtime = dispatcher.take_batch(0.0, lambda rank: 100)
+    assert [i.payload for i in realtime] == ["0/0@0", "0/1@0"]
+    assert dispatcher.take_batch(0.0, lambda rank: 2) == []
+    dispatcher.done_many(realtime)
+    assert [i.payload for i in dispatcher.take_batch(0.0, lambda rank: 2)] == ["1/0@2"]
+
+
+def test_a_serial_lane_beside_a_parallel_one_leaves_the_parallel_one_its_slots() -> None:
+    dispatcher: Dispatcher[str] = Dispatcher(2, concurrency=4, ordering="unordered")
+    dispatcher.serial_lanes([BULK])
+    dispatcher.add(item(BULK, 0, 0))
+    dispatcher.add(item(BULK, 0, 1))
+    assert [i.payload for i in dispatcher.take_batch(5.0, lambda rank: 1)] == ["1/0@0"]
+    assert dispatcher.free_slots == 3  # realtime may still start beside it
+    assert dispatcher.take_batch(5.0, lambda rank: 1) == []  # the next bulk batch may not
+    dispatcher.add(item(REALTIME, 0, 0))
+    assert [i.payload for i in dispatcher.take_batch(5.0, lambda rank: 1)] == ["0/0@0"]
