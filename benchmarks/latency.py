@@ -730,9 +730,12 @@ CPU_HANDLER_NOTE = (
     " That time is taken from the handlers: in a probe of the concurrency 1 run (realtime at"
     " half capacity) the loop used 8-9% of a core, and a 500 us handler chunk took 545-590 us"
     " on average with a p99 of 1.5-2.5 ms, the handler waiting for the GIL back. A realtime"
-    " chunk arriving during a bulk chunk waits for that hand-over on top of the chunk. With"
-    " I/O-bound handlers (concurrency 32) the GIL is free while they wait, and both share and"
-    " p99 targets are met."
+    " chunk arriving during a bulk chunk waits for that hand-over on top of the chunk. At"
+    " concurrency 8 the pool runs this handler one batch at a time (serial_cpu_share): eight"
+    " threads computing side by side cost a quarter of the capacity, and in the same rounds"
+    " bulk got 133-265 chunks/s against 550-690 (docs/concurrency.md); the GIL's limits at"
+    " concurrency 1 then apply. With I/O-bound handlers (concurrency 32) the GIL is free while"
+    " they wait, and both share and p99 targets are met."
 )
 
 

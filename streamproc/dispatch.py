@@ -18,7 +18,8 @@ Pure policy: no threads, no Kafka. The consumer adds every message it takes as a
    batch then only when no other batch runs, overdue or not (only a starvation slice lets it run
    beside). A lane whose handlers compute nearly all the time (:meth:`Dispatcher.serial_lanes`)
    starts a batch only when no other batch runs, whatever lane and however idle the others: its
-   threads would only hand the GIL to each other.
+   threads would only hand the GIL to each other. A batch running longer than ``serial_stall_s``
+   no longer counts: it waits on something (a hung call), and the others start beside it.
 4. Ordering (``key`` by default): items with the same order key never run at the same time and
    start in the order taken. ``key`` orders by message key within a partition (where Kafka itself
    orders them; a message without a key has no order constraint), ``partition`` runs one item per
@@ -43,6 +44,9 @@ from typing import Any, Generic, Literal, TypeVar
 from streamproc.messages import PartitionKey
 
 Ordering = Literal["key", "partition", "unordered"]
+# A batch of a serial lane running longer than this waits on something, not computing (or is
+# far longer than a turn): batches start beside it again (see ``Dispatcher.serial_lanes``).
+SERIAL_STALL_S = 0.25
 ORDERINGS: tuple[Ordering, ...] = ("key", "partition", "unordered")
 
 T = TypeVar("T")
@@ -115,6 +119,8 @@ class Dispatcher(Generic[T]):
         overdue_s: A lower lane whose oldest ready item has waited longer than this starts the
             next batch, whatever waits above it (None: never): lanes the flow policy lets run
             are never starved by a more urgent lane that keeps every slot busy.
+        serial_stall_s: A batch running longer than this does not keep a serial lane's batch
+            from starting beside it.
     """
 
     def __init__(
@@ -126,6 +132,7 @@ class Dispatcher(Generic[T]):
         reserved: int | None = None,
         reserve_window_s: float = 1.0,
         overdue_s: float | None = None,
+        serial_stall_s: float = SERIAL_STALL_S,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -138,6 +145,7 @@ class Dispatcher(Generic[T]):
         self.reserved = max(0, min(wanted, concurrency - 1))
         self.reserve_window_s = reserve_window_s
         self.overdue_s = overdue_s
+        self.serial_stall_s = serial_stall_s
         # Per lane, the items allowed to start, in the order they were taken (by sequence): a
         # deque, as nearly every item arrives after all the others (taken, or given back ahead
         # of them); a key's later item released when its earlier one ends is put in its place.
@@ -151,6 +159,7 @@ class Dispatcher(Generic[T]):
         # How many items of each running batch (by ``WorkItem.batch``) still run: a worker slot
         # is busy until the last item of its batch is done.
         self._batch_left: dict[int, int] = {}
+        self._batch_started: dict[int, float] = {}  # when each running batch started
         self._batch_ids = itertools.count()
         self._size_per_lane = [0] * lanes
         self._last_taken_at: list[float | None] = [None] * lanes
@@ -177,14 +186,21 @@ class Dispatcher(Generic[T]):
         """The lowest lane rank among the running items (None when nothing runs)."""
         return min((item.lane_rank for item in self._running), default=None)
 
-    @property
-    def free_slots(self) -> int:
-        """Slots a batch could start in now: none while a batch runs and every lane is serial
-        (the pool then runs as one slot)."""
+    def free_slots(self, now: float | None = None) -> int:
+        """Slots a batch could start in at ``now`` (unknown: any running batch is recent):
+        none while every lane is serial and a batch runs that started less than
+        ``serial_stall_s`` ago (the pool then runs as one slot)."""
         busy = len(self._batch_left)
-        if busy and len(self._serial_lanes) == self.lanes:
+        if busy and len(self._serial_lanes) == self.lanes and self._serial_blocked(now):
             return 0
         return self.concurrency - busy
+
+    def _serial_blocked(self, now: float | None) -> bool:
+        """A running batch started less than ``serial_stall_s`` before ``now``."""
+        if now is None:
+            return bool(self._batch_started)
+        stall = self.serial_stall_s
+        return any(now - started < stall for started in self._batch_started.values())
 
     def ready(self, rank: int) -> int:
         """Items of a lane allowed to start now (waiting for a slot only)."""
@@ -304,7 +320,7 @@ class Dispatcher(Generic[T]):
             ready = self._ready[rank]
             if not ready or rank in self._held_lanes:
                 continue
-            if busy and rank in self._serial_lanes:
+            if busy and rank in self._serial_lanes and self._serial_blocked(now):
                 if rank in first:
                     continue  # the lanes in their usual order may still start
                 return []  # it waits for the running batch, and nothing less urgent passes it
@@ -326,6 +342,7 @@ class Dispatcher(Generic[T]):
                 item.yields = yields
             self._running.update(batch)
             self._batch_left[batch_id] = len(batch)
+            self._batch_started[batch_id] = now
             self._last_batch_rank = rank
             return batch
         return []
@@ -380,6 +397,7 @@ class Dispatcher(Generic[T]):
                 batch_left[batch_id] = left
             else:
                 del batch_left[batch_id]
+                del self._batch_started[batch_id]
             sizes[item.lane_rank] -= 1
             order_key = item.order_key
             if order_key is not None and (waiting := held.get(order_key)) is not None:
@@ -408,6 +426,7 @@ class Dispatcher(Generic[T]):
             self._batch_left[batch_id] = left
         else:
             del self._batch_left[batch_id]
+            del self._batch_started[batch_id]
         return True
 
     def drop_partitions(self, partitions: Iterable[PartitionKey]) -> list[WorkItem[T]]:

@@ -108,7 +108,7 @@ class WorkerPool(Generic[T, R]):
 
     def free_slots(self) -> int:
         with self._lock:
-            return 0 if self._halted else self._dispatcher.free_slots
+            return 0 if self._halted else self._dispatcher.free_slots(time.monotonic())
 
     def most_urgent_running(self) -> int | None:
         """The most urgent lane with a chunk running now (None when nothing runs or halted)."""
@@ -129,6 +129,12 @@ class WorkerPool(Generic[T, R]):
             self._dispatcher.serial_lanes(ranks)
             self._launch()
 
+    def launch(self) -> None:
+        """Start what the dispatcher allows now (a serial lane's running batch may have
+        stalled since the last start or finish)."""
+        with self._lock:
+            self._launch()
+
     def favour_lanes(self, ranks: Iterable[int]) -> None:
         with self._lock:
             self._dispatcher.favour_lanes(ranks)
@@ -138,7 +144,8 @@ class WorkerPool(Generic[T, R]):
         """Sleep (without the GIL) until a worker slot is free or a result waits; True if so."""
         with self._lock:
             return self._wait_for(
-                lambda: bool(self._results) or self._dispatcher.free_slots > 0, timeout_s
+                lambda: bool(self._results) or self._dispatcher.free_slots(time.monotonic()) > 0,
+                timeout_s,
             )
 
     def release_partitions(

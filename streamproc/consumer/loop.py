@@ -440,6 +440,8 @@ class PriorityConsumer:
         if now - self._last_flow_tick >= FLOW_TICK_S:
             self._apply_flow(now)
         self._keep_alive(now)
+        if self._serial_ranks:
+            self._pool.launch()  # a batch that stalled the serial pool lets the others start
         if self._stuck:
             self._restart_stuck()
         self._probe_broker()

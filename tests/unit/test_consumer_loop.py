@@ -608,6 +608,32 @@ def test_a_handler_that_only_computes_runs_one_batch_at_a_time_in_whole_turns(
         assert mean_size == 1
 
 
+def test_a_serial_pool_does_not_wait_for_a_hung_call() -> None:
+    fake = broker(bulk=3000, partitions=4)
+    consumer: PriorityConsumer | None = None
+    handled_during_hang: list[int] = []
+
+    class HangsOnce(Computing):
+        def handled(self) -> int:
+            return sum(size for size, _ in self.batches)
+
+        def handle_batch(self, records: Sequence[ChunkRecord]) -> None:
+            serial = consumer is not None and consumer._planner.serial()
+            if serial and self.handled() >= 300 and not handled_during_hang:
+                handled_during_hang.append(-self.handled())
+                time.sleep(1.5)  # a call that hangs, once the pool runs one batch at a time
+                handled_during_hang[0] += self.handled()
+            super().handle_batch(records)
+
+    handler = HangsOnce()
+    consumer, _ = consumer_on(fake, handler, concurrency=8, ordering="unordered")
+    consumer.subscribe()
+    run_until(consumer, lambda: handler.handled() >= 3000, timeout_s=30)
+    consumer.close()
+    # A quarter of a second into the hang the others start beside it: 1 ms a chunk.
+    assert handled_during_hang and handled_during_hang[0] > 200, handled_during_hang
+
+
 def test_a_running_bulk_lane_gets_turns_while_realtime_keeps_the_slot_busy() -> None:
     fake = broker(realtime=600, bulk=100, partitions=1)
     handler = Recorder()

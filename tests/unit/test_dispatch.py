@@ -336,16 +336,16 @@ def test_a_serial_pool_starts_one_batch_at_a_time_whatever_its_lane() -> None:
     dispatcher.serial_lanes([REALTIME, BULK])
     for offset in range(3):
         dispatcher.add(item(BULK, 0, offset))
-    assert dispatcher.free_slots == 8
+    assert dispatcher.free_slots() == 8
     bulk = dispatcher.take_batch(0.0, lambda rank: 2)
     assert [i.payload for i in bulk] == ["1/0@0", "1/0@1"]
-    assert dispatcher.free_slots == 0  # it runs as one slot
+    assert dispatcher.free_slots() == 0  # it runs as one slot
     dispatcher.add(item(REALTIME, 0, 0))
     dispatcher.add(item(REALTIME, 1, 0))
     # Realtime waits for the running batch (which yields to it), and bulk waits behind realtime.
     assert dispatcher.take_batch(0.0, lambda rank: 2) == []
     dispatcher.done_many(bulk)
-    assert dispatcher.free_slots == 8
+    assert dispatcher.free_slots() == 8
     realtime = dispatcher.take_batch(0.0, lambda rank: 100)
     assert [i.payload for i in realtime] == ["0/0@0", "0/1@0"]
     assert dispatcher.take_batch(0.0, lambda rank: 2) == []
@@ -359,7 +359,28 @@ def test_a_serial_lane_beside_a_parallel_one_leaves_the_parallel_one_its_slots()
     dispatcher.add(item(BULK, 0, 0))
     dispatcher.add(item(BULK, 0, 1))
     assert [i.payload for i in dispatcher.take_batch(5.0, lambda rank: 1)] == ["1/0@0"]
-    assert dispatcher.free_slots == 3  # realtime may still start beside it
+    assert dispatcher.free_slots() == 3  # realtime may still start beside it
     assert dispatcher.take_batch(5.0, lambda rank: 1) == []  # the next bulk batch may not
     dispatcher.add(item(REALTIME, 0, 0))
     assert [i.payload for i in dispatcher.take_batch(5.0, lambda rank: 1)] == ["0/0@0"]
+
+
+def test_a_batch_stalled_past_serial_stall_s_lets_the_others_start_beside_it() -> None:
+    dispatcher: Dispatcher[str] = Dispatcher(
+        2, concurrency=8, ordering="unordered", serial_stall_s=0.25
+    )
+    dispatcher.serial_lanes([REALTIME, BULK])
+    dispatcher.add(item(BULK, 0, 0))
+    dispatcher.add(item(BULK, 0, 1))
+    hung = dispatcher.take_batch(10.0, lambda rank: 1)
+    assert dispatcher.free_slots(10.2) == 0
+    assert dispatcher.take_batch(10.2, lambda rank: 1) == []
+    # Past the stall bound the hung batch no longer holds the pool: a hung call, not computing.
+    assert dispatcher.free_slots(10.3) == 7
+    beside = dispatcher.take_batch(10.3, lambda rank: 1)
+    assert [i.payload for i in beside] == ["1/0@1"]
+    dispatcher.add(item(REALTIME, 0, 0))
+    assert dispatcher.take_batch(10.35, lambda rank: 1) == []  # the new one is recent
+    dispatcher.done_many(beside)
+    assert [i.payload for i in dispatcher.take_batch(10.35, lambda rank: 1)] == ["0/0@0"]
+    dispatcher.done_many(hung)

@@ -219,12 +219,12 @@ def test_a_batch_cancelled_at_shutdown_frees_its_slot_and_keys_and_has_no_result
         dispatcher.add(first)
         dispatcher.add(second)
         batch = dispatcher.take_batch(time.monotonic(), lambda rank: 1)
-        assert batch == [first] and dispatcher.free_slots == 0
+        assert batch == [first] and dispatcher.free_slots() == 0
         cancelled: Future[list[str]] = Future()
         cancelled.cancel()
         pool._finish(batch, cancelled)  # what the executor calls back for a cancelled future
         # The first has no result; its key's next item was launched in the freed slot.
         assert [item for item, _ in wait_for_results(pool, 1)] == [second]
-        assert dispatcher.size(1) == 0 and dispatcher.free_slots == 1
+        assert dispatcher.size(1) == 0 and dispatcher.free_slots() == 1
     finally:
         pool.close()
