@@ -186,12 +186,17 @@ class Dispatcher(Generic[T]):
         """The lowest lane rank among the running items (None when nothing runs)."""
         return min((item.lane_rank for item in self._running), default=None)
 
+    @property
+    def all_serial(self) -> bool:
+        """Every lane is serial: the pool runs as one slot."""
+        return len(self._serial_lanes) == self.lanes
+
     def free_slots(self, now: float | None = None) -> int:
         """Slots a batch could start in at ``now`` (unknown: any running batch is recent):
         none while every lane is serial and a batch runs that started less than
         ``serial_stall_s`` ago (the pool then runs as one slot)."""
         busy = len(self._batch_left)
-        if busy and len(self._serial_lanes) == self.lanes and self._serial_blocked(now):
+        if busy and self.all_serial and self._serial_blocked(now):
             return 0
         return self.concurrency - busy
 

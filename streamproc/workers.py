@@ -66,12 +66,21 @@ class WorkerPool(Generic[T, R]):
         self._results: list[tuple[WorkItem[T], R | BaseException]] = []
         self._halted = False
         self._executor: ThreadPoolExecutor | None = None
+        # With several slots, serial batches (Dispatcher.serial_lanes) run on a thread of their
+        # own: handed to the many-thread executor, each batch would wake an idle thread that
+        # takes the GIL from the running batch only to find nothing to do.
+        self._serial_executor: ThreadPoolExecutor | None = None
+        self._serial_running = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._loop_thread: threading.Thread | None = None
         if run_sync is not None:
             self._executor = ThreadPoolExecutor(
                 max_workers=dispatcher.concurrency, thread_name_prefix="streamproc-worker"
             )
+            if dispatcher.concurrency > 1:
+                self._serial_executor = ThreadPoolExecutor(
+                    max_workers=1, thread_name_prefix="streamproc-worker-serial"
+                )
         else:
             self._loop = asyncio.new_event_loop()
             self._loop_thread = threading.Thread(
@@ -203,8 +212,9 @@ class WorkerPool(Generic[T, R]):
     def close(self) -> None:
         """Release the threads (running work is not waited for: call :meth:`wait_idle` first)."""
         self.halt()
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+        for executor in (self._executor, self._serial_executor):
+            if executor is not None:
+                executor.shutdown(wait=False, cancel_futures=True)
         loop, thread = self._loop, self._loop_thread
         if loop is not None and thread is not None and not loop.is_closed():
             loop.call_soon_threadsafe(loop.stop)
@@ -234,8 +244,17 @@ class WorkerPool(Generic[T, R]):
             if self._on_start is not None:
                 self._on_start(batch, now)
             future: Future[list[R]]
+            serial = False
             try:
-                if self._executor is not None and self._run_sync is not None:
+                if (
+                    self._serial_executor is not None
+                    and self._run_sync is not None
+                    and not self._serial_running
+                    and self._dispatcher.all_serial
+                ):
+                    future = self._serial_executor.submit(self._run_sync, batch)
+                    serial = self._serial_running = True
+                elif self._executor is not None and self._run_sync is not None:
                     future = self._executor.submit(self._run_sync, batch)
                 elif self._loop is not None and self._run_async is not None:
                     coroutine = _call(self._run_async, batch)
@@ -247,10 +266,14 @@ class WorkerPool(Generic[T, R]):
                 # are never stored, so it comes back), and nothing else starts.
                 self._halted = True
                 return
-            future.add_done_callback(functools.partial(self._finish, batch))
+            future.add_done_callback(functools.partial(self._finish, batch, serial=serial))
 
-    def _finish(self, batch: list[WorkItem[T]], future: Future[list[R]]) -> None:
+    def _finish(
+        self, batch: list[WorkItem[T]], future: Future[list[R]], *, serial: bool = False
+    ) -> None:
         with self._lock:
+            if serial:
+                self._serial_running = False
             outcomes: list[R | BaseException] = []
             if not future.cancelled():
                 error = future.exception()

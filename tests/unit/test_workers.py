@@ -228,3 +228,39 @@ def test_a_batch_cancelled_at_shutdown_frees_its_slot_and_keys_and_has_no_result
         assert dispatcher.size(1) == 0 and dispatcher.free_slots() == 1
     finally:
         pool.close()
+
+
+def test_serial_batches_run_on_one_thread_of_their_own_and_a_stalled_one_is_not_waited_for() -> (
+    None
+):
+    threads: list[str] = []
+    release = threading.Event()
+
+    def run(item: WorkItem[str]) -> str:
+        threads.append(threading.current_thread().name)
+        if item.payload == "hangs":
+            release.wait(5)
+        return item.payload
+
+    dispatcher: Dispatcher[str] = Dispatcher(
+        2, concurrency=4, ordering="unordered", serial_stall_s=0.1
+    )
+    dispatcher.serial_lanes([0, 1])
+    pool: WorkerPool[str, str] = WorkerPool(dispatcher, run_sync=each(run))
+    try:
+        pool.add(items(30, keys=30))
+        assert len(wait_for_results(pool, 30)) == 30
+        # One thread runs them all: no idle thread is woken to take the GIL for nothing.
+        assert set(threads) == {"streamproc-worker-serial_0"}
+        threads.clear()
+        pool.add([WorkItem(1, "chunks.bulk", 1, 0, None, "hangs")])
+        time.sleep(0.15)  # the hung batch is past serial_stall_s
+        pool.add(items(5, keys=5))
+        pool.launch()
+        results = wait_for_results(pool, 5)
+        assert sorted(str(payload) for _, payload in results) == [f"k{n}" for n in range(5)]
+        assert threads[0] == "streamproc-worker-serial_0"
+        assert set(threads[1:]) <= {f"streamproc-worker_{n}" for n in range(4)}
+    finally:
+        release.set()
+        pool.close()
