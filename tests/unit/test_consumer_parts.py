@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 from confluent_kafka import Message
@@ -254,6 +255,8 @@ def _pipeline(
     *,
     held: Callable[[int], bool] = lambda rank: False,
     urgent: Callable[[int], bool] = lambda rank: False,
+    planner: TurnPlanner | None = None,
+    loop_cpu: Callable[[], float] = lambda: 0.0,
 ) -> Pipeline:
     settings = ConsumerSettings(bootstrap_servers="fake:9092")
     return Pipeline(
@@ -263,10 +266,11 @@ def _pipeline(
         handler,
         FakeDeadLetters(),
         ConsumerMetrics(["realtime", "bulk"]),
-        TurnPlanner(2, budget_s=0.005, most=100),
+        planner or TurnPlanner(2, budget_s=0.005, most=100),
         threading.Event(),
         held=held,
         urgent=urgent,
+        loop_cpu=loop_cpu,
     )
 
 
@@ -281,30 +285,11 @@ def test_the_pipeline_measures_a_batch_without_the_time_the_loop_held_the_gil() 
     recorded: list[tuple[float, float | None]] = []
 
     class Recording(TurnPlanner):
-        def record(
-            self,
-            rank: int,
-            chunks: int,
-            seconds: float,
-            cpu_seconds: float | None = None,
-            *,
-            beside: float = 1.0,
-            handling_seconds: float | None = None,
-        ) -> None:
-            recorded.append((seconds, handling_seconds))
+        def record(self, *args: Any, **kwargs: Any) -> None:
+            recorded.append((args[2], kwargs.get("handling_seconds")))
 
-    settings = ConsumerSettings(bootstrap_servers="fake:9092")
-    pipeline = Pipeline(
-        settings,
-        settings.topology.all,
-        codec,
-        handler,
-        FakeDeadLetters(),
-        ConsumerMetrics(["realtime", "bulk"]),
-        Recording(2, budget_s=0.005, most=100),
-        threading.Event(),
-        loop_cpu=lambda: loop_cpu[0],
-    )
+    planner = Recording(2, budget_s=0.005, most=100)
+    pipeline = _pipeline(codec, handler, planner=planner, loop_cpu=lambda: loop_cpu[0])
     pipeline.run(_bulk_batch(codec, 2, yields=False))
     [(seconds, handling)] = recorded
     assert seconds >= 0.04
