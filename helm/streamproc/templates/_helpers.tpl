@@ -223,6 +223,7 @@ data). Unset optional values (null) are left out so streamproc's own defaults ap
   "STREAMPROC_BULK_TURN_MS" $c.bulkTurnMs
   "STREAMPROC_GC_YOUNG_THRESHOLD" $c.gcYoungThreshold
   "STREAMPROC_GIL_SWITCH_INTERVAL_MS" $c.gilSwitchIntervalMs
+  "STREAMPROC_SERIAL_CPU_SHARE" $c.serialCpuShare
   "STREAMPROC_STATISTICS_INTERVAL_S" $c.statisticsIntervalS
   "STREAMPROC_STUCK_FETCH_S" $c.stuckFetchS
   "STREAMPROC_PAUSE_DELAY_S" $f.pauseDelayS
