@@ -27,12 +27,19 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]  # NewTopic: p
 from prometheus_client.parser import text_string_to_metric_families
 
 from streamproc.chunk import Chunk
+from streamproc.consumer import PriorityConsumer
 from streamproc.messages import coordinates
 from streamproc.producer import ChunkProducer
 from streamproc.settings import ProducerSettings
 from tests.conftest import kafka_local
 from tests.fault.checker import PartitionKey, commit_safety_violations
-from tests.fault.ledger import AckLedger, read_dead_lettered, read_processed
+from tests.fault.ledger import (
+    Acked,
+    AckLedger,
+    read_acked,
+    read_dead_lettered,
+    read_processed,
+)
 from tests.fault.proxy import TcpProxy
 from tests.integration.kafka_helpers import Cluster, wait_until
 
@@ -337,17 +344,65 @@ class CommitSampler:
         return self.violations
 
 
-def wait_drained(directory: Path, ledger: AckLedger, timeout_s: float = 120) -> None:
-    """Wait until every acknowledged id is in the processed or dead-letter ledger."""
-    from tests.fault.ledger import read_acked
+def wait_drained(
+    directory: Path,
+    ledger: AckLedger,
+    timeout_s: float = 120,
+    consumer: PriorityConsumer | None = None,
+) -> None:
+    """Wait until every acknowledged id is in the processed or dead-letter ledger.
 
-    def drained() -> bool:
+    On a timeout the error says where the chunks not handled are and, given the ``consumer``
+    running in this process, what it holds: enough to tell a stuck fetch from a held lane.
+    """
+
+    def missing() -> list[Acked]:
         done = {e.id for e in read_processed(directory)} | {
             e.id for e in read_dead_lettered(directory)
         }
-        return {a.id for a in read_acked(directory)} <= done
+        return [a for a in read_acked(directory) if a.id not in done]
 
-    wait_until(drained, timeout_s=timeout_s, what="every acknowledged chunk to be handled")
+    try:
+        wait_until(
+            lambda: not missing(),
+            timeout_s=timeout_s,
+            what="every acknowledged chunk to be handled",
+        )
+    except AssertionError as timed_out:
+        found = describe_missing(missing(), directory)
+        if consumer is not None:
+            found += f"; consumer: {describe_consumer(consumer)}"
+        raise AssertionError(f"{timed_out}; {found}") from None
+
+
+def describe_consumer(consumer: PriorityConsumer) -> str:
+    """A running consumer's state in one line: assignment, holds, health and readiness."""
+    assigned = ",".join(f"{topic}[{partition}]" for topic, partition in consumer.assignment)
+    held = ",".join(f"{topic}[{partition}]" for topic, partition in consumer.paused_partitions)
+    return (
+        f"assigned {assigned or 'nothing'}; held {held or 'nothing'};"
+        f" healthy {consumer.healthy()}; ready {consumer.ready()}"
+    )
+
+
+def describe_missing(missing: list[Acked], directory: Path) -> str:
+    """Where the acknowledged chunks not handled are, per partition, beside how far handling got
+    there: tells a partition never fetched from one fetched but held, at a glance."""
+    handled: dict[tuple[str, int], int] = {}
+    for entry in read_processed(directory):
+        key = (entry.topic, entry.partition)
+        handled[key] = max(handled.get(key, -1), entry.offset)
+    by_partition: dict[tuple[str, int], list[int]] = {}
+    for acked in missing:
+        offsets = by_partition.setdefault((acked.topic, acked.partition), [])
+        if acked.offset is not None:
+            offsets.append(acked.offset)
+    parts = [
+        f"{topic}[{partition}]: {len(offsets)} missing from offset"
+        f" {min(offsets, default='?')}, handled up to {handled.get((topic, partition), 'none')}"
+        for (topic, partition), offsets in sorted(by_partition.items())
+    ]
+    return f"{len(missing)} not handled: " + "; ".join(parts)
 
 
 def spawn_consumer(

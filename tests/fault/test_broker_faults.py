@@ -71,7 +71,7 @@ def test_01_broker_restart_mid_stream_loses_nothing(
         private_broker.restart()  # same port, same data dir
         handled_at_restart = handler.handled
         paced.join()
-        wait_drained(tmp_path, acks)
+        wait_drained(tmp_path, acks, consumer=consumer)
         # With the coordinator back, the running consumer's commits catch up on their own.
         wait_until(
             lambda: committed_to_the_end(cluster, group),
@@ -199,7 +199,7 @@ def test_09_network_cut_longer_than_the_session_timeout(
             what="the consumer to rejoin and be ready again",
         )
         paced.join()
-        wait_drained(tmp_path, acks)
+        wait_drained(tmp_path, acks, consumer=consumer)
     finally:
         proxy.restore()
         exit_code = threaded.stop()
