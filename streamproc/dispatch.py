@@ -106,6 +106,16 @@ def default_reserved(concurrency: int) -> int:
     return 0 if concurrency < 8 else max(1, concurrency // 16)
 
 
+class _Batch:
+    """A running batch: its items not done yet, and when it started."""
+
+    __slots__ = ("left", "started")
+
+    def __init__(self, left: int, started: float) -> None:
+        self.left = left
+        self.started = started
+
+
 class Dispatcher(Generic[T]):
     """The bounded-priority, order-preserving queue of taken messages.
 
@@ -156,10 +166,9 @@ class Dispatcher(Generic[T]):
         # empty tuple until it has one: most keys never do, and a deque each costs).
         self._held: dict[Hashable, deque[WorkItem[T]] | tuple[()]] = {}
         self._running: set[WorkItem[T]] = set()
-        # How many items of each running batch (by ``WorkItem.batch``) still run: a worker slot
-        # is busy until the last item of its batch is done.
-        self._batch_left: dict[int, int] = {}
-        self._batch_started: dict[int, float] = {}  # when each running batch started
+        # Each running batch (by ``WorkItem.batch``): a worker slot is busy until the last item
+        # of its batch is done.
+        self._batches: dict[int, _Batch] = {}
         self._batch_ids = itertools.count()
         self._size_per_lane = [0] * lanes
         self._last_taken_at: list[float | None] = [None] * lanes
@@ -179,7 +188,7 @@ class Dispatcher(Generic[T]):
     @property
     def busy_slots(self) -> int:
         """Worker slots running a batch now."""
-        return len(self._batch_left)
+        return len(self._batches)
 
     @property
     def most_urgent_running(self) -> int | None:
@@ -195,7 +204,7 @@ class Dispatcher(Generic[T]):
         """Slots a batch could start in at ``now`` (unknown: any running batch is recent):
         none while every lane is serial and a batch runs that started less than
         ``serial_stall_s`` ago (the pool then runs as one slot)."""
-        busy = len(self._batch_left)
+        busy = len(self._batches)
         if busy and self.all_serial and self._serial_blocked(now):
             return 0
         return self.concurrency - busy
@@ -203,9 +212,9 @@ class Dispatcher(Generic[T]):
     def _serial_blocked(self, now: float | None) -> bool:
         """A running batch started less than ``serial_stall_s`` before ``now``."""
         if now is None:
-            return bool(self._batch_started)
+            return bool(self._batches)
         stall = self.serial_stall_s
-        return any(now - started < stall for started in self._batch_started.values())
+        return any(now - batch.started < stall for batch in self._batches.values())
 
     def ready(self, rank: int) -> int:
         """Items of a lane allowed to start now (waiting for a slot only)."""
@@ -311,7 +320,7 @@ class Dispatcher(Generic[T]):
         Items of one order key are never in one batch (the later one waits for the earlier).
         Returns an empty list when no slot is free or nothing may start.
         """
-        busy = len(self._batch_left)
+        busy = len(self._batches)
         if busy >= self.concurrency:
             return []
         ranks: Iterable[int] = range(len(self._ready))
@@ -346,8 +355,7 @@ class Dispatcher(Generic[T]):
                 item.batch = batch_id
                 item.yields = yields
             self._running.update(batch)
-            self._batch_left[batch_id] = len(batch)
-            self._batch_started[batch_id] = now
+            self._batches[batch_id] = _Batch(len(batch), now)
             self._last_batch_rank = rank
             return batch
         return []
@@ -389,20 +397,17 @@ class Dispatcher(Generic[T]):
     def done_many(self, items: Iterable[WorkItem[T]]) -> None:
         """:meth:`done` for each of ``items``: :meth:`_stop_running` and the release of the
         item's order key, inlined (this runs once per handled chunk)."""
-        running, batch_left, sizes = self._running, self._batch_left, self._size_per_lane
+        running, batches, sizes = self._running, self._batches, self._size_per_lane
         held, make_ready = self._held, self._make_ready
         for item in items:
             if item not in running:
                 continue  # already dropped with its partition
             running.discard(item)
-            batch_id = item.batch
+            batch = batches[item.batch]
+            batch.left -= 1
+            if not batch.left:
+                del batches[item.batch]
             item.batch = -1
-            left = batch_left[batch_id] - 1
-            if left:
-                batch_left[batch_id] = left
-            else:
-                del batch_left[batch_id]
-                del self._batch_started[batch_id]
             sizes[item.lane_rank] -= 1
             order_key = item.order_key
             if order_key is not None and (waiting := held.get(order_key)) is not None:
@@ -424,14 +429,11 @@ class Dispatcher(Generic[T]):
         if item not in self._running:
             return False
         self._running.discard(item)
-        batch_id = item.batch
+        batch = self._batches[item.batch]
+        batch.left -= 1
+        if not batch.left:
+            del self._batches[item.batch]
         item.batch = -1
-        left = self._batch_left[batch_id] - 1
-        if left:
-            self._batch_left[batch_id] = left
-        else:
-            del self._batch_left[batch_id]
-            del self._batch_started[batch_id]
         return True
 
     def drop_partitions(self, partitions: Iterable[PartitionKey]) -> list[WorkItem[T]]:
