@@ -109,11 +109,10 @@ class LagSnapshot:
 
 
 class _Pending:
-    """An in-flight admin request and when it was issued."""
+    """An in-flight admin request (librdkafka ends it within its ``request_timeout``)."""
 
-    def __init__(self, futures: Mapping[Any, Future[Any]], issued_at: float) -> None:
+    def __init__(self, futures: Mapping[Any, Future[Any]]) -> None:
         self.futures = futures
-        self.issued_at = issued_at
 
     def done(self) -> bool:
         return all(future.done() for future in self.futures.values())
@@ -504,7 +503,7 @@ class LagMonitor:
             )
         except KafkaException:
             return
-        self._watermark_request = _Pending(futures, monotonic)
+        self._watermark_request = _Pending(futures)
         self._last_watermark_refresh = monotonic
 
     def _harvest_watermarks(self) -> None:
@@ -557,7 +556,7 @@ class LagMonitor:
             return  # no group figure this round: the watermarks alone are of no use
         self._group_request = (
             {(tp.topic, tp.partition): tp.offset for tp in offsets},
-            _Pending(watermark_futures, monotonic),
+            _Pending(watermark_futures),
         )
 
     def _top_lane_partitions(self) -> tuple[PartitionKey, ...]:
