@@ -388,11 +388,11 @@ def describe_consumer(consumer: PriorityConsumer) -> str:
 def describe_missing(missing: list[Acked], directory: Path) -> str:
     """Where the acknowledged chunks not handled are, per partition, beside how far handling got
     there: tells a partition never fetched from one fetched but held, at a glance."""
-    handled: dict[tuple[str, int], int] = {}
+    handled: dict[PartitionKey, int] = {}
     for entry in read_processed(directory):
         key = (entry.topic, entry.partition)
         handled[key] = max(handled.get(key, -1), entry.offset)
-    by_partition: dict[tuple[str, int], list[int]] = {}
+    by_partition: dict[PartitionKey, list[int]] = {}
     for acked in missing:
         offsets = by_partition.setdefault((acked.topic, acked.partition), [])
         if acked.offset is not None:
