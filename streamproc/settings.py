@@ -308,9 +308,11 @@ class ConsumerSettings(KafkaSettings, FlowSettings):
         ge=0,
         description=(
             "With concurrency above 1: once the handler's batches (every lane's) spend more than"
-            " this share of their time on the CPU, they run one at a time, each as large as with"
-            " one slot, until the share measured alone falls 0.3 below it. Python threads share"
-            " one GIL: such a handler gains nothing from threads, only the GIL's hand-overs"
+            " this share of their time on the CPU, running them one at a time, each as large as"
+            " with one slot, is tried for half a second and kept unless side by side handled"
+            " over 1.1 times as many chunks a second; the other way is tried again after 30 s,"
+            " doubling up to 10 minutes while the choice holds. Python threads share one GIL: a"
+            " handler that only computes gains nothing from threads, only the GIL's hand-overs"
             " between them (see docs/concurrency.md). Above 1: never."
         ),
     )

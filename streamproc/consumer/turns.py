@@ -20,29 +20,179 @@ one and only slows it down (the loop then runs it alone, :meth:`TurnPlanner.cpu_
 CPU is scaled by the batches it ran beside: eight CPU-bound batches at once are each on the CPU an
 eighth of the time, and still CPU-bound. A CPU-bound lane runs one batch at a time while a more
 urgent lane is active, so its turn is one slot's budget, not a budget for every slot. A handler
-on the CPU nearly all the time, over the batches of every lane (:meth:`TurnPlanner.serial`),
-gains nothing from threads at all: every batch then runs alone, sized as with one slot (a whole
-turn, or whatever the top lane has), so several slots cost it no more than one. The share is
-measured under the GIL, so it wavers: a handler becomes serial above ``serial_share`` and stops
-being so only ``SERIAL_HYSTERESIS`` below it.
+on the CPU nearly all the time, over the batches of every lane, gains nothing from threads at
+all: every batch then runs alone (serial), sized as with one slot (a whole turn, or whatever the
+top lane has), so several slots cost it no more than one. Whether to run serial is measured, not
+guessed from the share (:class:`SerialChoice`): while the GIL is saturated, the share of a
+handler that also waits reads as high as one that only computes.
 """
 
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable
 
 # Below this variance of batch sizes (chunks squared) the line is not fitted: cost per chunk only.
 _MIN_SIZE_VARIANCE = 0.25
 # A lane whose batches spend more than this share of their time on the CPU counts as CPU-bound.
 CPU_BOUND_SHARE = 0.5
-# A serial handler runs with threads again once its share, measured alone, is this much below
-# the share that made it serial. Alone on a loaded machine a handler computing all the time
-# measures 0.7 to 0.9 (its thread is preempted); side by side the share is scaled by the batches
-# beside, which overstates it for a handler that also waits (the GIL is saturated either way).
+# A serial pool tries threads again at once (not after its hold) when its share, measured alone,
+# falls this much below ``serial_share``: the handler now waits more than it computes. Alone on a
+# loaded machine a handler computing all the time measures 0.7 to 0.9 (its thread is preempted).
 SERIAL_HYSTERESIS = 0.3
-# Weight of a batch in that decision's moving sums (about the last 40 batches): a thread the
-# shared machine preempts for a moment looks idle for a batch, and must not turn the pool over.
+# Weight of a batch in the pool's moving sums (about the last 40 batches): a thread the shared
+# machine preempts for a moment looks idle for a batch, and must not turn the pool over.
 POOL_WEIGHT = 0.05
+# A mode's rate is the chunks it handled a second over about the last RATE_WINDOW_S; a probe of
+# the other mode starts only once the mode ran that long.
+RATE_WINDOW_S = 1.0
+# A probe of the other mode: the batches still running from the mode it left are not counted
+# (one per slot), then it measures for at least PROBE_S and PROBE_BATCHES batches.
+PROBE_S = 0.5
+PROBE_BATCHES = 20
+# Serial is kept unless side by side handles more than this many times as many chunks a second:
+# one batch at a time leaves the GIL to the poll loop, so realtime waits less.
+PARALLEL_GAIN = 1.1
+# After a probe that changed the mode, the pool keeps it this long before trying the other mode
+# again; a probe that kept the mode it left doubles the last hold, up to PROBE_MAX_S.
+PROBE_FIRST_S = 30.0
+PROBE_MAX_S = 600.0
+
+
+class SerialChoice:
+    """Whether batches run one at a time (serial) or side by side, chosen by measuring both.
+
+    The share of handling time spent on the CPU (scaled by the batches beside) says when serial
+    is worth a try: above ``serial_share``. It cannot say whether serial is faster: while the GIL
+    is saturated, every thread's scaled share reads near 1, whether its handler only computes
+    (serial is faster: no hand-overs of the GIL) or also waits on I/O (threads overlap the
+    waits: at ``--concurrency 8``, a handler computing 0.2 ms and waiting 0.8 ms a chunk handled
+    2,400 chunks/s side by side and 1,300 serial). So the pool tries: it runs the other mode for
+    a probe (``PROBE_S``) and compares the chunks it handled a second with those of the mode it
+    left, just before. Serial is kept unless side by side handled more than ``PARALLEL_GAIN``
+    times as many. The other mode is tried again after a hold: ``PROBE_FIRST_S`` after a probe
+    that changed the mode, twice the last hold after one that kept it (up to ``PROBE_MAX_S``).
+    A serial pool whose share falls ``SERIAL_HYSTERESIS`` below the threshold tries threads at
+    once.
+
+    Rates are chunks over wall time: they compare the modes' capacity while work waits (a bulk
+    backlog). When the pool keeps up either way, both rates are the arrival rate, and serial,
+    tried only because the GIL was saturated, is kept.
+
+    Args:
+        slots: Worker slots (with one, never serial: there is nothing to choose).
+        serial_share: The share above which serial is tried (above 1: never).
+        clock: Monotonic seconds (tests pass their own).
+    """
+
+    def __init__(
+        self, slots: int, serial_share: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self._slots = slots
+        self._serial_share = serial_share
+        self._clock = clock
+        self.serial = False
+        # Moving, time-weighted CPU share of every lane's batches.
+        self._cpu_s = 0.0
+        self._wall_s = 0.0
+        self._mode = _Rate(clock(), RATE_WINDOW_S)
+        self._probe: _Probe | None = None
+        self._hold_s = PROBE_FIRST_S
+        self._next_probe = 0.0
+
+    @property
+    def share(self) -> float:
+        """The moving CPU share of the pool's batches (0 until measured)."""
+        return self._cpu_s / self._wall_s if self._wall_s > 0 else 0.0
+
+    @property
+    def probing(self) -> bool:
+        """A probe of the mode :attr:`serial` says runs now."""
+        return self._probe is not None
+
+    def record(self, chunks: int, share: float, wall: float) -> None:
+        """A batch of ``chunks`` ended; ``share`` of its ``wall`` seconds (its time without
+        other threads' hold of the GIL) were on the CPU."""
+        if self._slots <= 1 or self._serial_share > 1 or wall <= 0:
+            return
+        self._cpu_s += POOL_WEIGHT * (share * wall - self._cpu_s)
+        self._wall_s += POOL_WEIGHT * (wall - self._wall_s)
+        now = self._clock()
+        if (probe := self._probe) is not None:
+            probe.batches += 1
+            if probe.batches <= self._slots:  # still running from the mode the probe left
+                probe.rate.restart(now)
+            else:
+                probe.rate.add(chunks, now)
+            if probe.rate.batches >= PROBE_BATCHES and probe.rate.seconds >= PROBE_S:
+                self._conclude(probe, now)
+            return
+        self._mode.add(chunks, now)
+        if now - self._mode.since < RATE_WINDOW_S:
+            return
+        if self.serial:
+            due = now >= self._next_probe or self.share < self._serial_share - SERIAL_HYSTERESIS
+        else:
+            due = now >= self._next_probe and self.share > self._serial_share
+        if due:
+            self._probe = _Probe(self._mode, now)
+            self.serial = not self.serial
+
+    def _conclude(self, probe: _Probe, now: float) -> None:
+        probe_rate, left_rate = probe.rate.per_s(), probe.left.per_s()
+        serial_rate, parallel_rate = (
+            (probe_rate, left_rate) if self.serial else (left_rate, probe_rate)
+        )
+        keep_serial = parallel_rate <= serial_rate * PARALLEL_GAIN
+        confirmed = keep_serial != self.serial  # the mode the probe left stays
+        self._hold_s = min(PROBE_MAX_S, 2 * self._hold_s) if confirmed else PROBE_FIRST_S
+        self._next_probe = now + self._hold_s
+        self.serial = keep_serial
+        self._mode = _Rate(now, RATE_WINDOW_S)
+        self._probe = None
+
+
+class _Rate:
+    """Chunks handled a second since ``since``, over about the last ``window_s`` (all of it
+    when None)."""
+
+    __slots__ = ("batches", "chunks", "last", "seconds", "since", "window_s")
+
+    def __init__(self, since: float, window_s: float | None = None) -> None:
+        self.since = self.last = since
+        self.window_s = window_s
+        self.batches = 0
+        self.chunks = 0.0
+        self.seconds = 0.0
+
+    def restart(self, now: float) -> None:
+        self.since = self.last = now
+        self.batches, self.chunks, self.seconds = 0, 0.0, 0.0
+
+    def add(self, chunks: int, now: float) -> None:
+        elapsed, self.last = now - self.last, now
+        if self.window_s is not None and elapsed > 0:
+            kept = math.exp(-elapsed / self.window_s)
+            self.chunks *= kept
+            self.seconds *= kept
+        self.batches += 1
+        self.chunks += chunks
+        self.seconds += elapsed
+
+    def per_s(self) -> float:
+        return self.chunks / self.seconds if self.seconds > 0 else 0.0
+
+
+class _Probe:
+    """A trial of the other mode: what it measured, and the rate of the mode it left."""
+
+    __slots__ = ("batches", "left", "rate")
+
+    def __init__(self, left: _Rate, now: float) -> None:
+        self.left = left
+        self.batches = 0
+        self.rate = _Rate(now)
 
 
 class BatchCost:
@@ -91,8 +241,10 @@ class TurnPlanner:
         slots: Worker slots (``concurrency``).
         first_guess_s: Per-chunk handling time assumed before anything was measured.
         weight: Weight of a new measurement in the moving fit (0 < weight <= 1).
-        serial_share: With several slots, batches run one at a time once the handler's share of
-            time on the CPU is above this (above 1: never).
+        serial_share: With several slots, running batches one at a time is tried once the
+            handler's share of time on the CPU is above this (above 1: never), and kept when
+            measured faster (:class:`SerialChoice`).
+        clock: Monotonic seconds (tests pass their own).
     """
 
     def __init__(
@@ -105,6 +257,7 @@ class TurnPlanner:
         first_guess_s: float = 0.001,
         weight: float = 0.2,
         serial_share: float = 0.8,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if budget_s <= 0 or most < 1 or not 0 < weight <= 1:
             raise ValueError("budget_s > 0, most >= 1 and 0 < weight <= 1 are required")
@@ -115,12 +268,8 @@ class TurnPlanner:
         self._weight = weight
         # Moving share of handling time spent on the CPU (0 until measured: I/O-bound).
         self._cpu_share = [0.0] * lanes
-        # The same over the batches of every lane, weighted by their time and moving slowly
-        # (a decision for the whole pool), and whether batches run one at a time.
-        self._pool_cpu_s = 0.0
-        self._pool_s = 0.0
-        self._serial = False
-        self._serial_share = serial_share
+        # Whether batches of every lane run one at a time (a decision for the whole pool).
+        self._serial = SerialChoice(self.slots, serial_share, clock)
         self._stretch = [1.0] * lanes
 
     def record(
@@ -144,13 +293,7 @@ class TurnPlanner:
             if cpu_seconds is not None and wall > 0:
                 share = min(1.0, max(0.0, cpu_seconds * max(1.0, beside) / wall))
                 self._cpu_share[rank] += self._weight * (share - self._cpu_share[rank])
-                self._pool_cpu_s += POOL_WEIGHT * (share * wall - self._pool_cpu_s)
-                self._pool_s += POOL_WEIGHT * (wall - self._pool_s)
-                pool_share = self._pool_cpu_s / self._pool_s
-                if pool_share > self._serial_share:
-                    self._serial = True
-                elif pool_share < self._serial_share - SERIAL_HYSTERESIS:
-                    self._serial = False
+                self._serial.record(chunks, share, wall)
 
     def stretch(self, rank: int, factor: float) -> None:
         """Plan lane ``rank``'s turns for ``factor`` times the budget (1: the budget itself)."""
@@ -176,9 +319,10 @@ class TurnPlanner:
         return self._cpu_share[rank] > CPU_BOUND_SHARE
 
     def serial(self) -> bool:
-        """The handler is on the CPU nearly all the time (see the module docstring): with several
-        slots, batches still run one at a time, sized as with one."""
-        return self.slots > 1 and self._serial
+        """With several slots, batches run one at a time, sized as with one: the handler is on
+        the CPU nearly all the time and measured faster so (:class:`SerialChoice`), or a probe
+        of serial runs."""
+        return self.slots > 1 and self._serial.serial
 
     def cost(self, rank: int) -> tuple[float, float]:
         """The fitted ``(fixed_s, per_chunk_s)`` of a batch of lane ``rank``."""

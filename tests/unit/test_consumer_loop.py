@@ -563,49 +563,92 @@ def test_async_and_threaded_handlers_take_the_same_path(concurrency: int) -> Non
 
 
 class Computing:
-    """A batch handler that computes 1 ms per chunk and notes, per batch, its size and whether
-    another batch ran beside it."""
+    """A batch handler that computes ``cpu_s`` and then waits ``wait_s`` per chunk, and notes,
+    per batch, its size and whether another batch ran beside it."""
 
-    def __init__(self) -> None:
+    def __init__(self, cpu_s: float = 0.001, wait_s: float = 0.0) -> None:
         self.batches: list[tuple[int, bool]] = []
+        self._cpu_s = cpu_s
+        self._wait_s = wait_s
         self._lock = threading.Lock()
         self._running = 0
-        self._overlapped = False
+
+    def handled(self) -> int:
+        return sum(size for size, _ in self.batches)
 
     def handle_batch(self, records: Sequence[ChunkRecord]) -> None:
         with self._lock:
             self._running += 1
             beside = self._running > 1
-            self._overlapped = self._overlapped or beside
-        end = time.thread_time() + 0.001 * len(records)
+        end = time.thread_time() + self._cpu_s * len(records)
         while time.thread_time() < end:
             pass
+        if self._wait_s:
+            time.sleep(self._wait_s * len(records))
         with self._lock:
+            beside = beside or self._running > 1
             self._running -= 1
             self.batches.append((len(records), beside))
+
+    def after(self, chunks: int) -> list[tuple[int, bool]]:
+        """The batches that ended once ``chunks`` chunks were handled."""
+        handled = 0
+        for index, (size, _) in enumerate(self.batches):
+            handled += size
+            if handled >= chunks:
+                return self.batches[index + 1 :]
+        return []
+
+
+def beside_share(batches: list[tuple[int, bool]]) -> float:
+    return sum(1 for _, was_beside in batches if was_beside) / len(batches)
 
 
 @pytest.mark.parametrize("serial_cpu_share", [0.8, 2.0])
 def test_a_handler_that_only_computes_runs_one_batch_at_a_time_in_whole_turns(
     serial_cpu_share: float,
 ) -> None:
-    fake = broker(bulk=1500, partitions=4)
+    fake = broker(bulk=3500, partitions=4)
     handler = Computing()
     consumer, _ = consumer_on(
         fake, handler, concurrency=8, ordering="unordered", serial_cpu_share=serial_cpu_share
     )
     consumer.subscribe()
-    run_until(consumer, lambda: sum(size for size, _ in handler.batches) >= 1500, timeout_s=30)
+    run_until(consumer, lambda: handler.handled() >= 3500, timeout_s=30)
     consumer.close()
-    settled = handler.batches[60:]  # once about 40 batches were measured
-    beside = sum(1 for _, was_beside in settled if was_beside) / len(settled)
+    # A second side by side, then half a second serial: the pool has chosen by then.
+    settled = handler.after(2000)
     mean_size = sum(size for size, _ in settled) / len(settled)
     if serial_cpu_share <= 1:
-        assert beside < 0.1, settled[:40]
+        assert beside_share(settled) < 0.1, settled[:40]
         assert mean_size > 2, settled[:40]  # a turn, not a chunk per batch
     else:  # eight threads, a chunk each, side by side
-        assert beside > 0.5, settled[:40]
+        assert beside_share(settled) > 0.5, settled[:40]
         assert mean_size == 1
+
+
+def test_a_handler_that_also_waits_is_tried_serial_and_keeps_its_threads() -> None:
+    # 0.2 ms computing and 0.8 ms waiting a chunk: eight threads saturate the GIL, so the
+    # handler's share reads as high as one that only computes, but side by side is faster.
+    fake = broker(bulk=5000, partitions=4)
+    handler = Computing(cpu_s=0.0002, wait_s=0.0008)
+    consumer, _ = consumer_on(fake, handler, concurrency=8, ordering="unordered")
+    tried: list[bool] = []
+    handler_batch = handler.handle_batch
+
+    def noting_serial(records: Sequence[ChunkRecord]) -> None:
+        if consumer._planner.serial() and not tried:
+            tried.append(True)
+        handler_batch(records)
+
+    handler.handle_batch = noting_serial  # type: ignore[method-assign]
+    consumer.subscribe()
+    run_until(consumer, lambda: handler.handled() >= 5000, timeout_s=30)
+    consumer.close()
+    assert tried, "serial was never tried"
+    assert not consumer._planner.serial()
+    last = handler.batches[-500:]
+    assert beside_share(last) > 0.5 and max(size for size, _ in last) == 1, last[:40]
 
 
 def test_a_serial_pool_does_not_wait_for_a_hung_call() -> None:
@@ -614,9 +657,6 @@ def test_a_serial_pool_does_not_wait_for_a_hung_call() -> None:
     handled_during_hang: list[int] = []
 
     class HangsOnce(Computing):
-        def handled(self) -> int:
-            return sum(size for size, _ in self.batches)
-
         def handle_batch(self, records: Sequence[ChunkRecord]) -> None:
             serial = consumer is not None and consumer._planner.serial()
             if serial and self.handled() >= 300 and not handled_during_hang:

@@ -155,47 +155,114 @@ def test_a_cpu_bound_lane_plans_one_slot_budget_not_one_per_slot() -> None:
     assert planner.batch_limit(1) == 1
 
 
-def test_a_handler_computing_nearly_all_the_time_runs_serial_in_whole_turns() -> None:
-    planner = TurnPlanner(2, budget_s=0.01, most=500, slots=8, first_guess_s=0.001)
+class Clock:
+    """Monotonic seconds a test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def finish(
+    planner: TurnPlanner,
+    clock: Clock,
+    seconds: float,
+    *,
+    per_s: float,
+    chunks: int,
+    cpu: float,
+    beside: int = 1,
+    rank: int = 1,
+) -> None:
+    """Batches of ``chunks`` end for ``seconds`` of the clock, ``per_s`` chunks a second; each
+    took ``chunks * beside / per_s`` seconds, ``cpu`` of them on the CPU."""
+    batch_s = chunks * beside / per_s
+    for _ in range(round(seconds * per_s / chunks)):
+        clock.now += chunks / per_s
+        planner.record(rank, chunks, batch_s, cpu, beside=beside)
+
+
+def test_a_handler_computing_nearly_all_the_time_is_tried_serial_and_kept_so_when_faster() -> None:
+    clock = Clock()
+    planner = TurnPlanner(2, budget_s=0.01, most=500, slots=8, first_guess_s=0.001, clock=clock)
     assert not planner.serial() and planner.batch_limit(0) == planner.batch_limit(1) == 1
-    for _ in range(20):  # eight at once, each on the CPU an eighth of the time
-        planner.record(0, 1, 0.008, 0.001, beside=8)
-    assert planner.serial()
+    # Eight at once, each on the CPU an eighth of its time: 1,000 chunks a second.
+    finish(planner, clock, 0.5, per_s=1000, chunks=1, cpu=0.001, beside=8)
+    assert not planner.serial()  # a rate needs a second of measurements first
+    finish(planner, clock, 0.6, per_s=1000, chunks=1, cpu=0.001, beside=8)
+    assert planner.serial()  # tried
     # Every lane is batched as with one slot: realtime whole, a lower lane one budget.
     assert planner.batch_limit(0) == 500
-    assert planner.batch_limit(1) == planner.turn_size(1) == 10
-
-
-def test_a_serial_handler_stays_serial_through_preempted_batches_and_leaves_when_it_waits() -> None:
-    planner = TurnPlanner(2, budget_s=0.01, most=500, slots=8, first_guess_s=0.001)
-    for _ in range(40):
-        planner.record(1, 10, 0.010, 0.010)
+    assert planner.batch_limit(1) == planner.turn_size(1)
+    # Alone it handles 1,050 a second: kept (side by side was not 10% faster).
+    finish(planner, clock, 1.0, per_s=1050, chunks=10, cpu=0.0095)
     assert planner.serial()
-    for _ in range(10):  # the machine preempts its thread for a while: it looks 60% busy
-        planner.record(1, 10, 0.010, 0.006)
+    finish(planner, clock, 28.0, per_s=1050, chunks=10, cpu=0.0095)
     assert planner.serial()
-    for _ in range(60):  # it now waits on I/O most of the time, measured alone
-        planner.record(1, 10, 0.010, 0.002)
+    # After the hold, threads are tried again, measured no faster, and serial comes back for a
+    # hold twice as long.
+    finish(planner, clock, 1.45, per_s=1050, chunks=10, cpu=0.0095)
     assert not planner.serial()
+    finish(planner, clock, 0.6, per_s=1000, chunks=1, cpu=0.001, beside=8)
+    assert planner.serial()
+    finish(planner, clock, 40.0, per_s=1050, chunks=10, cpu=0.0095)
+    assert planner.serial()
+
+
+def test_a_handler_that_also_waits_is_tried_serial_and_runs_side_by_side_when_faster() -> None:
+    # 0.2 ms on the CPU and 0.8 ms waiting a chunk: side by side the GIL is saturated, so its
+    # scaled share reads 1 as if it only computed, but eight threads overlap the waits.
+    clock = Clock()
+    planner = TurnPlanner(2, budget_s=0.01, most=500, slots=8, first_guess_s=0.001, clock=clock)
+    finish(planner, clock, 1.1, per_s=2400, chunks=1, cpu=0.00042, beside=8)
+    assert planner.serial()  # tried
+    finish(planner, clock, 0.6, per_s=1300, chunks=10, cpu=0.0045)
+    assert not planner.serial()  # side by side was almost twice as fast
     assert planner.batch_limit(1) == 1
+    # Its share still reads 1, but it is not tried serial again before the hold ends: twice
+    # the first, as the probe kept the mode it left.
+    finish(planner, clock, 59.0, per_s=2400, chunks=1, cpu=0.00042, beside=8)
+    assert not planner.serial()
+    finish(planner, clock, 1.0, per_s=2400, chunks=1, cpu=0.00042, beside=8)
+    assert planner.serial()
+
+
+def test_a_serial_handler_that_starts_waiting_tries_threads_before_its_hold_ends() -> None:
+    clock = Clock()
+    planner = TurnPlanner(2, budget_s=0.01, most=500, slots=8, first_guess_s=0.001, clock=clock)
+    finish(planner, clock, 1.1, per_s=1000, chunks=1, cpu=0.001, beside=8)
+    finish(planner, clock, 0.6, per_s=1050, chunks=10, cpu=0.0095)
+    assert planner.serial()
+    # The machine preempts its thread for a while: it looks 60% busy, and stays serial.
+    finish(planner, clock, 2.0, per_s=1050, chunks=10, cpu=0.0057)
+    assert planner.serial()
+    # It now waits on I/O most of the time, measured alone: threads are tried at once.
+    finish(planner, clock, 2.0, per_s=1050, chunks=10, cpu=0.002)
+    assert not planner.serial()
+    finish(planner, clock, 0.6, per_s=4000, chunks=1, cpu=0.0002, beside=8)
+    assert not planner.serial()  # and kept: four times as fast
 
 
 def test_a_serial_share_above_one_never_runs_serial_nor_does_one_slot() -> None:
-    never = TurnPlanner(2, budget_s=0.01, most=500, slots=8, serial_share=1.5)
-    single = TurnPlanner(2, budget_s=0.01, most=500, slots=1)
-    for _ in range(40):
-        never.record(1, 1, 0.001, 0.001, beside=8)
-        single.record(1, 1, 0.001, 0.001)
+    clock = Clock()
+    never = TurnPlanner(2, budget_s=0.01, most=500, slots=8, serial_share=1.5, clock=clock)
+    single = TurnPlanner(2, budget_s=0.01, most=500, slots=1, clock=clock)
+    finish(never, clock, 3.0, per_s=1000, chunks=1, cpu=0.001, beside=8)
+    finish(single, clock, 3.0, per_s=1000, chunks=1, cpu=0.001)
     assert not never.serial() and never.batch_limit(1) == 1
     assert not single.serial()
 
 
 def test_the_cpu_share_leaves_out_the_time_other_threads_held_the_gil() -> None:
     # 10 ms on the CPU over 13 ms: 77%, but 2.5 ms of it the loop held the GIL. Counted
-    # against the whole 13 ms it would never be serial; without the loop's time it is (95%).
-    plain = TurnPlanner(2, budget_s=0.01, most=500, slots=8)
-    fair = TurnPlanner(2, budget_s=0.01, most=500, slots=8)
-    for _ in range(40):
+    # against the whole 13 ms serial would never be tried; without the loop's time it is (95%).
+    clock = Clock()
+    plain = TurnPlanner(2, budget_s=0.01, most=500, slots=8, clock=clock)
+    fair = TurnPlanner(2, budget_s=0.01, most=500, slots=8, clock=clock)
+    for _ in range(100):
+        clock.now += 0.013
         plain.record(1, 10, 0.013, 0.010)
         fair.record(1, 10, 0.013, 0.010, handling_seconds=0.0105)
     assert not plain.serial()
