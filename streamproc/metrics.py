@@ -267,6 +267,13 @@ class ConsumerMetrics:
             ["lane", "broker"],
             registry=r,
         )
+        self.serial = Gauge(
+            "streamproc_serial",
+            "1 while the worker pool runs one batch at a time (a handler that computes nearly"
+            " all the time, measured faster so, or a trial of it; serial_cpu_share), 0 while"
+            " batches run side by side.",
+            registry=r,
+        )
         self.ready = Gauge(
             "streamproc_ready", "1 when assigned and the broker is reachable.", registry=r
         )

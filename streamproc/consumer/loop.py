@@ -913,6 +913,7 @@ class PriorityConsumer:
         if serial != self._serial_ranks:
             self._serial_ranks = serial
             self._pool.serial_lanes(serial)
+            self.metrics.serial.set(1 if serial else 0)
         if decision.paused != self._paused_lanes:
             # Hold first (nothing of the lane starts from here on), then say so.
             self._pool.hold_lanes(lane.rank for lane in self.lanes if lane.name in decision.paused)

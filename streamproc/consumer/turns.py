@@ -1,8 +1,9 @@
 """How much a lower lane may take in one turn: a time budget over measured handling time.
 
-Pure, no Kafka, no threads. Realtime is always taken first and in whole batches. A lower lane's
-turn starts only when a worker slot is free and no more urgent chunk waits, and a turn is sized so
-it ends within ``budget_s``: a realtime chunk arriving meanwhile waits for at most that long.
+No Kafka, no threads of its own (worker threads record into it). Realtime is always taken first
+and in whole batches. A lower lane's turn starts only when a worker slot is free and no more
+urgent chunk waits, and a turn is sized so it ends within ``budget_s``: a realtime chunk arriving
+meanwhile waits for at most that long.
 
 A batch costs a fixed part (a sink's transaction and commit, an fsync) plus a part per chunk
 (decode, the handler's own work). :class:`BatchCost` fits both to the measured batches (a moving
@@ -29,24 +30,32 @@ handler that also waits reads as high as one that only computes.
 
 from __future__ import annotations
 
+import logging
 import math
+import threading
 import time
+from collections import deque
 from collections.abc import Callable
+
+log = logging.getLogger(__name__)
 
 # Below this variance of batch sizes (chunks squared) the line is not fitted: cost per chunk only.
 _MIN_SIZE_VARIANCE = 0.25
 # A lane whose batches spend more than this share of their time on the CPU counts as CPU-bound.
 CPU_BOUND_SHARE = 0.5
-# A serial pool tries threads again at once (not after its hold) when its share, measured alone,
-# falls this much below ``serial_share``: the handler now waits more than it computes. Alone on a
-# loaded machine a handler computing all the time measures 0.7 to 0.9 (its thread is preempted).
+# A serial pool tries threads PROBE_FIRST_S after its last probe (not after its whole hold) when
+# its share, measured alone, falls this much below ``serial_share``: the handler now waits more
+# than it computes. Alone on a loaded machine a handler computing all the time measures 0.7 to
+# 0.9 (its thread is preempted).
 SERIAL_HYSTERESIS = 0.3
 # Weight of a batch in the pool's moving sums (about the last 40 batches): a thread the shared
 # machine preempts for a moment looks idle for a batch, and must not turn the pool over.
 POOL_WEIGHT = 0.05
-# A mode's rate is the chunks it handled a second over about the last RATE_WINDOW_S; a probe of
-# the other mode starts only once the mode ran that long.
-RATE_WINDOW_S = 1.0
+# A mode's rate is the chunks it handled a second over the last RATE_WINDOW_S; a probe of the
+# other mode starts only once the mode ran MODE_MIN_S, so that window has left its start behind
+# (fetching ramps up as a consumer starts, and the first second side by side reads slow).
+RATE_WINDOW_S = 0.5
+MODE_MIN_S = 1.5
 # A probe of the other mode: the batches still running from the mode it left are not counted
 # (one per slot), then it measures for at least PROBE_S and PROBE_BATCHES batches.
 PROBE_S = 0.5
@@ -73,12 +82,16 @@ class SerialChoice:
     left, just before. Serial is kept unless side by side handled more than ``PARALLEL_GAIN``
     times as many. The other mode is tried again after a hold: ``PROBE_FIRST_S`` after a probe
     that changed the mode, twice the last hold after one that kept it (up to ``PROBE_MAX_S``).
-    A serial pool whose share falls ``SERIAL_HYSTERESIS`` below the threshold tries threads at
-    once.
+    A serial pool whose share falls ``SERIAL_HYSTERESIS`` below the threshold (the handler now
+    waits more than it computes) tries threads ``PROBE_FIRST_S`` after its last probe, whatever
+    its hold.
 
     Rates are chunks over wall time: they compare the modes' capacity while work waits (a bulk
     backlog). When the pool keeps up either way, both rates are the arrival rate, and serial,
-    tried only because the GIL was saturated, is kept.
+    tried only because the GIL was saturated, is kept. A pause between batches longer than half
+    the window (the pool idle) starts a mode's rate over: idle time is no mode's.
+
+    Worker threads call :meth:`record` at once: it takes a lock of its own.
 
     Args:
         slots: Worker slots (with one, never serial: there is nothing to choose).
@@ -100,6 +113,8 @@ class SerialChoice:
         self._probe: _Probe | None = None
         self._hold_s = PROBE_FIRST_S
         self._next_probe = 0.0
+        self._last_probe = -math.inf  # when the last probe ended
+        self._lock = threading.Lock()
 
     @property
     def share(self) -> float:
@@ -116,6 +131,10 @@ class SerialChoice:
         other threads' hold of the GIL) were on the CPU."""
         if self._slots <= 1 or self._serial_share > 1 or wall <= 0:
             return
+        with self._lock:
+            self._record(chunks, share, wall)
+
+    def _record(self, chunks: int, share: float, wall: float) -> None:
         self._cpu_s += POOL_WEIGHT * (share * wall - self._cpu_s)
         self._wall_s += POOL_WEIGHT * (wall - self._wall_s)
         now = self._clock()
@@ -129,10 +148,11 @@ class SerialChoice:
                 self._conclude(probe, now)
             return
         self._mode.add(chunks, now)
-        if now - self._mode.since < RATE_WINDOW_S:
+        if now - self._mode.since < MODE_MIN_S:
             return
         if self.serial:
-            due = now >= self._next_probe or self.share < self._serial_share - SERIAL_HYSTERESIS
+            waits = self.share < self._serial_share - SERIAL_HYSTERESIS
+            due = now >= self._next_probe or (waits and now >= self._last_probe + PROBE_FIRST_S)
         else:
             due = now >= self._next_probe and self.share > self._serial_share
         if due:
@@ -146,42 +166,61 @@ class SerialChoice:
         )
         keep_serial = parallel_rate <= serial_rate * PARALLEL_GAIN
         confirmed = keep_serial != self.serial  # the mode the probe left stays
+        log.info(
+            "worker pool %s: %.0f chunks/s one batch at a time, %.0f side by side (tried %s)",
+            "runs one batch at a time" if keep_serial else "runs batches side by side",
+            serial_rate,
+            parallel_rate,
+            "one at a time" if self.serial else "side by side",
+        )
         self._hold_s = min(PROBE_MAX_S, 2 * self._hold_s) if confirmed else PROBE_FIRST_S
         self._next_probe = now + self._hold_s
+        self._last_probe = now
         self.serial = keep_serial
         self._mode = _Rate(now, RATE_WINDOW_S)
         self._probe = None
 
 
 class _Rate:
-    """Chunks handled a second since ``since``, over about the last ``window_s`` (all of it
-    when None)."""
+    """Chunks handled a second: over the last ``window_s`` (a sliding window), or since the start
+    when None (a probe: it always ends). A pause between batches of over half the window starts
+    a windowed rate over: the pool was idle, and that time is no mode's."""
 
-    __slots__ = ("batches", "chunks", "last", "seconds", "since", "window_s")
+    __slots__ = ("batches", "chunks", "ends", "last", "since", "window_s")
 
     def __init__(self, since: float, window_s: float | None = None) -> None:
-        self.since = self.last = since
         self.window_s = window_s
-        self.batches = 0
-        self.chunks = 0.0
-        self.seconds = 0.0
+        # Within the window: when each batch ended and its chunks.
+        self.ends: deque[tuple[float, int]] = deque()
+        self.restart(since)
 
     def restart(self, now: float) -> None:
         self.since = self.last = now
-        self.batches, self.chunks, self.seconds = 0, 0.0, 0.0
+        self.batches = 0
+        self.chunks = 0
+        self.ends.clear()
+
+    @property
+    def seconds(self) -> float:
+        """How long the rate has measured (at most the window)."""
+        elapsed = self.last - self.since
+        return elapsed if self.window_s is None else min(elapsed, self.window_s)
 
     def add(self, chunks: int, now: float) -> None:
-        elapsed, self.last = now - self.last, now
-        if self.window_s is not None and elapsed > 0:
-            kept = math.exp(-elapsed / self.window_s)
-            self.chunks *= kept
-            self.seconds *= kept
+        if self.window_s is not None and now - self.last > self.window_s / 2:
+            self.restart(now)
+            return
+        self.last = now
         self.batches += 1
         self.chunks += chunks
-        self.seconds += elapsed
+        if self.window_s is not None:
+            self.ends.append((now, chunks))
+            while self.ends[0][0] <= now - self.window_s:
+                self.chunks -= self.ends.popleft()[1]
 
     def per_s(self) -> float:
-        return self.chunks / self.seconds if self.seconds > 0 else 0.0
+        seconds = self.seconds
+        return self.chunks / seconds if seconds > 0 else 0.0
 
 
 class _Probe:

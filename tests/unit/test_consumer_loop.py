@@ -608,16 +608,18 @@ def beside_share(batches: list[tuple[int, bool]]) -> float:
 def test_a_handler_that_only_computes_runs_one_batch_at_a_time_in_whole_turns(
     serial_cpu_share: float,
 ) -> None:
-    fake = broker(bulk=3500, partitions=4)
+    fake = broker(bulk=4000, partitions=4)
     handler = Computing()
     consumer, _ = consumer_on(
         fake, handler, concurrency=8, ordering="unordered", serial_cpu_share=serial_cpu_share
     )
     consumer.subscribe()
-    run_until(consumer, lambda: handler.handled() >= 3500, timeout_s=30)
+    run_until(consumer, lambda: handler.handled() >= 4000, timeout_s=30)
+    serial = consumer.metrics.registry.get_sample_value("streamproc_serial")
     consumer.close()
-    # A second side by side, then half a second serial: the pool has chosen by then.
-    settled = handler.after(2000)
+    assert serial == (1 if serial_cpu_share <= 1 else 0)
+    # A second and a half side by side, then half a second serial: the pool has chosen by then.
+    settled = handler.after(2800)
     mean_size = sum(size for size, _ in settled) / len(settled)
     if serial_cpu_share <= 1:
         assert beside_share(settled) < 0.1, settled[:40]
@@ -630,7 +632,7 @@ def test_a_handler_that_only_computes_runs_one_batch_at_a_time_in_whole_turns(
 def test_a_handler_that_also_waits_is_tried_serial_and_keeps_its_threads() -> None:
     # 0.2 ms computing and 0.8 ms waiting a chunk: eight threads saturate the GIL, so the
     # handler's share reads as high as one that only computes, but side by side is faster.
-    fake = broker(bulk=5000, partitions=4)
+    fake = broker(bulk=7000, partitions=4)
     handler = Computing(cpu_s=0.0002, wait_s=0.0008)
     consumer, _ = consumer_on(fake, handler, concurrency=8, ordering="unordered")
     tried: list[bool] = []
@@ -643,10 +645,11 @@ def test_a_handler_that_also_waits_is_tried_serial_and_keeps_its_threads() -> No
 
     handler.handle_batch = noting_serial  # type: ignore[method-assign]
     consumer.subscribe()
-    run_until(consumer, lambda: handler.handled() >= 5000, timeout_s=30)
+    run_until(consumer, lambda: handler.handled() >= 7000, timeout_s=30)
+    serial = consumer.metrics.registry.get_sample_value("streamproc_serial")
     consumer.close()
     assert tried, "serial was never tried"
-    assert not consumer._planner.serial()
+    assert serial == 0
     last = handler.batches[-500:]
     assert beside_share(last) > 0.5 and max(size for size, _ in last) == 1, last[:40]
 

@@ -189,8 +189,8 @@ def test_a_handler_computing_nearly_all_the_time_is_tried_serial_and_kept_so_whe
     planner = TurnPlanner(2, budget_s=0.01, most=500, slots=8, first_guess_s=0.001, clock=clock)
     assert not planner.serial() and planner.batch_limit(0) == planner.batch_limit(1) == 1
     # Eight at once, each on the CPU an eighth of its time: 1,000 chunks a second.
-    finish(planner, clock, 0.5, per_s=1000, chunks=1, cpu=0.001, beside=8)
-    assert not planner.serial()  # a rate needs a second of measurements first
+    finish(planner, clock, 1.0, per_s=1000, chunks=1, cpu=0.001, beside=8)
+    assert not planner.serial()  # a mode runs a second and a half before a trial
     finish(planner, clock, 0.6, per_s=1000, chunks=1, cpu=0.001, beside=8)
     assert planner.serial()  # tried
     # Every lane is batched as with one slot: realtime whole, a lower lane one budget.
@@ -216,7 +216,7 @@ def test_a_handler_that_also_waits_is_tried_serial_and_runs_side_by_side_when_fa
     # scaled share reads 1 as if it only computed, but eight threads overlap the waits.
     clock = Clock()
     planner = TurnPlanner(2, budget_s=0.01, most=500, slots=8, first_guess_s=0.001, clock=clock)
-    finish(planner, clock, 1.1, per_s=2400, chunks=1, cpu=0.00042, beside=8)
+    finish(planner, clock, 1.6, per_s=2400, chunks=1, cpu=0.00042, beside=8)
     assert planner.serial()  # tried
     finish(planner, clock, 0.6, per_s=1300, chunks=10, cpu=0.0045)
     assert not planner.serial()  # side by side was almost twice as fast
@@ -229,20 +229,55 @@ def test_a_handler_that_also_waits_is_tried_serial_and_runs_side_by_side_when_fa
     assert planner.serial()
 
 
+def serial_changes(
+    planner: TurnPlanner, clock: Clock, limit_s: float, **batches: Any
+) -> float | None:
+    """Batches end (as :func:`finish` makes them) until ``serial()`` changes: when it did."""
+    was, deadline = planner.serial(), clock.now + limit_s
+    while clock.now < deadline:
+        finish(planner, clock, 0.05, **batches)
+        if planner.serial() != was:
+            return clock.now
+    return None
+
+
 def test_a_serial_handler_that_starts_waiting_tries_threads_before_its_hold_ends() -> None:
     clock = Clock()
     planner = TurnPlanner(2, budget_s=0.01, most=500, slots=8, first_guess_s=0.001, clock=clock)
-    finish(planner, clock, 1.1, per_s=1000, chunks=1, cpu=0.001, beside=8)
-    finish(planner, clock, 0.6, per_s=1050, chunks=10, cpu=0.0095)
+    computing_alone: dict[str, Any] = {"per_s": 1050, "chunks": 10, "cpu": 0.0095}
+    finish(planner, clock, 1.6, per_s=1000, chunks=1, cpu=0.001, beside=8)
+    finish(planner, clock, 0.6, **computing_alone)
     assert planner.serial()
+    # Threads are tried after the 30 s hold and found no faster: serial holds 60 s now.
+    tried_at = serial_changes(planner, clock, 40, **computing_alone)
+    assert tried_at is not None and 130 < tried_at < 133
+    finish(planner, clock, 0.6, per_s=1000, chunks=1, cpu=0.001, beside=8)
+    assert planner.serial()
+    kept_at = clock.now
     # The machine preempts its thread for a while: it looks 60% busy, and stays serial.
-    finish(planner, clock, 2.0, per_s=1050, chunks=10, cpu=0.0057)
+    finish(planner, clock, 5.0, per_s=1050, chunks=10, cpu=0.0057)
     assert planner.serial()
-    # It now waits on I/O most of the time, measured alone: threads are tried at once.
-    finish(planner, clock, 2.0, per_s=1050, chunks=10, cpu=0.002)
-    assert not planner.serial()
+    # It now waits on I/O most of the time, measured alone: threads are tried 30 s after the
+    # last probe, not at the end of the 60 s hold.
+    tried_at = serial_changes(planner, clock, 60, per_s=1050, chunks=10, cpu=0.002)
+    assert tried_at is not None and kept_at + 29.5 <= tried_at < kept_at + 31
     finish(planner, clock, 0.6, per_s=4000, chunks=1, cpu=0.0002, beside=8)
     assert not planner.serial()  # and kept: four times as fast
+
+
+def test_an_idle_pause_is_not_counted_in_a_mode_rate() -> None:
+    clock = Clock()
+    planner = TurnPlanner(2, budget_s=0.01, most=500, slots=8, first_guess_s=0.001, clock=clock)
+    # A handler that also waits: 2,400 chunks a second side by side, 1,300 serial. Ten seconds
+    # of idle pool in its rate side by side would make threads look slower.
+    finish(planner, clock, 1.4, per_s=2400, chunks=1, cpu=0.00042, beside=8)
+    clock.now += 10
+    finish(planner, clock, 1.2, per_s=2400, chunks=1, cpu=0.00042, beside=8)
+    assert not planner.serial()  # a second and a half of work since the pause comes first
+    finish(planner, clock, 0.4, per_s=2400, chunks=1, cpu=0.00042, beside=8)
+    assert planner.serial()
+    finish(planner, clock, 0.6, per_s=1300, chunks=10, cpu=0.0045)
+    assert not planner.serial()
 
 
 def test_a_serial_share_above_one_never_runs_serial_nor_does_one_slot() -> None:
@@ -261,7 +296,7 @@ def test_the_cpu_share_leaves_out_the_time_other_threads_held_the_gil() -> None:
     clock = Clock()
     plain = TurnPlanner(2, budget_s=0.01, most=500, slots=8, clock=clock)
     fair = TurnPlanner(2, budget_s=0.01, most=500, slots=8, clock=clock)
-    for _ in range(100):
+    for _ in range(150):
         clock.now += 0.013
         plain.record(1, 10, 0.013, 0.010)
         fair.record(1, 10, 0.013, 0.010, handling_seconds=0.0105)
