@@ -100,6 +100,14 @@ SECTIONS: tuple[tuple[str, str, str], ...] = (
         "Handler concurrency (see the concurrency benchmark's own notes).",
     ),
     (
+        "serial_choice",
+        "Serial or side by side",
+        "At concurrency 8 over a bulk backlog, handlers from only computing to mostly waiting: "
+        "chunks handled a second when the pool chooses between one batch at a time and every "
+        "thread (the default, serial_cpu_share 0.8), against every thread always. The window "
+        "starts after the pool's first trial.",
+    ),
+    (
         "sinks",
         "Sinks: PostgreSQL and SQLite",
         "Chunks written per second by the built-in PostgreSQL sink (a local server from "

@@ -43,6 +43,7 @@ BENCHMARKS: tuple[tuple[str, list[str], list[str]], ...] = (
     ("flood_shapes", [], ["--bulk-count", "20000", "--seconds", "6", "--tail", "1"]),
     ("pause_reaction", [], ["--trials", "6", "--bulk-count", "40000"]),
     ("concurrency", [], ["--window", "2", "--latency-s", "3", "--latency-repeats", "1"]),
+    ("serial_choice", [], ["--window", "1", "--repeats", "1"]),
     ("sinks", [], ["--count", "3000", "--repeats", "1"]),
 )
 # The targets of lane isolation (latency, bulk share and yield, work conservation, throughput).
