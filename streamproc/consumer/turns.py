@@ -77,14 +77,14 @@ class SerialChoice:
     is saturated, every thread's scaled share reads near 1, whether its handler only computes
     (serial is faster: no hand-overs of the GIL) or also waits on I/O (threads overlap the
     waits: at ``--concurrency 8``, a handler computing 0.2 ms and waiting 0.8 ms a chunk handled
-    2,400 chunks/s side by side and 1,300 serial). So the pool tries: it runs the other mode for
-    a probe (``PROBE_S``) and compares the chunks it handled a second with those of the mode it
-    left, just before. Serial is kept unless side by side handled more than ``PARALLEL_GAIN``
-    times as many. The other mode is tried again after a hold: ``PROBE_FIRST_S`` after a probe
-    that changed the mode, twice the last hold after one that kept it (up to ``PROBE_MAX_S``).
-    A serial pool whose share falls ``SERIAL_HYSTERESIS`` below the threshold (the handler now
-    waits more than it computes) tries threads ``PROBE_FIRST_S`` after its last probe, whatever
-    its hold.
+    2,380 chunks/s side by side and 1,330 serial; benchmarks/serial_choice.py). So the pool
+    tries: it runs the other mode for a probe (``PROBE_S``) and compares the chunks it handled
+    a second with those of the mode it left, just before. Serial is kept unless side by side
+    handled more than ``PARALLEL_GAIN`` times as many. The other mode is tried again after a
+    hold: ``PROBE_FIRST_S`` after a probe that changed the mode, twice the last hold after one
+    that kept it (up to ``PROBE_MAX_S``). A serial pool whose share falls ``SERIAL_HYSTERESIS``
+    below the threshold (the handler now waits more than it computes) tries threads
+    ``PROBE_FIRST_S`` after its last probe, whatever its hold.
 
     Rates are chunks over wall time: they compare the modes' capacity while work waits (a bulk
     backlog). When the pool keeps up either way, both rates are the arrival rate, and serial,
@@ -120,11 +120,6 @@ class SerialChoice:
     def share(self) -> float:
         """The moving CPU share of the pool's batches (0 until measured)."""
         return self._cpu_s / self._wall_s if self._wall_s > 0 else 0.0
-
-    @property
-    def probing(self) -> bool:
-        """A probe of the mode :attr:`serial` says runs now."""
-        return self._probe is not None
 
     def record(self, chunks: int, share: float, wall: float) -> None:
         """A batch of ``chunks`` ended; ``share`` of its ``wall`` seconds (its time without
