@@ -44,6 +44,7 @@ from benchmarks.harness import (
     percentile,
     preload,
     quiet_logs,
+    rate_after_warm_up,
     ratio,
     run_main,
     say,
@@ -110,11 +111,7 @@ def throughput(args: Any, concurrency: int, *, use_async: bool) -> float:
         settings = consumer_settings(args.bootstrap_servers, lanes, concurrency=concurrency)
         with RunningConsumer(settings, handler) as running:
             running.wait_ready()
-            while not recorder.count(0, float("inf")):
-                time.sleep(0.01)
-            start = time.time() + WARM_UP_S
-            time.sleep(WARM_UP_S + args.window)
-            rate = recorder.count(start, start + args.window) / float(args.window)
+            rate = rate_after_warm_up(recorder.count, WARM_UP_S, float(args.window))
     kind = "async" if use_async else "sync"
     say(f"throughput, concurrency {concurrency} ({kind}): {rate:.0f} chunks/s")
     return rate

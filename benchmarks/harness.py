@@ -564,6 +564,23 @@ def consumer_settings(
     return ConsumerSettings(**values)
 
 
+def rate_after_warm_up(
+    count: Callable[[float, float], int],
+    warm_up_s: float,
+    window_s: float,
+    clock: Callable[[], float] = time.time,
+) -> float:
+    """Chunks a second over ``window_s``, from ``warm_up_s`` after the first chunk handled.
+
+    ``count(start, end)`` counts the chunks handled in ``[start, end)`` on ``clock``.
+    """
+    while not count(0, float("inf")):
+        time.sleep(0.01)
+    start = clock() + warm_up_s
+    time.sleep(warm_up_s + window_s)
+    return count(start, start + window_s) / window_s
+
+
 class RunningConsumer:
     """A :class:`PriorityConsumer` running its loop in a thread; leaving ``with`` stops it."""
 

@@ -41,6 +41,7 @@ from benchmarks.harness import (
     parse,
     preload,
     quiet_logs,
+    rate_after_warm_up,
     ratio,
     run_main,
     say,
@@ -104,11 +105,7 @@ def run_arm(args: Any, shape: tuple[float, float], arm: str) -> tuple[float, boo
         )
         with RunningConsumer(settings, handler) as running:
             running.wait_ready()
-            while not handler.count(0, float("inf")):
-                time.sleep(0.01)
-            start = time.monotonic() + WARM_UP_S
-            time.sleep(WARM_UP_S + args.window)
-            rate = handler.count(start, start + args.window) / args.window
+            rate = rate_after_warm_up(handler.count, WARM_UP_S, args.window, time.monotonic)
             serial = running.sample("streamproc_serial", {}) == 1
     say(
         f"{cpu_ms:g} ms CPU + {wait_ms:g} ms waiting, {LABELS[arm]}: {rate:,.0f} chunks/s"
