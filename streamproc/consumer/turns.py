@@ -111,9 +111,9 @@ class SerialChoice:
         self._wall_s = 0.0
         self._mode = _Rate(clock(), RATE_WINDOW_S)
         self._probe: _Probe | None = None
+        # When the last probe ended, and how long its outcome holds before the next.
+        self._last_probe = -math.inf
         self._hold_s = PROBE_FIRST_S
-        self._next_probe = 0.0
-        self._last_probe = -math.inf  # when the last probe ended
         self._lock = threading.Lock()
 
     @property
@@ -145,11 +145,12 @@ class SerialChoice:
         self._mode.add(chunks, now)
         if now - self._mode.since < MODE_MIN_S:
             return
+        held = now < self._last_probe + self._hold_s
         if self.serial:
             waits = self.share < self._serial_share - SERIAL_HYSTERESIS
-            due = now >= self._next_probe or (waits and now >= self._last_probe + PROBE_FIRST_S)
+            due = not held or (waits and now >= self._last_probe + PROBE_FIRST_S)
         else:
-            due = now >= self._next_probe and self.share > self._serial_share
+            due = not held and self.share > self._serial_share
         if due:
             self._probe = _Probe(self._mode, now)
             self.serial = not self.serial
@@ -169,7 +170,6 @@ class SerialChoice:
             "one at a time" if self.serial else "side by side",
         )
         self._hold_s = min(PROBE_MAX_S, 2 * self._hold_s) if confirmed else PROBE_FIRST_S
-        self._next_probe = now + self._hold_s
         self._last_probe = now
         self.serial = keep_serial
         self._mode = _Rate(now, RATE_WINDOW_S)
